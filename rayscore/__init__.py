@@ -1,0 +1,52 @@
+"""rayscore: score Spark DataFrames with large Keras models on a pool of Ray actors.
+
+RayDP turns the Spark DataFrame into a Ray Dataset; long-lived Ray actors,
+each holding one copy of the model loaded from shared storage, predict
+batches; the predictions flow back into Spark. The model is never serialised.
+
+Three ways in::
+
+    rayscore run config.yaml                       # the CLI
+    rayscore.run("config.yaml")                    # the same from Python
+    with rayscore.session() as s:                  # a DataFrame you already have
+        scored = rayscore.predict(df, model="ctr.keras", keep_columns=["id"])
+"""
+
+from ._config import Config, load_config
+from ._errors import (
+    ConfigError,
+    InputError,
+    ModelError,
+    OutputError,
+    PredictError,
+    RayscoreError,
+    SessionError,
+)
+from ._model import ModelSpec, TensorSpec, register_loader
+from ._pipeline import inspect_model, predict, run
+from ._report import RunResult
+from ._session import Session, session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "run",
+    "predict",
+    "session",
+    "Session",
+    "load_config",
+    "Config",
+    "RunResult",
+    "inspect_model",
+    "register_loader",
+    "ModelSpec",
+    "TensorSpec",
+    "RayscoreError",
+    "ConfigError",
+    "ModelError",
+    "InputError",
+    "OutputError",
+    "SessionError",
+    "PredictError",
+    "__version__",
+]

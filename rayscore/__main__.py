@@ -1,0 +1,5 @@
+"""``python -m rayscore`` is the ``rayscore`` command."""
+
+from ._cli import main
+
+raise SystemExit(main())

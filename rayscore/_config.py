@@ -1,0 +1,342 @@
+"""Stage 1, config: the YAML (or dict) parsed once into frozen, typed objects.
+
+Every error names the key path and the bad value, e.g.
+``predict.actors.min must be >= 1, got 0``, and is raised before anything
+starts. Unknown keys are errors: a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ._errors import ConfigError
+
+__all__ = [
+    "Config",
+    "InputConfig",
+    "ModelConfig",
+    "ActorsConfig",
+    "PredictConfig",
+    "OutputConfig",
+    "RayConfig",
+    "SparkConfig",
+    "load_config",
+    "parse_actors",
+]
+
+_Scalar = Union[StrictBool, int, float, str]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class InputConfig(_Frozen):
+    """What to score: any source Spark can read."""
+
+    format: Literal["parquet", "csv", "json", "orc", "table", "sql"] = "parquet"
+    path: str | None = None
+    table: str | None = None
+    query: str | None = None
+    options: dict[str, _Scalar] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _source_matches_format(self) -> InputConfig:
+        needs = {"table": "table", "sql": "query"}.get(self.format, "path")
+        if getattr(self, needs) in (None, ""):
+            raise ValueError(f"{needs} is required with format: {self.format}")
+        for other in ("path", "table", "query"):
+            if other != needs and getattr(self, other) is not None:
+                raise ValueError(f"{other} does not go with format: {self.format} (use {needs})")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """Where every actor loads the model from, and how its tensors map to columns."""
+
+    uri: str = Field(min_length=1)
+    format: str = "auto"
+    inputs: dict[str, str] | None = None
+    outputs: dict[str, str] | None = None
+    safe_mode: StrictBool = True
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _non_empty(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and not value:
+            raise ValueError("must name at least one entry, or be omitted")
+        if value is not None:
+            bad = [k for k, v in value.items() if not k or not v]
+            if bad:
+                raise ValueError(f"names must be non-empty, got {bad!r}")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _distinct_columns(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            cols = list(value.values())
+            dup = sorted({c for c in cols if cols.count(c) > 1})
+            if dup:
+                raise ValueError(f"two outputs write the same column {dup[0]!r}")
+        return value
+
+
+class ActorsConfig(_Frozen):
+    """Size of the predictor pool: fixed (min == max) or autoscaling."""
+
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActorsConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.min == self.max
+
+
+def parse_actors(value: Any) -> Any:
+    """``actors: 2`` means a fixed pool of 2; a mapping is ``{min, max}``."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number >= 1 or {{min, max}}, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return {"min": value, "max": value}
+    return value
+
+
+class PredictConfig(_Frozen):
+    """How the actor pool scores batches."""
+
+    batch_size: int = Field(default=1024, ge=1)
+    actors: ActorsConfig = Field(default_factory=lambda: ActorsConfig(min=1, max=1))
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _actors(cls, value: Any) -> Any:
+        return parse_actors(value)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        return value
+
+
+class OutputConfig(_Frozen):
+    """Where and how Spark writes the predictions."""
+
+    format: Literal["parquet", "csv", "json", "orc", "table"] = "parquet"
+    path: str | None = None
+    table: str | None = None
+    mode: Literal["error", "overwrite"] = "error"
+    keep_columns: tuple[str, ...] = ()
+    options: dict[str, _Scalar] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _target_matches_format(self) -> OutputConfig:
+        needs = "table" if self.format == "table" else "path"
+        other = "path" if needs == "table" else "table"
+        if getattr(self, needs) in (None, ""):
+            raise ValueError(f"{needs} is required with format: {self.format}")
+        if getattr(self, other) is not None:
+            raise ValueError(f"{other} does not go with format: {self.format} (use {needs})")
+        dup = sorted({c for c in self.keep_columns if self.keep_columns.count(c) > 1})
+        if dup:
+            raise ValueError(f"keep_columns names {dup[0]!r} twice")
+        return self
+
+
+class RayConfig(_Frozen):
+    """Which Ray to use: a local one rayscore starts (address null) or a running cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    dashboard: StrictBool = False
+
+
+class SparkConfig(_Frozen):
+    """RayDP's Spark on Ray: executors are Ray actors."""
+
+    app_name: str = "rayscore"
+    executors: int = Field(default=1, ge=1)
+    executor_cores: int = Field(default=1, ge=1)
+    executor_memory: str = Field(default="2g", pattern=r"^\d+[kKmMgGtT]?[bB]?$")
+    configs: dict[str, _Scalar] = Field(default_factory=dict)
+
+    @field_validator("configs")
+    @classmethod
+    def _spark_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = [k for k in value if not k.startswith("spark.")]
+        if bad:
+            raise ValueError(f"keys must start with 'spark.', got {bad[0]!r}")
+        return value
+
+
+class Config(_Frozen):
+    """A whole rayscore job: input → model → predict → output, on ray + spark."""
+
+    input: InputConfig
+    model: ModelConfig
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    output: OutputConfig
+    ray: RayConfig = Field(default_factory=RayConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+
+    @model_validator(mode="after")
+    def _no_collisions(self) -> Config:
+        outs = set((self.model.outputs or {}).values())
+        clash = [c for c in self.output.keep_columns if c in outs]
+        if clash:
+            raise ValueError(
+                f"output.keep_columns: {clash[0]!r} is also a model output column "
+                "(rename it in model.outputs)"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    # pydantic puts the failing union member or validator name into loc; drop them.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(parts)
+
+
+def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
+    loc = tuple(err["loc"])
+    where = _path(loc)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        tail = f" (did you mean {hint[0]}?)" if hint else f" (known keys: {', '.join(known)})"
+        return f"{where} is not a known key{tail}"
+    if kind == "missing":
+        return f"{where} is required"
+    if kind in ("value_error", "assertion_error"):
+        msg = str(ctx.get("error", err["msg"]))
+        return f"{where} {msg}" if where else msg
+    messages = {
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
+        "greater_than": lambda: f"must be > {ctx.get('gt')}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
+        "literal_error": lambda: f"must be one of {ctx.get('expected')}",
+        "string_too_short": lambda: "must not be empty",
+        "string_pattern_mismatch": lambda: "must look like 512m, 2g or 2048 (bytes)",
+    }
+    if kind in messages:
+        text = messages[kind]()
+    elif kind.endswith(("_type", "_parsing")):
+        wanted = kind.replace("_parsing", "").replace("_type", "")
+        wanted = {"int": "a whole number", "float": "a number", "bool": "true or false",
+                  "string": "a string", "dict": "a mapping", "model": "a mapping",
+                  "list": "a list", "tuple": "a list"}.get(wanted, wanted)
+        text = f"must be {wanted}"
+    else:
+        text = str(err["msg"]).lower()
+    return f"{where} {text}, got {value!r}"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = next((a for a in getattr(annotation, "__args__", (annotation,))
+                        if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+    fields = getattr(current, "model_fields", None) or {}
+    return sorted(fields)
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line naming every bad key path and value, pydantic's tree flattened."""
+    lines = [_describe(err, model) for err in exc.errors(include_url=False)]
+    unique = list(dict.fromkeys(lines))
+    return "; ".join(unique)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _resolve_local(value: str | None, base: Path) -> str | None:
+    """Make a relative local path absolute, so Ray workers (other cwd) find it too."""
+    if value is None or "://" in value or value.startswith(("/", "~")):
+        return os.path.expanduser(value) if value else value
+    return str((base / value).resolve())
+
+
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
+    """Parse a YAML file path or a mapping into a validated, frozen :class:`Config`.
+
+    Relative local paths (``input.path``, ``model.uri``, ``output.path``) are
+    resolved against the current working directory, as Spark would.
+
+    Example:
+        >>> cfg = load_config({"input": {"path": "in.parquet"},
+        ...                    "model": {"uri": "m.keras"},
+        ...                    "output": {"path": "out.parquet"}})
+        >>> cfg.predict.batch_size
+        1024
+    """
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Config)) from None
+    base = Path.cwd()
+    return config.model_copy(
+        update={
+            "input": config.input.model_copy(update={"path": _resolve_local(config.input.path, base)}),
+            "model": config.model.model_copy(update={"uri": _resolve_local(config.model.uri, base)}),
+            "output": config.output.model_copy(update={"path": _resolve_local(config.output.path, base)}),
+        }
+    )

@@ -1,0 +1,234 @@
+"""Stage 4, convert: Arrow columns ⇄ model tensors, whole batches at a time.
+
+Cost model: a scalar column becomes a numpy array with at most one copy (a
+cast or a chunk concatenation); a ``list<number>`` column is flattened to its
+value buffer and reshaped to ``(rows, *input_shape)`` — never built row by row
+from Python lists. Outputs go back the same way: one value per row becomes a
+plain numeric column, more become ``list<float>`` (row-major) built from one
+offsets array and one values array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._errors import ConfigError, InputError
+from ._model import ModelSpec, TensorSpec
+
+__all__ = [
+    "Binding",
+    "Plan",
+    "make_plan",
+    "check_column_type",
+    "to_tensors",
+    "to_columns",
+]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One model input fed from one column."""
+
+    input: str
+    column: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a predictor needs besides the model: picklable, small."""
+
+    bindings: tuple[Binding, ...]
+    outputs: tuple[tuple[str, str], ...]  # (model output, column)
+    keep_columns: tuple[str, ...]
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([b.column for b in self.bindings]))
+
+    @property
+    def read_columns(self) -> tuple[str, ...]:
+        """Columns to take from the source: keep_columns first, then features."""
+        return tuple(dict.fromkeys([*self.keep_columns, *self.input_columns]))
+
+    @property
+    def output_columns(self) -> tuple[str, ...]:
+        return tuple(col for _, col in self.outputs)
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+
+
+def _list_depth(t: pa.DataType) -> tuple[int, pa.DataType]:
+    depth = 0
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+        depth += 1
+    return depth, t
+
+
+def check_column_type(binding: Binding, arrow_type: pa.DataType) -> None:
+    """Refuse a column whose type cannot feed the binding's input."""
+    depth, leaf = _list_depth(arrow_type)
+    if not _numeric(leaf):
+        raise InputError(
+            f"column {binding.column!r} has type {arrow_type}, but model input "
+            f"{binding.input!r} expects numbers ({binding.dtype}, shape {list(binding.shape)})"
+        )
+    if depth == 0 and binding.size != 1:
+        raise InputError(
+            f"column {binding.column!r} holds one value per row, but model input "
+            f"{binding.input!r} expects {binding.size} values per row (shape {list(binding.shape)}); "
+            "use an array column"
+        )
+
+
+def make_plan(
+    spec: ModelSpec,
+    schema: pa.Schema,
+    *,
+    inputs: Mapping[str, str] | None = None,
+    outputs: Mapping[str, str] | None = None,
+    keep_columns: Sequence[str] = (),
+) -> Plan:
+    """Bind model inputs to columns of ``schema`` and outputs to new columns.
+
+    ``inputs`` maps model input → column (omitted: columns named like the
+    inputs); ``outputs`` maps model output → column (omitted: every output
+    under its own name). Raises ConfigError/InputError naming what is missing.
+    """
+    names = set(schema.names)
+    if inputs is not None:
+        unknown = [k for k in inputs if k not in spec.input_names]
+        if unknown:
+            raise ConfigError(
+                f"model.inputs: {unknown[0]!r} is not an input of the model "
+                f"(inputs: {', '.join(spec.input_names)})"
+            )
+    mapping = dict(inputs) if inputs is not None else {}
+    bindings = []
+    for tensor in spec.inputs:
+        column = mapping.get(tensor.name, tensor.name if inputs is None else None)
+        if column is None:
+            raise ConfigError(
+                f"model.inputs: model input {tensor.name!r} has no column "
+                f"(map it, e.g. {tensor.name}: <column>)"
+            )
+        if column not in names:
+            raise InputError(
+                f"model input {tensor.name!r} needs column {column!r}, which the input does not have "
+                f"(columns: {', '.join(schema.names)})"
+            )
+        shape = _concrete_shape(tensor)
+        binding = Binding(tensor.name, column, shape, tensor.dtype or "float32")
+        check_column_type(binding, schema.field(column).type)
+        bindings.append(binding)
+
+    if outputs is not None:
+        unknown = [k for k in outputs if k not in spec.output_names]
+        if unknown:
+            raise ConfigError(
+                f"model.outputs: {unknown[0]!r} is not an output of the model "
+                f"(outputs: {', '.join(spec.output_names)})"
+            )
+        out_pairs = tuple((k, v) for k, v in outputs.items())
+    else:
+        out_pairs = tuple((n, n) for n in spec.output_names)
+
+    missing = [c for c in keep_columns if c not in names]
+    if missing:
+        raise InputError(
+            f"output.keep_columns: column {missing[0]!r} is not in the input "
+            f"(columns: {', '.join(schema.names)})"
+        )
+    clash = [c for c in keep_columns if c in {col for _, col in out_pairs}]
+    if clash:
+        raise ConfigError(
+            f"output.keep_columns: {clash[0]!r} is also a model output column (rename it in model.outputs)"
+        )
+    return Plan(tuple(bindings), out_pairs, tuple(keep_columns))
+
+
+def _concrete_shape(tensor: TensorSpec) -> tuple[int, ...]:
+    shape = tensor.shape or ()
+    if any(d is None for d in shape):
+        raise InputError(
+            f"model input {tensor.name!r} has a variable dimension (shape {list(shape)}); "
+            "rayscore needs fixed per-row shapes"
+        )
+    return tuple(int(d) for d in shape)
+
+
+def _flatten_lists(column: pa.ChunkedArray | pa.Array, binding: Binding) -> tuple[pa.Array, int]:
+    """Flatten nested list arrays to their leaf values; check every row's length."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        raise InputError(f"column {binding.column!r} has {arr.null_count} null rows (model input {binding.input!r})")
+    rows = len(arr)
+    per_row = 1
+    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.list_value_length(arr)
+        bounds = pc.min_max(lengths)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if lo != hi:
+            raise InputError(
+                f"column {binding.column!r} is ragged: rows hold {lo} to {hi} values, "
+                f"model input {binding.input!r} expects {binding.size} (shape {list(binding.shape)})"
+            )
+        per_row *= lo or 0
+        arr = arr.flatten()
+        if arr.null_count:
+            raise InputError(f"column {binding.column!r} has null values inside its arrays (model input {binding.input!r})")
+    if rows and per_row != binding.size:
+        raise InputError(
+            f"column {binding.column!r} has {per_row} values per row, model input "
+            f"{binding.input!r} expects {binding.size} (shape {list(binding.shape)})"
+        )
+    return arr, rows
+
+
+def to_tensors(table: pa.Table, bindings: Iterable[Binding]) -> dict[str, np.ndarray]:
+    """One numpy array per model input, shaped ``(rows, *shape)`` and cast to its dtype."""
+    feeds: dict[str, np.ndarray] = {}
+    for binding in bindings:
+        values, rows = _flatten_lists(table.column(binding.column), binding)
+        if pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type):
+            values = values.cast(pa.float64())
+        flat = values.to_numpy(zero_copy_only=False)
+        feeds[binding.input] = flat.astype(binding.dtype, copy=False).reshape((rows, *binding.shape))
+    return feeds
+
+
+def to_columns(predictions: Mapping[str, np.ndarray], outputs: Iterable[tuple[str, str]], rows: int) -> dict[str, pa.Array]:
+    """Arrow columns from model outputs: scalars as numbers, larger as ``list<float>``.
+
+    ``list<…>`` (not ``fixed_size_list`` nor Ray's tensor extension) because
+    RayDP's ``to_spark`` accepts only plain Arrow types.
+    """
+    columns: dict[str, pa.Array] = {}
+    for name, column in outputs:
+        if name not in predictions:
+            raise InputError(f"the model returned no output {name!r} (it returned: {', '.join(predictions)})")
+        value = np.asarray(predictions[name])
+        if value.dtype.kind == "f" and value.dtype.itemsize < 4:
+            value = value.astype(np.float32)
+        if value.shape[:1] != (rows,):
+            raise InputError(f"model output {name!r} has {value.shape[:1]} rows for a batch of {rows}")
+        per_row = int(np.prod(value.shape[1:], dtype=np.int64)) if value.ndim > 1 else 1
+        if per_row == 1:
+            columns[column] = pa.array(value.reshape(rows))
+        else:
+            offsets = pa.array(np.arange(0, (rows + 1) * per_row, per_row, dtype=np.int32))
+            columns[column] = pa.ListArray.from_arrays(offsets, pa.array(value.reshape(-1)))
+    return columns

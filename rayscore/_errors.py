@@ -1,0 +1,137 @@
+"""The exception tree, and the one place where Ray, Spark and TensorFlow errors
+are translated into it.
+
+::
+
+    RayscoreError                 base of everything rayscore raises on purpose
+    ├── ConfigError               a config key has a bad value (names the key path)
+    ├── ModelError                the model cannot be found, opened or called
+    ├── InputError                the input data does not fit the model (names the column)
+    ├── OutputError               the output location is taken, unwritable, or a count is off
+    ├── SessionError              Ray or RayDP's Spark could not be started or joined
+    └── PredictError              scoring failed at run time (names the batch)
+
+Errors of the first four kinds are the user's to fix: the CLI exits 2 on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+__all__ = [
+    "RayscoreError",
+    "ConfigError",
+    "ModelError",
+    "InputError",
+    "OutputError",
+    "SessionError",
+    "PredictError",
+    "translate_errors",
+    "find_rayscore_error",
+]
+
+
+class RayscoreError(Exception):
+    """Base class of every error rayscore raises on purpose.
+
+    ``user_error`` tells whether the cause is in the user's input (config,
+    model file, data, output location): the CLI exits 2 on those, 1 otherwise.
+    """
+
+    user_error = False
+
+
+class ConfigError(RayscoreError, ValueError):
+    """A config value is missing, unknown or out of range; the message names its key path."""
+
+    user_error = True
+
+
+class ModelError(RayscoreError):
+    """The model cannot be found, opened, inspected or called."""
+
+    user_error = True
+
+
+class InputError(RayscoreError):
+    """The input data does not fit the model (column, type, shape, nulls)."""
+
+    user_error = True
+
+
+class OutputError(RayscoreError):
+    """The output location is taken or unwritable, or the written row count is wrong."""
+
+    user_error = True
+
+
+class SessionError(RayscoreError):
+    """Ray or RayDP's Spark could not be started or joined."""
+
+
+class PredictError(RayscoreError):
+    """Scoring failed while running (a batch raised inside a predictor actor)."""
+
+
+def find_rayscore_error(exc: BaseException) -> RayscoreError | None:
+    """Return the first RayscoreError in ``exc``'s cause chain, if any.
+
+    Ray wraps an exception raised inside an actor in ``RayTaskError`` (and Ray
+    Data in ``UserCodeException``); the original stays reachable through
+    ``__cause__``/``cause``. This walks that chain without importing Ray.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, RayscoreError):
+            return cur
+        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "cause", None)])
+    return None
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _spark_message(exc: BaseException) -> str:
+    """The first meaningful line of a Spark/py4j error, without the JVM stack."""
+    desc = getattr(exc, "desc", None) or getattr(exc, "getMessage", lambda: None)()
+    if desc:
+        return _one_line(str(desc).split("\n\tat ")[0])
+    java = getattr(exc, "java_exception", None)
+    if java is not None:
+        try:
+            return _one_line(java.toString())
+        except Exception:  # pragma: no cover - JVM already gone
+            pass
+    return _one_line(str(exc).split("\n\tat ")[0])
+
+
+@contextlib.contextmanager
+def translate_errors(stage: str, kind: type[RayscoreError] = PredictError) -> Iterator[None]:
+    """Map errors from Ray, Spark and TensorFlow raised in ``stage`` to RayscoreError.
+
+    A RayscoreError raised anywhere underneath (also inside a Ray actor) is
+    re-raised as itself, so its message reaches the user unchanged.
+    KeyboardInterrupt and SystemExit pass through untouched.
+    """
+    try:
+        yield
+    except RayscoreError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - this is the translation boundary
+        inner = find_rayscore_error(exc)
+        if inner is not None:
+            raise type(inner)(str(inner)) from exc
+        module = type(exc).__module__ or ""
+        if module.startswith(("pyspark", "py4j")):
+            raise kind(f"{stage}: {_spark_message(exc)}") from exc
+        raise kind(f"{stage}: {type(exc).__name__}: {_one_line(exc)}") from exc

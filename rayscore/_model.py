@@ -1,0 +1,308 @@
+"""Model loaders: what a model file says about its tensors, and loading it.
+
+A loader has two jobs:
+
+* ``inspect(path)`` reads only the model's metadata (names, dtypes, shapes of
+  its inputs and outputs) without building its weights, so the driver can
+  validate a job against a multi-GB model in milliseconds;
+* ``load(path)`` builds the model in the calling process and returns a
+  :class:`LoadedModel`. rayscore calls it only inside predictor actors, once
+  per actor: the model is never pickled, broadcast or put in Ray's object store.
+
+Loaders live in a small registry (``register_loader``), fsspec-style: a new
+format is one class and one entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import numpy as np
+
+from ._errors import ModelError
+
+__all__ = [
+    "TensorSpec",
+    "ModelSpec",
+    "LoadedModel",
+    "Loader",
+    "register_loader",
+    "loaders",
+    "resolve_loader",
+    "local_model_path",
+]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named model input or output.
+
+    ``shape`` excludes the batch dimension; ``None`` where the model file does
+    not say (outputs of some formats: then it is learnt from the first batch).
+    """
+
+    name: str
+    shape: tuple[int | None, ...] | None
+    dtype: str | None
+
+    @property
+    def size(self) -> int | None:
+        """Values per row, or None when a dimension is unknown."""
+        if self.shape is None or any(d is None for d in self.shape):
+            return None
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The named inputs and outputs of a model, in the model's own order."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    format: str = ""
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+
+@dataclass
+class LoadedModel:
+    """A model held in this process: its spec and a batched predict function.
+
+    ``predict`` takes one numpy array per named input (batch first) and returns
+    one numpy array per named output.
+    """
+
+    spec: ModelSpec
+    predict: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Loader(Protocol):
+    """What a model format provides. See :class:`KerasLoader` for an example."""
+
+    name: str
+
+    def matches(self, path: str) -> bool:
+        """Whether ``format: auto`` should pick this loader for ``path``."""
+
+    def inspect(self, path: str) -> ModelSpec:
+        """Read names, dtypes and shapes without building the weights."""
+
+    def load(self, path: str, *, safe_mode: bool = True) -> LoadedModel:
+        """Build the model in this process."""
+
+
+# --------------------------------------------------------------------------- Keras
+
+
+def _keras_tensor_specs(config: Mapping[str, Any]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Input and output specs from a Keras functional/sequential model config."""
+    cls = config.get("class_name")
+    body = config.get("config", {})
+    layers = body.get("layers", [])
+    if cls == "Sequential":
+        first = layers[0] if layers else {}
+        cfg = first.get("config", {})
+        shape = cfg.get("batch_shape") or cfg.get("batch_input_shape") or body.get("build_input_shape")
+        if first.get("class_name") != "InputLayer" and shape is None:
+            raise ModelError("a Sequential model without an input shape cannot be inspected")
+        name = cfg.get("name", "input") if first.get("class_name") == "InputLayer" else "input"
+        inputs = (TensorSpec(name, tuple(shape[1:]), cfg.get("dtype") or "float32"),)
+        last = layers[-1].get("config", {}).get("name", "output") if layers else "output"
+        return inputs, (TensorSpec(last, None, None),)
+    by_name = {layer.get("config", {}).get("name", layer.get("name")): layer for layer in layers}
+    by_name.update({layer.get("name"): layer for layer in layers if layer.get("name")})
+
+    def entries(node: Any) -> list[tuple[str, list[Any]]]:
+        if isinstance(node, Mapping):
+            return [(str(k), v) for k, v in node.items()]
+        if node and isinstance(node[0], str):  # a single [layer, node, tensor] triple
+            return [(node[0], node)]
+        return [(item[0], item) for item in node]
+
+    inputs = []
+    for key, ref in entries(body.get("input_layers", [])):
+        layer = by_name.get(ref[0], {})
+        cfg = layer.get("config", {})
+        shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+        if shape is None:
+            raise ModelError(f"model input {key!r} has no shape in the model config")
+        dtype = cfg.get("dtype")
+        if isinstance(dtype, Mapping):  # a DTypePolicy
+            dtype = dtype.get("config", {}).get("name")
+        inputs.append(TensorSpec(cfg.get("name", key), tuple(shape[1:]), dtype or "float32"))
+    outputs = [TensorSpec(key, None, None) for key, _ in entries(body.get("output_layers", []))]
+    if not inputs or not outputs:
+        raise ModelError("the model config names no inputs or no outputs")
+    return tuple(inputs), tuple(outputs)
+
+
+def _keras_predict(model: Any, output_names: tuple[str, ...]) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    def predict(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = model.predict_on_batch(dict(feeds))
+        if isinstance(out, Mapping):
+            return {k: np.asarray(v) for k, v in out.items()}
+        if isinstance(out, (list, tuple)):
+            return {n: np.asarray(v) for n, v in zip(output_names, out)}
+        return {output_names[0]: np.asarray(out)}
+
+    return predict
+
+
+def _import_keras() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras  # noqa: PLC0415 - heavy, only inside actors
+
+    return keras
+
+
+def _load_keras(path: str, fmt: str, safe_mode: bool) -> LoadedModel:
+    keras = _import_keras()
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise ModelError(
+                f"model {path} needs arbitrary code to load (a Lambda layer); "
+                "set model.safe_mode: false only if you trust it"
+            ) from exc
+        raise ModelError(f"model {path} cannot be loaded as {fmt}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # noqa: BLE001 - h5py/zip/keras raise many kinds
+        raise ModelError(f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    names = tuple(getattr(model, "output_names", None) or [t.name for t in model.outputs])
+    inputs = tuple(
+        TensorSpec(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs
+    )
+    outputs = tuple(TensorSpec(n, tuple(t.shape[1:]), str(t.dtype)) for n, t in zip(names, model.outputs))
+    return LoadedModel(ModelSpec(inputs, outputs, fmt), _keras_predict(model, names))
+
+
+class KerasLoader:
+    """Keras 3 ``.keras`` archives (a zip of config.json + weights)."""
+
+    name = "keras"
+
+    def matches(self, path: str) -> bool:
+        return path.endswith(".keras")
+
+    def inspect(self, path: str) -> ModelSpec:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+        except zipfile.BadZipFile:
+            hint = " (it is an HDF5 file: use format: h5 or the .h5 suffix)" if _is_hdf5(path) else ""
+            raise ModelError(f"model {path} is not a .keras archive{hint}") from None
+        except KeyError:
+            raise ModelError(f"model {path} is a zip without config.json, not a .keras archive") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"model {path} cannot be read: {exc}") from None
+        inputs, outputs = _keras_tensor_specs(config)
+        return ModelSpec(inputs, outputs, self.name)
+
+    def load(self, path: str, *, safe_mode: bool = True) -> LoadedModel:
+        return _load_keras(path, self.name, safe_mode)
+
+
+def _is_hdf5(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+class H5Loader:
+    """Legacy Keras HDF5 files (``model.save("m.h5")``)."""
+
+    name = "h5"
+
+    def matches(self, path: str) -> bool:
+        return path.endswith((".h5", ".hdf5"))
+
+    def inspect(self, path: str) -> ModelSpec:
+        import h5py  # noqa: PLC0415
+
+        if not _is_hdf5(path):
+            raise ModelError(f"model {path} is not an HDF5 file")
+        try:
+            with h5py.File(path, "r") as fh:
+                raw = fh.attrs.get("model_config")
+        except OSError as exc:
+            raise ModelError(f"model {path} cannot be read: {exc}") from None
+        if raw is None:
+            raise ModelError(f"model {path} is an HDF5 file without a model config (weights only?)")
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        inputs, outputs = _keras_tensor_specs(config)
+        return ModelSpec(inputs, outputs, self.name)
+
+    def load(self, path: str, *, safe_mode: bool = True) -> LoadedModel:
+        return _load_keras(path, self.name, safe_mode)
+
+
+# --------------------------------------------------------------------------- registry
+
+_LOADERS: dict[str, Loader] = {"keras": KerasLoader(), "h5": H5Loader()}
+loaders: Mapping[str, Loader] = MappingProxyType(_LOADERS)
+
+
+def register_loader(name: str, loader: Loader, *, clobber: bool = False) -> None:
+    """Add a model format. ``clobber=True`` replaces an existing one.
+
+    The loader must be importable in Ray workers too (define it in a module,
+    not in ``__main__``), since actors look it up by name.
+    """
+    if name in _LOADERS and not clobber:
+        raise ValueError(f"a loader named {name!r} is registered already (pass clobber=True)")
+    _LOADERS[name] = loader
+
+
+def local_model_path(uri: str) -> str:
+    """The local filesystem path of ``uri`` (a plain path or ``file://``)."""
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise ModelError(f"model.uri: scheme {scheme}:// is not supported yet, got {uri!r}")
+    return uri
+
+
+def resolve_loader(uri: str, fmt: str = "auto") -> tuple[str, Loader]:
+    """Pick the loader for ``uri``; check the file exists. Returns (local path, loader)."""
+    path = local_model_path(uri)
+    if not os.path.exists(path):
+        raise ModelError(f"model.uri: no model at {path}{_example_hint(path)}")
+    if fmt != "auto":
+        if fmt not in _LOADERS:
+            raise ModelError(f"model.format must be auto or one of {sorted(_LOADERS)}, got {fmt!r}")
+        return path, _LOADERS[fmt]
+    for loader in _LOADERS.values():
+        if loader.matches(path):
+            return path, loader
+    raise ModelError(
+        f"model.format: cannot tell the format of {path} from its name; "
+        f"set model.format to one of {sorted(_LOADERS)}"
+    )
+
+
+def _example_hint(path: str) -> str:
+    """Point at the script that makes the bundled example's files."""
+    script = Path(path).resolve().parent.parent / "make_example.py"
+    if script.exists():
+        return f" (make the example's model and data with: python {os.path.relpath(script)})"
+    return ""

@@ -1,0 +1,256 @@
+"""One job through the stages: config → session → source → convert → predict → sink → report.
+
+``run`` drives a whole job from a config; ``predict`` is the middle of it for a
+DataFrame the caller already has. Both check everything they can before any
+batch is scored: config (before any cluster starts), model file, columns,
+dtypes and array lengths, output location.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from pydantic import ValidationError
+
+from ._config import Config, ModelConfig, PredictConfig, format_validation_error, load_config
+from ._convert import Plan, make_plan, to_tensors
+from ._errors import ConfigError, InputError, OutputError, PredictError, translate_errors
+from ._model import ModelSpec, resolve_loader
+from ._predict import LoadLedger, ModelRef, Predictor, summarize_loads
+from ._report import RunResult, StageClock
+from ._session import Session
+from ._sink import REPORT_NAME, check_output_free, write_output
+from ._sizing import check_pool_fits, rows_per_block
+from ._source import arrow_schema, read_input
+
+__all__ = ["run", "predict", "inspect_model"]
+
+log = logging.getLogger("rayscore")
+
+_SAMPLE_ROWS = 1000
+
+
+@dataclass
+class _Scored:
+    dataframe: Any
+    rows_in: int
+    rows_out: int
+    loads: dict[str, Any] = field(default_factory=dict)
+
+
+def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
+    """Find the model and read its inputs/outputs without loading its weights."""
+    path, loader = resolve_loader(model.uri, model.format)
+    spec = loader.inspect(path)
+    return ModelRef(path=path, loader=loader.name, safe_mode=model.safe_mode), spec
+
+
+def _check_sample(df: Any, plan: Plan) -> None:
+    """Convert the first rows exactly as the actors will, so bad shapes fail before scoring."""
+    with translate_errors("reading a sample of the input", InputError):
+        batches = df.select(*plan.input_columns).limit(_SAMPLE_ROWS)._collect_as_arrow()
+    if batches:
+        to_tensors(pa.Table.from_batches(batches), plan.bindings)
+
+
+def _check_pool(session_cpus: float, predict: PredictConfig) -> None:
+    import ray  # noqa: PLC0415
+
+    problem = check_pool_fits(
+        ray.cluster_resources(),
+        spark_cpus=session_cpus,
+        min_actors=predict.actors.min,
+        cpus_per_actor=predict.cpus_per_actor,
+        gpus_per_actor=predict.gpus_per_actor,
+    )
+    if problem:
+        raise ConfigError(problem)
+
+
+def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock,
+           spark_cpus: float) -> _Scored:
+    """Spark → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame."""
+    import ray  # noqa: PLC0415
+    from raydp.spark import from_spark_recoverable, release_spark_recoverable  # noqa: PLC0415
+
+    _check_pool(spark_cpus, predict)
+    selected = df.select(*plan.read_columns)
+    with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
+        ds = from_spark_recoverable(selected)
+        rows_in = ds.count()
+    if rows_in == 0:
+        release_spark_recoverable(selected)
+        raise InputError("the input has no rows; nothing to score")
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block(rows_in, predict.actors.max, predict.batch_size))
+    ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
+    try:
+        with clock.stage("predict"), translate_errors("predict", PredictError):
+            out = ds.map_batches(
+                Predictor,
+                fn_constructor_kwargs={"model": model, "plan": plan, "ledger": ledger},
+                batch_size=predict.batch_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(min_size=predict.actors.min, max_size=predict.actors.max),
+                num_cpus=predict.cpus_per_actor,
+                num_gpus=predict.gpus_per_actor or None,
+                zero_copy_batch=True,
+            ).materialize()
+            loads = summarize_loads(ray.get(ledger.loads.remote()))
+    finally:
+        ray.kill(ledger)
+        release_spark_recoverable(selected)
+    clock.add("load", loads["load_seconds_max"])
+    rows_out = out.count()
+    if rows_out != rows_in:
+        raise PredictError(f"the actor pool returned {rows_out} rows for {rows_in} input rows")
+    spark = df.sparkSession
+    with clock.stage("write"), translate_errors("back into Spark", PredictError):
+        scored = out.to_spark(spark)
+    return _Scored(scored, rows_in, rows_out, loads)
+
+
+def _prepare(df: Any, model: ModelConfig, keep_columns: Sequence[str]) -> tuple[ModelRef, ModelSpec, Plan]:
+    ref, spec = inspect_model(model)
+    plan = make_plan(spec, arrow_schema(df), inputs=model.inputs, outputs=model.outputs,
+                     keep_columns=keep_columns)
+    _check_sample(df, plan)
+    return ref, spec, plan
+
+
+def predict(
+    df: Any,
+    model: str | Mapping[str, Any] | ModelConfig,
+    *,
+    keep_columns: Sequence[str] = (),
+    inputs: Mapping[str, str] | None = None,
+    outputs: Mapping[str, str] | None = None,
+    batch_size: int = 1024,
+    actors: int | Mapping[str, int] = 1,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+) -> Any:
+    """Score a Spark DataFrame with a Keras model on a pool of Ray actors.
+
+    ``df`` must come from a RayDP Spark session (``rayscore.session()``).
+    Returns a Spark DataFrame with ``keep_columns`` followed by one column per
+    model output. The predictions are held in Ray's object store until the
+    session ends (they are not recomputed when the DataFrame is read twice).
+
+    Each actor loads the model once, from ``model`` (a path every node can
+    read); the model is never serialised. Memory per actor: one model copy
+    plus a few batches.
+
+    Example:
+        >>> with rayscore.session() as s:                       # doctest: +SKIP
+        ...     df = s.spark.read.parquet("features.parquet")
+        ...     scored = rayscore.predict(df, model="ctr.keras", keep_columns=["id"],
+        ...                               batch_size=1024, actors=2)
+        ...     scored.write.parquet("scores.parquet")
+    """
+    model_cfg = _validate(ModelConfig, model if not isinstance(model, str) else {"uri": model}, "model",
+                          extra={"inputs": inputs, "outputs": outputs})
+    predict_cfg = _validate(PredictConfig, {"batch_size": batch_size, "actors": actors,
+                                            "cpus_per_actor": cpus_per_actor,
+                                            "gpus_per_actor": gpus_per_actor}, "predict")
+    ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns))
+    spark_cpus = _spark_cpus(df.sparkSession)
+    return _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus).dataframe
+
+
+def _validate(cls: type[Any], data: Any, prefix: str, extra: Mapping[str, Any] | None = None) -> Any:
+    if isinstance(data, cls):
+        data = data.model_dump()
+    data = dict(data)
+    for key, value in (extra or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        cfg = cls.model_validate(data)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, cls)
+        raise ConfigError("; ".join(f"{prefix}.{part}" for part in msg.split("; "))) from None
+    if cls is ModelConfig and "://" not in cfg.uri:
+        cfg = cfg.model_copy(update={"uri": os.path.abspath(os.path.expanduser(cfg.uri))})
+    return cfg
+
+
+def _spark_cpus(spark: Any) -> float:
+    conf = spark.sparkContext.getConf()
+    return float(conf.get("spark.executor.instances", "1")) * float(conf.get("spark.executor.cores", "1"))
+
+
+def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session: Session | None = None) -> RunResult:
+    """Run a whole scoring job from a config file path or a mapping with the same keys.
+
+    Starts Ray and RayDP's Spark (or joins ``ray.address``), scores, writes
+    the predictions with Spark's writer and commits them together with a JSON
+    run report (``_rayscore_report.json`` inside the output directory). Stops
+    what it started, also on error or Ctrl-C. Pass an open ``session`` to
+    reuse it (its ray/spark settings win over the config's).
+
+    Example:
+        >>> result = rayscore.run("configs/example.yaml")      # doctest: +SKIP
+        >>> result.rows_in == result.rows_out
+        True
+    """
+    cfg = load_config(config)
+    ref, spec = inspect_model(cfg.model)  # fails fast on a bad model, before any cluster
+    check_output_free(cfg.output)
+    clock = StageClock()
+    own = session is None
+    if own:
+        session = Session(cfg.ray, cfg.spark, max_actors=cfg.predict.actors.max,
+                          cpus_per_actor=cfg.predict.cpus_per_actor)
+    assert session is not None
+    try:
+        if own:
+            session.start()
+            clock.add("startup", session.startup_seconds)
+        else:
+            clock.add("startup", 0.0)
+        spark = session.spark
+        df = read_input(spark, cfg.input)
+        plan = make_plan(spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
+                         keep_columns=cfg.output.keep_columns)
+        _check_sample(df, plan)
+        check_output_free(cfg.output, spark)
+        scored = _score(df, plan, ref, cfg.predict, clock, session.spark_cpus)
+        result = RunResult(
+            rows_in=scored.rows_in,
+            output=cfg.output.path or cfg.output.table,
+            model_uri=cfg.model.uri,
+            model_format=spec.format,
+            actors={"min": cfg.predict.actors.min, "max": cfg.predict.actors.max},
+            model_loads=scored.loads["model_loads"],
+            batch_size=cfg.predict.batch_size,
+            output_columns=list(plan.keep_columns) + list(plan.output_columns),
+            output_shapes=scored.loads["output_shapes"],
+        )
+
+        write_started = time.perf_counter()
+
+        def report(written: int) -> str:
+            result.rows_out = written
+            result.seconds = dict(clock.seconds)
+            result.seconds["write"] = round(
+                result.seconds.get("write", 0.0) + time.perf_counter() - write_started, 3)
+            if cfg.output.path:
+                result.report_path = f"{cfg.output.path.rstrip('/')}/{REPORT_NAME}"
+            return result.to_json()
+
+        with clock.stage("write"):
+            written = write_output(spark, scored.dataframe, cfg.output, scored.rows_in, report)
+        result.rows_out = written
+        result.seconds = dict(clock.seconds)
+        if result.rows_out != result.rows_in:  # pragma: no cover - write_output checks this first
+            raise OutputError(f"wrote {result.rows_out} rows for {result.rows_in} input rows")
+        return result
+    finally:
+        if own:
+            session.stop()

@@ -1,0 +1,71 @@
+"""The run report: what a job did, how long each stage took, which model made it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["RunResult", "StageClock", "STAGES"]
+
+STAGES = ("startup", "read_convert", "load", "predict", "write")
+
+
+@dataclass
+class RunResult:
+    """What :func:`rayscore.run` did. Also written as JSON beside the output.
+
+    ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
+    up), ``read_convert`` (Spark read into Ray's object store), ``load`` (the
+    slowest actor's model load; it overlaps ``predict``), ``predict`` (the
+    actor pool over every batch, loads included), ``write`` (back into Spark
+    and written, counted and committed).
+    """
+
+    rows_in: int = 0
+    rows_out: int = 0
+    output: str | None = None
+    model_uri: str = ""
+    model_format: str = ""
+    actors: dict[str, int] = field(default_factory=dict)
+    model_loads: int = 0
+    batch_size: int = 0
+    output_columns: list[str] = field(default_factory=list)
+    output_shapes: dict[str, list[int]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    report_path: str | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows scored per second of the predict stage."""
+        t = self.seconds.get("predict", 0.0)
+        return self.rows_out / t if t else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rows_per_second"] = round(self.rows_per_second, 1)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+class StageClock:
+    """Accumulates wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)

@@ -1,0 +1,213 @@
+"""Stage 2, session: a Ray (local or joined) and RayDP's Spark on it.
+
+rayscore stops exactly what it started: a local Ray it started is shut down,
+a cluster it joined is only disconnected from, and a Ray or Spark the caller
+had already started is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ._config import RayConfig, SparkConfig
+from ._errors import SessionError, translate_errors
+from ._sizing import local_ray_cpus
+
+__all__ = ["Session", "session", "JAVA_OPTIONS"]
+
+log = logging.getLogger("rayscore")
+
+# Java 17 closes these packages; Spark, Arrow and Ray's Java serializer reach into them.
+_OPENS = [
+    "java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java.math", "java.net",
+    "java.nio", "java.text", "java.time", "java.util", "java.util.concurrent",
+    "java.util.concurrent.atomic", "java.util.regex", "jdk.internal.misc", "jdk.internal.ref",
+    "sun.nio.ch", "sun.nio.cs", "sun.security.action", "sun.util.calendar",
+]
+JAVA_OPTIONS: tuple[str, ...] = (
+    "-XX:+IgnoreUnrecognizedVMOptions",
+    *(f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in _OPENS),
+    "-Djdk.reflect.useDirectMethodHandle=false",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+)
+
+
+class Session:
+    """A Ray connection plus a RayDP Spark session; use :func:`session` to open one.
+
+    Deployment: every node needs Java 17 and the same Python environment as
+    the driver (Spark's Python workers run ``sys.executable``).
+    """
+
+    def __init__(self, ray_config: RayConfig | None = None, spark_config: SparkConfig | None = None,
+                 *, max_actors: int = 1, cpus_per_actor: float = 1.0) -> None:
+        self.ray_config = ray_config or RayConfig()
+        self.spark_config = spark_config or SparkConfig()
+        self._max_actors = max_actors
+        self._cpus_per_actor = cpus_per_actor
+        self._started_ray = False
+        self._started_spark = False
+        self.spark: Any = None
+        self.startup_seconds = 0.0
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> Session:
+        t0 = time.perf_counter()
+        # Spark's Python workers (used by to_spark) must run this interpreter.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+        try:
+            self._start_ray()
+            self._start_spark()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - t0
+        return self
+
+    def _start_ray(self) -> None:
+        import ray  # noqa: PLC0415
+        from ray.job_config import JobConfig  # noqa: PLC0415
+
+        if ray.is_initialized():
+            log.info("using the Ray this process is already connected to")
+            return
+        cfg = self.ray_config
+        kwargs: dict[str, Any] = {
+            "job_config": JobConfig(jvm_options=list(JAVA_OPTIONS)),
+            "logging_level": logging.WARNING,
+            "log_to_driver": False,
+            "configure_logging": True,
+        }
+        if cfg.address is None:
+            kwargs["address"] = "local"
+            kwargs["include_dashboard"] = cfg.dashboard
+            kwargs["num_cpus"] = cfg.num_cpus or local_ray_cpus(
+                os.cpu_count() or 1,
+                spark_executors=self.spark_config.executors,
+                executor_cores=self.spark_config.executor_cores,
+                max_actors=self._max_actors,
+                cpus_per_actor=self._cpus_per_actor,
+            )
+        else:
+            kwargs["address"] = cfg.address
+        with translate_errors(f"ray.address {cfg.address or 'local'}", SessionError):
+            try:
+                ray.init(**kwargs)
+            except ConnectionError as exc:
+                raise SessionError(
+                    f"ray.address: cannot reach a Ray cluster at {cfg.address!r}: {exc}"
+                ) from exc
+        self._started_ray = True
+        _quiet_ray_data()
+
+    def _start_spark(self) -> None:
+        import raydp  # noqa: PLC0415
+
+        cfg = self.spark_config
+        java = " ".join(JAVA_OPTIONS)
+        configs: dict[str, str] = {
+            "spark.ray.raydp_app_master.extraJavaOptions": java,
+            "spark.driver.extraJavaOptions": java,
+            "spark.executor.extraJavaOptions": java,
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+        }
+        for key, value in cfg.configs.items():
+            if key.endswith("extraJavaOptions"):
+                configs[key] = f"{configs.get(key, '')} {value}".strip()
+            else:
+                configs[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        with translate_errors("spark", SessionError):
+            self.spark = raydp.init_spark(
+                app_name=cfg.app_name,
+                num_executors=cfg.executors,
+                executor_cores=cfg.executor_cores,
+                executor_memory=cfg.executor_memory,
+                configs=configs,
+            )
+        self._started_spark = True
+        self.spark.sparkContext.setLogLevel("ERROR")
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        """Stop what this session started; safe to call twice and after a failed start."""
+        if self._started_spark:
+            self._started_spark = False
+            try:
+                import raydp  # noqa: PLC0415
+
+                raydp.stop_spark()
+            except Exception as exc:  # noqa: BLE001 - stopping must go on
+                log.warning("stopping RayDP's Spark failed: %s", exc)
+            self.spark = None
+        if self._started_ray:
+            self._started_ray = False
+            import ray  # noqa: PLC0415
+
+            ray.shutdown()
+
+    @property
+    def spark_cpus(self) -> float:
+        return float(self.spark_config.executors * self.spark_config.executor_cores)
+
+    def __enter__(self) -> Session:
+        return self.start() if self.spark is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext  # noqa: PLC0415
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def session(
+    ray: RayConfig | dict[str, Any] | None = None,
+    spark: SparkConfig | dict[str, Any] | None = None,
+    *,
+    max_actors: int = 1,
+    cpus_per_actor: float = 1.0,
+) -> Iterator[Session]:
+    """Open a Ray + RayDP Spark session for :func:`rayscore.predict`; stop it on exit.
+
+    With no arguments it starts a local Ray and one Spark executor (1 core,
+    2 GB) and stops both when the block ends, on success, error or Ctrl-C.
+    ``ray={"address": "auto"}`` joins a running cluster instead.
+    ``max_actors``/``cpus_per_actor`` size a local Ray so that the largest
+    predictor pool you will ask for fits beside Spark's executors.
+
+    Example:
+        >>> import rayscore
+        >>> with rayscore.session() as s:                      # doctest: +SKIP
+        ...     df = s.spark.read.parquet("features.parquet")
+        ...     rayscore.predict(df, model="ctr.keras").show()
+    """
+    from ._config import ConfigError, format_validation_error  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    try:
+        ray_cfg = ray if isinstance(ray, RayConfig) else RayConfig.model_validate(ray or {})
+        spark_cfg = spark if isinstance(spark, SparkConfig) else SparkConfig.model_validate(spark or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, RayConfig)) from None
+    s = Session(ray_cfg, spark_cfg, max_actors=max_actors, cpus_per_actor=cpus_per_actor)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()

@@ -1,0 +1,150 @@
+"""Stage 6, sink: predictions written by Spark's writer, counted, then committed.
+
+For path outputs Spark writes into a staging directory beside the target;
+only when the written rows are counted and match the input does rayscore put
+the run report in it and rename it onto the target (through Hadoop's
+FileSystem, so local paths, HDFS and object stores go the same way). A failed
+job therefore leaves nothing that looks complete, and ``mode: overwrite``
+replaces the old output only at that commit.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from ._config import OutputConfig
+from ._errors import OutputError, translate_errors
+
+__all__ = ["check_output_free", "write_output", "REPORT_NAME"]
+
+REPORT_NAME = "_rayscore_report.json"
+
+
+class _HadoopFS:
+    """The few Hadoop FileSystem calls rayscore needs, through Spark's JVM."""
+
+    def __init__(self, spark: Any, path: str) -> None:
+        jvm = spark.sparkContext._jvm
+        self._jvm = jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+        self.root = jvm.org.apache.hadoop.fs.Path(path)
+        self.fs = self.root.getFileSystem(self._conf)
+
+    def path(self, p: str) -> Any:
+        return self._jvm.org.apache.hadoop.fs.Path(p)
+
+    def exists(self, p: str) -> bool:
+        return bool(self.fs.exists(self.path(p)))
+
+    def is_dir(self, p: str) -> bool:
+        return bool(self.fs.getFileStatus(self.path(p)).isDirectory())
+
+    def rename(self, src: str, dst: str) -> bool:
+        return bool(self.fs.rename(self.path(src), self.path(dst)))
+
+    def delete(self, p: str) -> None:
+        self.fs.delete(self.path(p), True)
+
+    def write_text(self, p: str, text: str) -> None:
+        stream = self.fs.create(self.path(p), True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+
+def check_output_free(cfg: OutputConfig, spark: Any | None = None) -> None:
+    """Refuse an output that exists (``mode: error``) or is a plain file, before any work."""
+    if cfg.format == "table":
+        if spark is not None and cfg.mode == "error" and spark.catalog.tableExists(cfg.table):
+            raise OutputError(f"output.table: table {cfg.table!r} exists (set output.mode: overwrite to replace it)")
+        return
+    path = cfg.path or ""
+    if "://" not in path or path.startswith("file://"):
+        local = path[len("file://"):] if path.startswith("file://") else path
+        if os.path.isfile(local):
+            raise OutputError(f"output.path: {local} is a file, not a directory")
+        if cfg.mode == "error" and os.path.exists(local):
+            raise OutputError(f"output.path: {local} exists (set output.mode: overwrite to replace it)")
+        parent = os.path.dirname(os.path.abspath(local))
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if parent and not os.access(parent, os.W_OK):
+            raise OutputError(f"output.path: {parent} is not writable")
+        return
+    if spark is not None:
+        with translate_errors("output.path", OutputError):
+            fs = _HadoopFS(spark, path)
+            if fs.exists(path) and not fs.is_dir(path):
+                raise OutputError(f"output.path: {path} is a file, not a directory")
+            if cfg.mode == "error" and fs.exists(path):
+                raise OutputError(f"output.path: {path} exists (set output.mode: overwrite to replace it)")
+
+
+def _writer(sdf: Any, cfg: OutputConfig) -> Any:
+    options = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in cfg.options.items()}
+    if cfg.format == "csv":
+        options.setdefault("header", "true")
+    return sdf.write.options(**options)
+
+
+def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any) -> int:
+    """Write ``sdf`` per ``cfg``, check it holds ``expected_rows``, commit with the report.
+
+    ``report`` is called with the written row count and returns the report
+    JSON text. Returns the number of rows written.
+    """
+    if cfg.format == "table":
+        return _write_table(spark, sdf, cfg, expected_rows)
+    path = cfg.path or ""
+    staging = f"{path.rstrip('/')}.rayscore-staging-{uuid.uuid4().hex[:12]}"
+    with translate_errors("output.path", OutputError):
+        fs = _HadoopFS(spark, path)
+        try:
+            _writer(sdf, cfg).format(cfg.format).mode("error").save(staging)
+            written = spark.read.format(cfg.format).options(**_read_options(cfg)).load(staging).count()
+            if written != expected_rows:
+                raise OutputError(
+                    f"output: wrote {written} rows for {expected_rows} input rows; nothing committed"
+                )
+            fs.write_text(f"{staging}/{REPORT_NAME}", report(written))
+            _commit(fs, staging, path, cfg.mode)
+        finally:
+            if fs.exists(staging):
+                fs.delete(staging)
+    return written
+
+
+def _read_options(cfg: OutputConfig) -> dict[str, str]:
+    return {"header": "true"} if cfg.format == "csv" else {}
+
+
+def _commit(fs: _HadoopFS, staging: str, path: str, mode: str) -> None:
+    if fs.exists(path):
+        if mode != "overwrite":
+            raise OutputError(f"output.path: {path} appeared while the job ran; nothing committed")
+        old = f"{path.rstrip('/')}.rayscore-old-{uuid.uuid4().hex[:12]}"
+        if not fs.rename(path, old):
+            raise OutputError(f"output.path: could not move the old output {path} aside")
+        if not fs.rename(staging, path):
+            fs.rename(old, path)
+            raise OutputError(f"output.path: could not rename the new output onto {path}")
+        fs.delete(old)
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent:
+        fs.fs.mkdirs(fs.path(parent))
+    if not fs.rename(staging, path):
+        raise OutputError(f"output.path: could not rename the new output onto {path}")
+
+
+def _write_table(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int) -> int:
+    with translate_errors("output.table", OutputError):
+        mode = "overwrite" if cfg.mode == "overwrite" else "errorifexists"
+        _writer(sdf, cfg).mode(mode).saveAsTable(cfg.table)
+        written = spark.table(cfg.table).count()
+    if written != expected_rows:
+        raise OutputError(f"output.table: {cfg.table} holds {written} rows for {expected_rows} input rows")
+    return written
