@@ -8,11 +8,15 @@ SIGTERM (after stopping what was started).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from . import __version__
 from ._errors import RayscoreError
@@ -31,7 +35,31 @@ def _parser() -> argparse.ArgumentParser:
                          description="Score the config's input with its model and write the predictions.")
     run.add_argument("config", help="path to the job's YAML config (see configs/example.yaml)")
     run.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show Ray's, Spark's and TensorFlow's own logs on the terminal "
+                          "(by default they go to a log file)")
     return parser
+
+
+def _divert_logs() -> tuple[TextIO, TextIO, Path]:
+    """Send fds 1 and 2 (ours and those the JVM and Ray inherit) to a log file.
+
+    Ray, Spark's JVM and TensorFlow write to the process's file descriptors,
+    not to Python's logging; the user should see rayscore's own lines only.
+    Returns writers on the original stdout/stderr and the log's path.
+    """
+    folder = Path(tempfile.gettempdir()) / "rayscore-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    err = os.fdopen(os.dup(2), "w", buffering=1)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    return out, err, path
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -44,22 +72,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     from ._pipeline import run  # noqa: PLC0415 - keep --help fast
 
+    if args.verbose:
+        out, err, log = sys.stdout, sys.stderr, None
+    else:
+        out, err, log = _divert_logs()
+    details = f" (logs: {log})" if log else ""
     try:
         result = run(args.config)
     except RayscoreError as exc:
-        print(f"rayscore: error: {exc}", file=sys.stderr)
+        print(f"rayscore: error: {exc}" + ("" if exc.user_error else details), file=err)
         return 2 if exc.user_error else 1
     except KeyboardInterrupt:
-        print("rayscore: interrupted; stopped the actors, Spark and Ray it had started", file=sys.stderr)
+        print("rayscore: interrupted; stopped the actors, Spark and Ray it had started", file=err)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: say so in one line, keep the trace in the log
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exc()
+        print(f"rayscore: internal error: {type(exc).__name__}: {exc}{details}", file=err)
+        return 1
     if args.json:
-        print(result.to_json())
+        print(result.to_json(), file=out)
     else:
         s = result.seconds
         print(
             f"rayscore: scored {result.rows_in} rows -> {result.rows_out} rows in {result.output} "
             f"with {result.model_loads} actor(s); seconds: "
-            + ", ".join(f"{k} {s.get(k, 0.0):.1f}" for k in ("startup", "read_convert", "load", "predict", "write"))
+            + ", ".join(f"{k} {s.get(k, 0.0):.1f}" for k in ("startup", "read_convert", "load", "predict", "write")),
+            file=out,
         )
     return 0
 

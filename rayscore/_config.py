@@ -11,7 +11,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -39,7 +39,14 @@ __all__ = [
     "parse_actors",
 ]
 
-_Scalar = Union[StrictBool, int, float, str]
+
+
+def _scalars(value: dict[str, Any]) -> dict[str, Any]:
+    bad = {k: v for k, v in value.items() if not isinstance(v, (bool, int, float, str))}
+    if bad:
+        key, val = next(iter(bad.items()))
+        raise ValueError(f"values must be strings, numbers or booleans, got {key}: {val!r}")
+    return value
 
 
 class _Frozen(BaseModel):
@@ -53,7 +60,9 @@ class InputConfig(_Frozen):
     path: str | None = None
     table: str | None = None
     query: str | None = None
-    options: dict[str, _Scalar] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    _options = field_validator("options")(classmethod(lambda cls, v: _scalars(v)))
 
     @model_validator(mode="after")
     def _source_matches_format(self) -> InputConfig:
@@ -154,7 +163,9 @@ class OutputConfig(_Frozen):
     table: str | None = None
     mode: Literal["error", "overwrite"] = "error"
     keep_columns: tuple[str, ...] = ()
-    options: dict[str, _Scalar] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    _options = field_validator("options")(classmethod(lambda cls, v: _scalars(v)))
 
     @model_validator(mode="after")
     def _target_matches_format(self) -> OutputConfig:
@@ -185,7 +196,7 @@ class SparkConfig(_Frozen):
     executors: int = Field(default=1, ge=1)
     executor_cores: int = Field(default=1, ge=1)
     executor_memory: str = Field(default="2g", pattern=r"^\d+[kKmMgGtT]?[bB]?$")
-    configs: dict[str, _Scalar] = Field(default_factory=dict)
+    configs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("configs")
     @classmethod
@@ -193,7 +204,7 @@ class SparkConfig(_Frozen):
         bad = [k for k in value if not k.startswith("spark.")]
         if bad:
             raise ValueError(f"keys must start with 'spark.', got {bad[0]!r}")
-        return value
+        return _scalars(value)
 
 
 class Config(_Frozen):
@@ -205,6 +216,12 @@ class Config(_Frozen):
     output: OutputConfig
     ray: RayConfig = Field(default_factory=RayConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
+
+    @field_validator("predict", "ray", "spark", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:
+        # A section whose keys are all commented out parses as None: use the defaults.
+        return {} if value is None else value
 
     @model_validator(mode="after")
     def _no_collisions(self) -> Config:
@@ -250,6 +267,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
         "literal_error": lambda: f"must be one of {ctx.get('expected')}",
         "string_too_short": lambda: "must not be empty",
         "string_pattern_mismatch": lambda: "must look like 512m, 2g or 2048 (bytes)",
+        "int_from_float": lambda: "must be a whole number",
     }
     if kind in messages:
         text = messages[kind]()

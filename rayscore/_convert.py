@@ -104,8 +104,8 @@ def make_plan(
 ) -> Plan:
     """Bind model inputs to columns of ``schema`` and outputs to new columns.
 
-    ``inputs`` maps model input → column (omitted: columns named like the
-    inputs); ``outputs`` maps model output → column (omitted: every output
+    ``inputs`` maps model input → column; an input it does not name (or
+    every input, when omitted) reads the column of its own name; ``outputs`` maps model output → column (omitted: every output
     under its own name). Raises ConfigError/InputError naming what is missing.
     """
     names = set(schema.names)
@@ -119,11 +119,11 @@ def make_plan(
     mapping = dict(inputs) if inputs is not None else {}
     bindings = []
     for tensor in spec.inputs:
-        column = mapping.get(tensor.name, tensor.name if inputs is None else None)
-        if column is None:
-            raise ConfigError(
-                f"model.inputs: model input {tensor.name!r} has no column "
-                f"(map it, e.g. {tensor.name}: <column>)"
+        column = mapping.get(tensor.name, tensor.name)
+        if column not in names and tensor.name not in mapping:
+            raise InputError(
+                f"model input {tensor.name!r} has no column: the input has no column {column!r} "
+                f"and model.inputs does not map it (columns: {', '.join(schema.names)})"
             )
         if column not in names:
             raise InputError(

@@ -88,9 +88,15 @@ def find_rayscore_error(exc: BaseException) -> RayscoreError | None:
         if cur is None or id(cur) in seen:
             continue
         seen.add(id(cur))
+        wrapped = getattr(cur, "cause", None)
+        if isinstance(wrapped, BaseException):
+            # RayTaskError(X) subclasses X but carries the traceback text in str();
+            # the original exception is its ``cause``.
+            todo.append(wrapped)
+            continue
         if isinstance(cur, RayscoreError):
             return cur
-        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "cause", None)])
+        todo.extend([cur.__cause__, cur.__context__])
     return None
 
 

@@ -185,12 +185,19 @@ def _load_keras(path: str, fmt: str, safe_mode: bool) -> LoadedModel:
         raise ModelError(f"model {path} cannot be loaded as {fmt}: {str(exc).splitlines()[0]}") from exc
     except Exception as exc:  # noqa: BLE001 - h5py/zip/keras raise many kinds
         raise ModelError(f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    names = tuple(getattr(model, "output_names", None) or [t.name for t in model.outputs])
+    names = tuple(getattr(model, "output_names", None) or [_layer_name(model, t) for t in model.outputs])
     inputs = tuple(
         TensorSpec(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs
     )
     outputs = tuple(TensorSpec(n, tuple(t.shape[1:]), str(t.dtype)) for n, t in zip(names, model.outputs))
     return LoadedModel(ModelSpec(inputs, outputs, fmt), _keras_predict(model, names))
+
+
+def _layer_name(model: Any, tensor: Any) -> str:
+    """The name of the layer that makes ``tensor``: what inspect() reads from the config."""
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None)
+    return getattr(operation, "name", None) or model.layers[-1].name
 
 
 class KerasLoader:

@@ -80,16 +80,21 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     from raydp.spark import from_spark_recoverable, release_spark_recoverable  # noqa: PLC0415
 
     _check_pool(spark_cpus, predict)
+    # Datasets copy the current DataContext when made: set it first.
+    # Let a RayscoreError raised in an actor (bad rows, say) reach us as itself,
+    # not as Ray Data's UserCodeException whose pickled copy loses the cause.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     selected = df.select(*plan.read_columns)
     with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
         ds = from_spark_recoverable(selected)
-        rows_in = ds.count()
-    if rows_in == 0:
-        release_spark_recoverable(selected)
-        raise InputError("the input has no rows; nothing to score")
-    ds = ds.repartition(target_num_rows_per_block=rows_per_block(rows_in, predict.actors.max, predict.batch_size))
-    ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
+    ledger = None
     try:
+        with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
+            rows_in = ds.count()
+        if rows_in == 0:
+            raise InputError("the input has no rows; nothing to score")
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block(rows_in, predict.actors.max, predict.batch_size))
+        ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
         with clock.stage("predict"), translate_errors("predict", PredictError):
             out = ds.map_batches(
                 Predictor,
@@ -103,8 +108,9 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
             ).materialize()
             loads = summarize_loads(ray.get(ledger.loads.remote()))
     finally:
-        ray.kill(ledger)
-        release_spark_recoverable(selected)
+        if ledger is not None:
+            ray.kill(ledger)
+        release_spark_recoverable(selected)  # Spark's cached copy; Ray holds the blocks now
     clock.add("load", loads["load_seconds_max"])
     rows_out = out.count()
     if rows_out != rows_in:
@@ -215,11 +221,12 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         else:
             clock.add("startup", 0.0)
         spark = session.spark
-        df = read_input(spark, cfg.input)
-        plan = make_plan(spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
-                         keep_columns=cfg.output.keep_columns)
-        _check_sample(df, plan)
-        check_output_free(cfg.output, spark)
+        with clock.stage("read_convert"):
+            df = read_input(spark, cfg.input)
+            plan = make_plan(spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
+                             keep_columns=cfg.output.keep_columns)
+            _check_sample(df, plan)
+            check_output_free(cfg.output, spark)
         scored = _score(df, plan, ref, cfg.predict, clock, session.spark_cpus)
         result = RunResult(
             rows_in=scored.rows_in,

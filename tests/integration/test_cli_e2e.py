@@ -1,0 +1,118 @@
+"""The ``rayscore`` command end to end, each run in its own process with its own Ray.
+
+These start what a user's ``rayscore run`` starts: a local Ray and RayDP's
+Spark (the embedded default) or a connection to a running cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from .conftest import assert_matches_model, read_parquet_dir
+
+pytestmark = pytest.mark.integration
+
+RAY_DAEMONS = ("raylet", "gcs_server")
+
+
+def ray_daemons() -> int:
+    """Ray daemon processes on this machine (the test session's own Ray included)."""
+    count = 0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] and any(proc.info["name"].startswith(d) for d in RAY_DAEMONS):
+            count += 1
+    return count
+
+
+def rayscore_cli(config: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "rayscore", "run", str(path), *args],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def config_for(workload: dict, out: Path, **sections) -> dict:
+    cfg = {
+        "input": {"path": workload["data"]},
+        "model": {"uri": workload["keras"]},
+        "predict": {"batch_size": 1000, "actors": 2},
+        "output": {"path": str(out), "keep_columns": ["id"]},
+    }
+    cfg.update(sections)
+    return cfg
+
+
+def test_cli_runs_the_embedded_default_and_stops_what_it_started(workload, tmp_path):
+    before = ray_daemons()
+    out = tmp_path / "scores.parquet"
+    done = rayscore_cli(config_for(workload, out), tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # Ray's, Spark's and TF's logs go to the log file
+    report = json.loads(done.stdout)
+    assert report["rows_in"] == report["rows_out"] == 6000
+    assert report["model_loads"] == 2
+    assert json.loads((out / "_rayscore_report.json").read_text())["rows_out"] == 6000
+    assert_matches_model(read_parquet_dir(out), workload)
+    assert ray_daemons() == before  # its local Ray is gone again
+
+
+def test_cli_bad_input_after_start_is_one_line_exit_2_and_nothing_written(workload, tmp_path):
+    before = ray_daemons()
+    out = tmp_path / "scores.parquet"
+    cfg = config_for(workload, out, model={"uri": workload["keras"], "inputs": {"title_0": "missing"}})
+    done = rayscore_cli(cfg, tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith(
+        "rayscore: error: model input 'title_0' needs column 'missing', which the input does not have")
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+    assert ray_daemons() == before
+
+
+@pytest.fixture(scope="module")
+def running_cluster():
+    """A Ray cluster started apart from rayscore, as `ray start --head` would."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 4, "include_dashboard": False})
+    yield cluster
+    cluster.shutdown()
+
+
+def cluster_probe(address: str) -> dict:
+    """Resources of the cluster, seen from a fresh driver process."""
+    code = (
+        "import json, ray; ray.init(address=%r, logging_level='ERROR');"
+        "print(json.dumps({'total': ray.cluster_resources().get('CPU', 0),"
+        " 'free': ray.available_resources().get('CPU', 0), 'nodes': len(ray.nodes())}))" % address
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_cli_joins_a_running_cluster_and_leaves_it_running_and_clean(workload, tmp_path, running_cluster):
+    address = running_cluster.address
+    out = tmp_path / "scores.parquet"
+    done = rayscore_cli(config_for(workload, out, ray={"address": address}), tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows_out"] == 6000
+    assert_matches_model(read_parquet_dir(out), workload)
+    # The cluster is still up, and once the job's driver is gone every CPU it used is free again.
+    deadline = time.monotonic() + 60
+    probe = cluster_probe(address)
+    while probe["free"] < probe["total"] and time.monotonic() < deadline:
+        probe = cluster_probe(address)
+    assert probe["nodes"] == 1
+    assert probe["free"] == probe["total"] == 4

@@ -1,0 +1,186 @@
+"""The whole path on a real local Ray + RayDP Spark with a real multi-input Keras model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import rayscore
+
+from .conftest import ROWS, assert_matches_model, read_parquet_dir
+
+pytestmark = pytest.mark.integration
+
+
+def job(workload: dict, out: Path, **overrides) -> dict:
+    """A run() config for the workload; sections in ``overrides`` are merged in."""
+    cfg = {
+        "input": {"format": "parquet", "path": workload["data"]},
+        "model": {"uri": workload["keras"]},
+        "predict": {"batch_size": 500, "actors": 2},
+        "output": {"path": str(out), "keep_columns": ["id"]},
+    }
+    for section, values in overrides.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    return cfg
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Anything rayscore may have written under ``parent`` (staging dirs included)."""
+    return sorted(p.name for p in parent.iterdir()) if parent.exists() else []
+
+
+def test_predict_api_returns_spark_dataframe_matching_model_predict(rs, workload, tmp_path):
+    df = rs.spark.read.parquet(workload["data"])
+    scored = rayscore.predict(df, model=workload["keras"], keep_columns=["id"], batch_size=700, actors=2)
+    assert scored.columns == ["id", "click", "topics"]
+    assert dict(scored.dtypes) == {"id": "bigint", "click": "float", "topics": "array<float>"}
+    assert scored.count() == ROWS
+    scored.write.parquet(str(tmp_path / "scores.parquet"))
+    assert_matches_model(read_parquet_dir(tmp_path / "scores.parquet"), workload)
+
+
+def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = rayscore.run(
+        job(workload, out, model={"outputs": {"click": "click_prob", "topics": "topic_probs"}}),
+        session=rs,
+    )
+    assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
+    assert result.model_loads == 2  # loads = actors, not batches (6000 rows / 500 = 12 batches)
+    assert result.actors == {"min": 2, "max": 2}
+    assert result.output == str(out)
+    assert result.output_columns == ["id", "click_prob", "topic_probs"]
+    assert result.output_shapes == {"click": [1], "topics": [5]}
+    assert set(result.seconds) == {"startup", "read_convert", "load", "predict", "write"}
+    assert all(v >= 0 for v in result.seconds.values())
+    assert (out / "_SUCCESS").exists()
+    report = json.loads((out / "_rayscore_report.json").read_text())
+    assert report["rows_in"] == report["rows_out"] == ROWS
+    assert report["model_uri"] == workload["keras"]
+    assert report["model_loads"] == 2
+    assert_matches_model(read_parquet_dir(out), workload, click="click_prob", topics="topic_probs")
+    assert leftovers(tmp_path) == ["scores.parquet"]
+
+
+def test_autoscaling_pool_h5_model_sql_source_and_renamed_columns(rs, workload, tmp_path):
+    rs.spark.read.parquet(workload["data"]).createOrReplaceTempView("features")
+    query = ("SELECT id, title_0 AS t0, title_1 AS t1, title_2 AS t2, title_3 AS t3, "
+             "hour_of_week AS how, CAST(price AS DOUBLE) AS p FROM features")
+    inputs = {"title_0": "t0", "title_1": "t1", "title_2": "t2", "title_3": "t3",
+              "hour_of_week": "how", "price": "p"}
+    out = tmp_path / "scores.csv"
+    result = rayscore.run(
+        {
+            "input": {"format": "sql", "query": query},
+            "model": {"uri": workload["h5"], "inputs": inputs, "outputs": {"click": "click"}},
+            "predict": {"batch_size": 256, "actors": {"min": 1, "max": 2}},
+            "output": {"path": str(out), "format": "csv", "keep_columns": ["id"]},
+        },
+        session=rs,
+    )
+    assert result.rows_out == ROWS
+    assert 1 <= result.model_loads <= 2
+    assert result.model_format == "h5"
+    written = rs.spark.read.option("header", "true").option("inferSchema", "true").csv(str(out))
+    assert written.columns == ["id", "click"]
+    rows = written.toPandas().sort_values("id")
+    assert np.array_equal(rows["id"].to_numpy(), np.arange(ROWS))
+    np.testing.assert_allclose(rows["click"].to_numpy(), workload["click"], atol=1e-5, rtol=0)
+
+
+def test_mode_error_refuses_existing_output_and_overwrite_replaces_it(rs, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(rayscore.OutputError, match=r"output.path: .*scores.parquet exists \(set output.mode: overwrite"):
+        rayscore.run(job(workload, out), session=rs)
+    assert leftovers(out) == ["old.txt"]
+    result = rayscore.run(job(workload, out, output={"mode": "overwrite"}), session=rs)
+    assert result.rows_out == ROWS
+    assert not (out / "old.txt").exists()
+    assert_matches_model(read_parquet_dir(out), workload)
+    assert leftovers(tmp_path) == ["scores.parquet"]
+
+
+@pytest.fixture(scope="module")
+def bad_data(workload, tmp_path_factory) -> dict:
+    """Feature files that do not fit the model: a short hour_of_week, a string title."""
+    root = tmp_path_factory.mktemp("bad")
+    table = workload["table"].slice(0, 300)
+    short = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, 301 * 100, 100, dtype=np.int32)),
+        pa.array(np.zeros(300 * 100, dtype=np.float32)),
+    )
+    pq.write_table(table.set_column(table.schema.get_field_index("hour_of_week"), "hour_of_week", short),
+                   root / "short.parquet")
+    as_text = pa.array([str(v) for v in range(300)])
+    pq.write_table(table.set_column(table.schema.get_field_index("title_2"), "title_2", as_text),
+                   root / "text.parquet")
+    pq.write_table(table.drop_columns(["price"]), root / "no_price.parquet")
+    return {"short": str(root / "short.parquet"), "text": str(root / "text.parquet"),
+            "no_price": str(root / "no_price.parquet")}
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"model": {"inputs": {"title_0": "title_0", "title_1": "title_1", "title_2": "title_2",
+                               "title_3": "nope", "hour_of_week": "hour_of_week", "price": "price"}}},
+         rayscore.InputError,
+         "model input 'title_3' needs column 'nope', which the input does not have (columns: id, title_0"),
+        ({"input": {"path": "no_price"}},
+         rayscore.InputError,
+         "model input 'price' has no column: the input has no column 'price' and model.inputs does not map it"),
+        ({"input": {"path": "short"}},
+         rayscore.InputError,
+         "column 'hour_of_week' has 100 values per row, model input 'hour_of_week' expects 168 (shape [24, 7])"),
+        ({"input": {"path": "text"}},
+         rayscore.InputError,
+         "column 'title_2' has type string, but model input 'title_2' expects numbers (int32, shape [20])"),
+        ({"output": {"keep_columns": ["id", "user"]}},
+         rayscore.InputError,
+         "output.keep_columns: column 'user' is not in the input"),
+        ({"output": {"keep_columns": ["id", "price"]}, "model": {"outputs": {"click": "price"}}},
+         rayscore.ConfigError,
+         "output.keep_columns: 'price' is also a model output column"),
+        ({"model": {"outputs": {"clicks": "c"}}},
+         rayscore.ConfigError,
+         "model.outputs: 'clicks' is not an output of the model (outputs: click, topics)"),
+    ],
+    ids=["missing-column", "input-without-column", "wrong-array-length", "string-column",
+         "missing-keep-column", "keep-column-clash", "unknown-output"],
+)
+def test_bad_input_is_reported_before_scoring_and_nothing_is_written(rs, workload, bad_data, tmp_path,
+                                                                     change, error, message):
+    if "input" in change:
+        change = {"input": {"path": bad_data[change["input"]["path"]]}}
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(error) as caught:
+        rayscore.run(job(workload, out, **change), session=rs)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_ragged_rows_after_the_sample_fail_in_the_actor_with_the_same_message(rs, workload, tmp_path):
+    """Rows past the pre-flight sample are checked per batch inside the actors."""
+    table = workload["table"].slice(0, 3000)
+    how = table.column("hour_of_week").combine_chunks()
+    lengths = np.full(3000, 168, dtype=np.int32)
+    lengths[2500] = 167
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    ragged = pa.ListArray.from_arrays(pa.array(offsets), how.flatten().slice(0, int(offsets[-1])))
+    data = tmp_path / "ragged.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("hour_of_week"), "hour_of_week", ragged), data)
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(rayscore.InputError, match=r"column 'hour_of_week' is ragged: rows hold 167 to 168 values"):
+        rayscore.run(job(workload, out, input={"path": str(data)}), session=rs)
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["ragged.parquet"]

@@ -1,0 +1,120 @@
+"""Sizing rules: plain arithmetic, no cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayscore._sizing import check_pool_fits, local_ray_cpus, rows_per_block
+
+# --------------------------------------------------------------------------- local_ray_cpus
+
+
+def test_local_ray_cpus_doc_example() -> None:
+    assert local_ray_cpus(2, spark_executors=1, executor_cores=1, max_actors=2, cpus_per_actor=1) == 4
+
+
+def test_local_ray_cpus_never_below_the_machine() -> None:
+    assert local_ray_cpus(16, spark_executors=1, executor_cores=1, max_actors=2, cpus_per_actor=1) == 16
+
+
+def test_local_ray_cpus_counts_executors_pool_and_one_spare() -> None:
+    # 2 executors x 2 cores + 3 actors x 2 CPUs + 1
+    assert local_ray_cpus(1, spark_executors=2, executor_cores=2, max_actors=3, cpus_per_actor=2) == 11
+
+
+def test_local_ray_cpus_rounds_fractional_pool_up() -> None:
+    # 3 actors x 0.5 CPU = 1.5 -> 2; + 1 executor core + 1
+    assert local_ray_cpus(1, spark_executors=1, executor_cores=1, max_actors=3, cpus_per_actor=0.5) == 4
+
+
+def test_local_ray_cpus_returns_int() -> None:
+    assert isinstance(local_ray_cpus(8.0, spark_executors=1, executor_cores=1, max_actors=1,  # type: ignore[arg-type]
+                                     cpus_per_actor=1.0), int)
+
+
+# --------------------------------------------------------------------------- check_pool_fits
+
+
+def test_pool_fits_cpu_only() -> None:
+    assert check_pool_fits({"CPU": 4}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0) is None
+
+
+def test_pool_fits_exactly() -> None:
+    assert check_pool_fits({"CPU": 3.0}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0) is None
+
+
+def test_pool_fits_without_gpu_key_when_no_gpus_asked() -> None:
+    assert check_pool_fits({"CPU": 8, "memory": 1e9}, spark_cpus=2, min_actors=3, cpus_per_actor=2,
+                           gpus_per_actor=0) is None
+
+
+def test_pool_too_small_doc_example() -> None:
+    msg = check_pool_fits({"CPU": 2}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0)
+    assert msg == "predict.actors: 2 actors need 2 CPUs besides Spark's 1, the cluster has 2 CPUs in all"
+
+
+def test_pool_too_small_fractional() -> None:
+    msg = check_pool_fits({"CPU": 2.0}, spark_cpus=1, min_actors=3, cpus_per_actor=0.5, gpus_per_actor=0)
+    assert msg == "predict.actors: 3 actors need 1.5 CPUs besides Spark's 1, the cluster has 2 CPUs in all"
+
+
+def test_pool_on_empty_cluster() -> None:
+    msg = check_pool_fits({}, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=0)
+    assert msg == "predict.actors: 1 actors need 1 CPUs besides Spark's 1, the cluster has 0 CPUs in all"
+
+
+def test_pool_fits_with_gpus() -> None:
+    total = {"CPU": 8, "GPU": 1}
+    assert check_pool_fits(total, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=1) is None
+    assert check_pool_fits(total, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0.5) is None
+
+
+def test_pool_needs_more_gpus() -> None:
+    msg = check_pool_fits({"CPU": 8, "GPU": 1}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=1)
+    assert msg == "predict.gpus_per_actor: 2 actors need 2 GPUs, the cluster has 1"
+
+
+def test_pool_needs_fractional_gpus() -> None:
+    msg = check_pool_fits({"CPU": 8, "GPU": 1}, spark_cpus=1, min_actors=3, cpus_per_actor=1, gpus_per_actor=0.5)
+    assert msg == "predict.gpus_per_actor: 3 actors need 1.5 GPUs, the cluster has 1"
+
+
+def test_pool_gpus_on_cpu_only_cluster() -> None:
+    msg = check_pool_fits({"CPU": 8}, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=1)
+    assert msg == "predict.gpus_per_actor: 1 actors need 1 GPUs, the cluster has 0"
+
+
+def test_cpu_shortage_reported_before_gpu_shortage() -> None:
+    msg = check_pool_fits({"CPU": 1}, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=1)
+    assert msg is not None and msg.startswith("predict.actors: ")
+
+
+# --------------------------------------------------------------------------- rows_per_block
+
+
+@pytest.mark.parametrize(
+    "rows, actors, batch, expected",
+    [
+        (100_000, 2, 1024, 13312),   # ceil(100000/8)=12500 -> 13 batches
+        (500, 2, 1024, 1024),        # never below one batch
+        (0, 2, 1024, 1024),          # empty input still gives a valid size
+        (8192, 2, 1024, 1024),       # exactly one batch per block
+        (8193, 2, 1024, 2048),       # rounds up to whole batches
+        (1000, 0, 10, 250),          # zero actors counts as one
+        (1_000_000, 4, 1, 62500),
+    ],
+)
+def test_rows_per_block(rows: int, actors: int, batch: int, expected: int) -> None:
+    assert rows_per_block(rows, actors, batch) == expected
+
+
+def test_rows_per_block_is_whole_batches_and_gives_every_actor_work() -> None:
+    for rows in (1, 999, 10_000, 123_457):
+        for actors in (1, 2, 3, 8):
+            for batch in (1, 64, 1000):
+                block = rows_per_block(rows, actors, batch)
+                assert block % batch == 0
+                assert block >= batch
+                if rows >= 4 * actors * batch:
+                    blocks = -(-rows // block)
+                    assert blocks >= actors
