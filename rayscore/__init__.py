@@ -6,7 +6,7 @@ batches; the predictions flow back into Spark. The model is never serialised.
 
 Three ways in::
 
-    rayscore run config.yaml                       # the CLI
+    rayscore run config.yaml                       # the CLI (rayscore validate config.yaml: check only)
     rayscore.run("config.yaml")                    # the same from Python
     with rayscore.session() as s:                  # a DataFrame you already have
         scored = rayscore.predict(df, model="ctr.keras", keep_columns=["id"])
@@ -26,11 +26,14 @@ from ._model import ModelSpec, TensorSpec, register_loader
 from ._pipeline import inspect_model, predict, run
 from ._report import RunResult
 from ._session import Session, session
+from ._validate import Validation, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "run",
+    "validate",
+    "Validation",
     "predict",
     "session",
     "Session",

@@ -1,4 +1,4 @@
-"""The ``rayscore`` command: ``rayscore run CONFIG``.
+"""The ``rayscore`` command: ``rayscore run CONFIG`` and ``rayscore validate CONFIG``.
 
 Exit codes: 0 done; 2 bad input (config, model, data, output location), with
 one line on stderr naming the cause; 1 a failure while running; 130 Ctrl-C or
@@ -16,10 +16,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from ._errors import RayscoreError
+
+if TYPE_CHECKING:
+    from ._validate import Validation
 
 __all__ = ["main"]
 
@@ -38,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true",
                      help="show Ray's, Spark's and TensorFlow's own logs on the terminal "
                           "(by default they go to a log file)")
+    check = sub.add_parser("validate", help="check a job (config, model, input, output) without scoring it",
+                           description="Check the config, the model, the input's columns and first rows, the "
+                                       "output location, and predict a few rows in this process; list every "
+                                       "problem. Starts no predictor actor and writes nothing.")
+    check.add_argument("config", help="path to the job's YAML config (see configs/example.yaml)")
+    check.add_argument("-v", "--verbose", action="store_true",
+                       help="show Ray's, Spark's and TensorFlow's own logs on the terminal "
+                            "(by default they go to a log file)")
     return parser
 
 
@@ -67,6 +78,17 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _print_validation(validation: Validation, out: TextIO, err: TextIO) -> int:
+    """``rayscore validate``: each passed check on stdout (exit 0), or each problem on stderr (exit 2)."""
+    if validation.ok:
+        for check in validation.checks:
+            print(f"rayscore: ok: {check}", file=out)
+        return 0
+    for problem in validation.problems:
+        print(f"rayscore: error: {problem}", file=err)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -78,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out, err, log = _divert_logs()
     details = f" (logs: {log})" if log else ""
     try:
+        if args.command == "validate":
+            from ._validate import validate  # noqa: PLC0415
+
+            return _print_validation(validate(args.config), out, err)
         result = run(args.config)
     except RayscoreError as exc:
         print(f"rayscore: error: {exc}" + ("" if exc.user_error else details), file=err)

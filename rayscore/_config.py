@@ -141,6 +141,9 @@ class PredictConfig(_Frozen):
     actors: ActorsConfig = Field(default_factory=lambda: ActorsConfig(min=1, max=1))
     cpus_per_actor: float = Field(default=1.0, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
+    max_retries: int = Field(default=2, ge=0)
+    on_bad_rows: Literal["fail", "quarantine"] = "fail"
+    reject_nan: StrictBool = False
 
     @field_validator("actors", mode="before")
     @classmethod
@@ -161,8 +164,11 @@ class OutputConfig(_Frozen):
     format: Literal["parquet", "csv", "json", "orc", "table"] = "parquet"
     path: str | None = None
     table: str | None = None
-    mode: Literal["error", "overwrite"] = "error"
+    mode: Literal["error", "overwrite", "resume"] = "error"
     keep_columns: tuple[str, ...] = ()
+    key_columns: tuple[str, ...] = ()
+    errors_path: str | None = None
+    shards: int = Field(default=8, ge=1, le=100_000)
     options: dict[str, Any] = Field(default_factory=dict)
 
     _options = field_validator("options")(classmethod(lambda cls, v: _scalars(v)))
@@ -178,7 +184,17 @@ class OutputConfig(_Frozen):
         dup = sorted({c for c in self.keep_columns if self.keep_columns.count(c) > 1})
         if dup:
             raise ValueError(f"keep_columns names {dup[0]!r} twice")
+        if self.mode == "resume":
+            if self.format == "table":
+                raise ValueError("mode: resume needs a path output, not format: table")
+            if not self.key_columns:
+                raise ValueError("key_columns is required with mode: resume (they decide the shards)")
         return self
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Columns that identify a row in messages and error rows: key_columns, else keep_columns."""
+        return self.key_columns or self.keep_columns
 
 
 class RayConfig(_Frozen):
@@ -225,6 +241,8 @@ class Config(_Frozen):
 
     @model_validator(mode="after")
     def _no_collisions(self) -> Config:
+        if self.predict.on_bad_rows == "quarantine" and not self.output.errors_path:
+            raise ValueError("output.errors_path is required with predict.on_bad_rows: quarantine")
         outs = set((self.model.outputs or {}).values())
         clash = [c for c in self.output.keep_columns if c in outs]
         if clash:
@@ -355,6 +373,9 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> 
         update={
             "input": config.input.model_copy(update={"path": _resolve_local(config.input.path, base)}),
             "model": config.model.model_copy(update={"uri": _resolve_local(config.model.uri, base)}),
-            "output": config.output.model_copy(update={"path": _resolve_local(config.output.path, base)}),
+            "output": config.output.model_copy(update={
+                "path": _resolve_local(config.output.path, base),
+                "errors_path": _resolve_local(config.output.errors_path, base),
+            }),
         }
     )

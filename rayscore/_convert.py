@@ -10,7 +10,7 @@ offsets array and one values array.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ __all__ = [
     "make_plan",
     "check_column_type",
     "to_tensors",
+    "row_problems",
     "to_columns",
 ]
 
@@ -51,6 +52,10 @@ class Plan:
     bindings: tuple[Binding, ...]
     outputs: tuple[tuple[str, str], ...]  # (model output, column)
     keep_columns: tuple[str, ...]
+    key_columns: tuple[str, ...] = ()  # name rows in errors; carried to error rows
+    quarantine: bool = False  # bad rows become error rows instead of failing the job
+    reject_nan: bool = False
+    max_retries: int = 0  # model calls retried per batch before the job fails
 
     @property
     def input_columns(self) -> tuple[str, ...]:
@@ -58,8 +63,15 @@ class Plan:
 
     @property
     def read_columns(self) -> tuple[str, ...]:
-        """Columns to take from the source: keep_columns first, then features."""
-        return tuple(dict.fromkeys([*self.keep_columns, *self.input_columns]))
+        """Columns to take from the source: keep and key columns first, then features."""
+        return tuple(dict.fromkeys([*self.keep_columns, *self.key_columns, *self.input_columns]))
+
+    @property
+    def carried_columns(self) -> tuple[str, ...]:
+        """Input columns copied into the predictor's output."""
+        if not self.quarantine:
+            return self.keep_columns
+        return tuple(dict.fromkeys([*self.keep_columns, *self.key_columns]))
 
     @property
     def output_columns(self) -> tuple[str, ...]:
@@ -101,6 +113,10 @@ def make_plan(
     inputs: Mapping[str, str] | None = None,
     outputs: Mapping[str, str] | None = None,
     keep_columns: Sequence[str] = (),
+    key_columns: Sequence[str] = (),
+    quarantine: bool = False,
+    reject_nan: bool = False,
+    max_retries: int = 0,
 ) -> Plan:
     """Bind model inputs to columns of ``schema`` and outputs to new columns.
 
@@ -146,18 +162,20 @@ def make_plan(
     else:
         out_pairs = tuple((n, n) for n in spec.output_names)
 
-    missing = [c for c in keep_columns if c not in names]
-    if missing:
-        raise InputError(
-            f"output.keep_columns: column {missing[0]!r} is not in the input "
-            f"(columns: {', '.join(schema.names)})"
-        )
+    for key, wanted in (("keep_columns", keep_columns), ("key_columns", key_columns)):
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise InputError(
+                f"output.{key}: column {missing[0]!r} is not in the input "
+                f"(columns: {', '.join(schema.names)})"
+            )
     clash = [c for c in keep_columns if c in {col for _, col in out_pairs}]
     if clash:
         raise ConfigError(
             f"output.keep_columns: {clash[0]!r} is also a model output column (rename it in model.outputs)"
         )
-    return Plan(tuple(bindings), out_pairs, tuple(keep_columns))
+    return Plan(tuple(bindings), out_pairs, tuple(keep_columns), tuple(key_columns or keep_columns),
+                quarantine, reject_nan, max_retries)
 
 
 def _concrete_shape(tensor: TensorSpec) -> tuple[int, ...]:
@@ -198,16 +216,110 @@ def _flatten_lists(column: pa.ChunkedArray | pa.Array, binding: Binding) -> tupl
     return arr, rows
 
 
-def to_tensors(table: pa.Table, bindings: Iterable[Binding]) -> dict[str, np.ndarray]:
-    """One numpy array per model input, shaped ``(rows, *shape)`` and cast to its dtype."""
+def _leaf_numpy(values: pa.Array) -> np.ndarray:
+    if pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type):
+        values = values.cast(pa.float64())
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _uncastable(flat: np.ndarray, dtype: str, reject_nan: bool) -> np.ndarray | None:
+    """Mask of leaf values that cannot become ``dtype`` (None when all can; cheap when so)."""
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        if flat.dtype.kind == "f":
+            bad = ~np.isfinite(flat)
+            bad |= np.where(bad, False, flat != np.trunc(np.where(bad, 0, flat)))
+            info = np.iinfo(target)
+            bad |= np.where(bad, False, (flat < info.min) | (flat > info.max))
+            return bad if bad.any() else None
+        if flat.dtype.kind in "iu" and flat.size:
+            info = np.iinfo(target)
+            if flat.min() < info.min or flat.max() > info.max:
+                return (flat < info.min) | (flat > info.max)
+        return None
+    if reject_nan and flat.dtype.kind == "f":
+        bad = np.isnan(flat)
+        return bad if bad.any() else None
+    return None
+
+
+def to_tensors(table: pa.Table, bindings: Iterable[Binding], *, reject_nan: bool = False) -> dict[str, np.ndarray]:
+    """One numpy array per model input, shaped ``(rows, *shape)`` and cast to its dtype.
+
+    Raises InputError on the first problem (null, ragged or wrong length,
+    values the input's dtype cannot hold, NaN when ``reject_nan``); use
+    :func:`row_problems` to find which rows.
+    """
     feeds: dict[str, np.ndarray] = {}
     for binding in bindings:
         values, rows = _flatten_lists(table.column(binding.column), binding)
-        if pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type):
-            values = values.cast(pa.float64())
-        flat = values.to_numpy(zero_copy_only=False)
+        flat = _leaf_numpy(values)
+        bad = _uncastable(flat, binding.dtype, reject_nan)
+        if bad is not None:
+            example = flat[np.flatnonzero(bad)[0]].item()
+            raise InputError(
+                f"column {binding.column!r} holds {int(bad.sum())} values that model input "
+                f"{binding.input!r} ({binding.dtype}) cannot take, e.g. {example!r}"
+            )
         feeds[binding.input] = flat.astype(binding.dtype, copy=False).reshape((rows, *binding.shape))
     return feeds
+
+
+def row_problems(table: pa.Table, bindings: Iterable[Binding], *, reject_nan: bool = False) -> np.ndarray:
+    """Why each row cannot be scored: an object array of reasons, None for good rows.
+
+    Vectorised per column; only the bad rows get a Python string. The first
+    problem found for a row is the one reported.
+    """
+    rows = table.num_rows
+    reasons = np.full(rows, None, dtype=object)
+    for binding in bindings:
+        column = table.column(binding.column)
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        open_rows = np.equal(reasons, None)
+
+        def mark(mask: np.ndarray, text: Callable[[int], str]) -> None:
+            for i in np.flatnonzero(mask & open_rows):
+                reasons[i] = text(int(i))
+            open_rows[mask] = False
+
+        name = binding.column
+        mark(arr.is_null().to_numpy(zero_copy_only=False), lambda i: f"column {name!r}: null")
+        parents = np.arange(rows)
+        values = arr
+        depth = 0
+        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+            parents = parents[pc.list_parent_indices(values).to_numpy()]
+            values = values.flatten()
+            depth += 1
+        if depth:
+            counts = np.bincount(parents, minlength=rows)
+            mark(counts != binding.size,
+                 lambda i: f"column {name!r}: {counts[i]} values, model input {binding.input!r} expects {binding.size}")
+        leaf_null = values.is_null().to_numpy(zero_copy_only=False)
+        if leaf_null.any():
+            mark(np.bincount(parents[leaf_null], minlength=rows) > 0, lambda i: f"column {name!r}: null inside the array")
+            values = values.filter(pc.invert(values.is_null()))
+            parents = parents[~leaf_null]
+        flat = _leaf_numpy(values)
+        bad = _uncastable(flat, binding.dtype, reject_nan)
+        if bad is not None:
+            first = {}
+            for j in np.flatnonzero(bad):
+                first.setdefault(int(parents[j]), flat[j].item())
+            mask = np.zeros(rows, dtype=bool)
+            mask[list(first)] = True
+            mark(mask, lambda i: f"column {name!r}: value {first[i]!r} is not a valid {binding.dtype}")
+    return reasons
+
+
+def output_type(tensor: TensorSpec) -> pa.DataType:
+    """The Arrow type rayscore gives a model output's column."""
+    dtype = np.dtype(tensor.dtype or "float32")
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        dtype = np.dtype(np.float32)
+    value = pa.from_numpy_dtype(dtype)
+    return value if (tensor.size or 0) == 1 else pa.list_(value)
 
 
 def to_columns(predictions: Mapping[str, np.ndarray], outputs: Iterable[tuple[str, str]], rows: int) -> dict[str, pa.Array]:

@@ -29,6 +29,7 @@ __all__ = [
     "PredictError",
     "translate_errors",
     "find_rayscore_error",
+    "model_error_text",
 ]
 
 
@@ -100,6 +101,20 @@ def find_rayscore_error(exc: BaseException) -> RayscoreError | None:
     return None
 
 
+def model_error_text(exc: BaseException) -> str:
+    """The line of a TensorFlow/Keras error that says what went wrong.
+
+    TF's graph errors start with "Graph execution error:" and a Python stack;
+    the cause (``indices[3,2] = 99999 is not in [0, 50)``) comes after it.
+    """
+    for raw in str(exc).splitlines():
+        line = raw.strip()
+        if not line or line == "Graph execution error:" or line.startswith(("Detected at node", "File ", "[[")):
+            continue
+        return _one_line(line.split("\t [[")[0])
+    return ""
+
+
 def _one_line(text: str, limit: int = 400) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -129,14 +144,15 @@ def translate_errors(stage: str, kind: type[RayscoreError] = PredictError) -> It
     """
     try:
         yield
-    except RayscoreError:
-        raise
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - this is the translation boundary
         inner = find_rayscore_error(exc)
-        if inner is not None:
-            raise type(inner)(str(inner)) from exc
+        if inner is exc and "\n" not in str(exc):
+            raise
+        if inner is not None:  # e.g. RayTaskError(InputError): a subclass, but its str() is a traceback
+            # Ray Data appends its retry advice on further lines: ours is the first.
+            raise type(inner)(str(inner).split("\n")[0]) from exc
         module = type(exc).__module__ or ""
         if module.startswith(("pyspark", "py4j")):
             raise kind(f"{stage}: {_spark_message(exc)}") from exc

@@ -18,11 +18,11 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
-from ._config import Config, ModelConfig, PredictConfig, format_validation_error, load_config
+from ._config import Config, ModelConfig, OutputConfig, PredictConfig, format_validation_error, load_config
 from ._convert import Plan, make_plan, to_tensors
-from ._errors import ConfigError, InputError, OutputError, PredictError, translate_errors
-from ._model import ModelSpec, resolve_loader
-from ._predict import LoadLedger, ModelRef, Predictor, summarize_loads
+from ._errors import ConfigError, InputError, PredictError, translate_errors
+from ._model import ModelSpec, fingerprint, local_model_path, model_bytes, resolve_loader
+from ._predict import REASON, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
 from ._session import Session
 from ._sink import REPORT_NAME, check_output_free, write_output
@@ -42,6 +42,7 @@ class _Scored:
     rows_in: int
     rows_out: int
     loads: dict[str, Any] = field(default_factory=dict)
+    rows_quarantined: int = 0
 
 
 def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
@@ -52,11 +53,32 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
 
 
 def _check_sample(df: Any, plan: Plan) -> None:
-    """Convert the first rows exactly as the actors will, so bad shapes fail before scoring."""
+    """Convert the first rows exactly as the actors will, so bad shapes fail before scoring.
+
+    In quarantine mode bad rows are expected, so only the columns' types are checked.
+    """
+    if plan.quarantine:
+        return
     with translate_errors("reading a sample of the input", InputError):
-        batches = df.select(*plan.input_columns).limit(_SAMPLE_ROWS)._collect_as_arrow()
+        batches = df.select(*plan.read_columns).limit(_SAMPLE_ROWS)._collect_as_arrow()
     if batches:
-        to_tensors(pa.Table.from_batches(batches), plan.bindings)
+        sample = pa.Table.from_batches(batches)
+        try:
+            to_tensors(sample, plan.bindings, reject_nan=plan.reject_nan)
+        except InputError as exc:
+            raise first_bad_row(sample, plan, exc) from None
+
+
+def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> Plan:
+    """Bind the config's model to the DataFrame's columns; check a sample of rows."""
+    plan = make_plan(
+        spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
+        keep_columns=cfg.output.keep_columns, key_columns=cfg.output.keys,
+        quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
+        max_retries=cfg.predict.max_retries,
+    )
+    _check_sample(df, plan)
+    return plan
 
 
 def _check_pool(session_cpus: float, predict: PredictConfig) -> None:
@@ -115,16 +137,32 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     rows_out = out.count()
     if rows_out != rows_in:
         raise PredictError(f"the actor pool returned {rows_out} rows for {rows_in} input rows")
+    quarantined = _count_quarantined(out) if plan.quarantine else 0
     spark = df.sparkSession
     with clock.stage("write"), translate_errors("back into Spark", PredictError):
         scored = out.to_spark(spark)
-    return _Scored(scored, rows_in, rows_out, loads)
+    return _Scored(scored, rows_in, rows_out, loads, quarantined)
 
 
-def _prepare(df: Any, model: ModelConfig, keep_columns: Sequence[str]) -> tuple[ModelRef, ModelSpec, Plan]:
+def _count_quarantined(out: Any) -> int:
+    """Rows with a problem, counted where the blocks are (no copy to the driver)."""
+    import ray  # noqa: PLC0415
+
+    @ray.remote(num_cpus=0)
+    def count(block: pa.Table) -> int:
+        if block.num_rows == 0:  # Ray Data may pass empty blocks with no columns
+            return 0
+        return block.num_rows - block.column(REASON).null_count
+
+    refs = [ref for bundle in out.iter_internal_ref_bundles() for ref in bundle.block_refs]
+    return int(sum(ray.get([count.remote(ref) for ref in refs])))
+
+
+def _prepare(df: Any, model: ModelConfig, keep_columns: Sequence[str],
+             max_retries: int) -> tuple[ModelRef, ModelSpec, Plan]:
     ref, spec = inspect_model(model)
     plan = make_plan(spec, arrow_schema(df), inputs=model.inputs, outputs=model.outputs,
-                     keep_columns=keep_columns)
+                     keep_columns=keep_columns, max_retries=max_retries)
     _check_sample(df, plan)
     return ref, spec, plan
 
@@ -164,7 +202,7 @@ def predict(
     predict_cfg = _validate(PredictConfig, {"batch_size": batch_size, "actors": actors,
                                             "cpus_per_actor": cpus_per_actor,
                                             "gpus_per_actor": gpus_per_actor}, "predict")
-    ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns))
+    ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries)
     spark_cpus = _spark_cpus(df.sparkSession)
     return _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus).dataframe
 
@@ -191,6 +229,71 @@ def _spark_cpus(spark: Any) -> float:
     return float(conf.get("spark.executor.instances", "1")) * float(conf.get("spark.executor.cores", "1"))
 
 
+def new_result(cfg: Config, spec: ModelSpec, plan: Plan) -> RunResult:
+    """A RunResult with what is known before scoring."""
+    path = local_model_path(cfg.model.uri)
+    return RunResult(
+        output=cfg.output.path or cfg.output.table,
+        model_uri=cfg.model.uri,
+        model_format=spec.format,
+        model_bytes=model_bytes(path),
+        model_fingerprint=fingerprint(path),
+        actors={"min": cfg.predict.actors.min, "max": cfg.predict.actors.max},
+        batch_size=cfg.predict.batch_size,
+        output_columns=list(plan.keep_columns) + list(plan.output_columns),
+        errors_output=cfg.output.errors_path if plan.quarantine else None,
+    )
+
+
+def split_quarantined(scored: _Scored, plan: Plan) -> tuple[Any, Any]:
+    """(scored rows, error rows) as Spark DataFrames: outputs beside keep_columns; keys beside a reason."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    sdf = scored.dataframe
+    if not plan.quarantine:
+        return sdf, None
+    good = sdf.filter(F.col(REASON).isNull()).select(*plan.keep_columns, *plan.output_columns)
+    bad = sdf.filter(F.col(REASON).isNotNull()).select(*plan.key_columns, F.col(REASON).alias("reason"))
+    return good, bad
+
+
+def errors_output(cfg: Config) -> OutputConfig:
+    """Where quarantined rows go: output.errors_path, in the output's format (parquet for tables)."""
+    fmt = "parquet" if cfg.output.format == "table" else cfg.output.format
+    mode = "overwrite" if cfg.output.mode == "resume" else cfg.output.mode
+    return OutputConfig(format=fmt, path=cfg.output.errors_path, mode=mode, options=cfg.output.options)
+
+
+def _run_once(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, clock: StageClock,
+              spark_cpus: float) -> RunResult:
+    """Score everything in one pass, then write (staged, counted, committed)."""
+    spark = df.sparkSession
+    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus)
+    result = new_result(cfg, spec, plan)
+    result.rows_in = scored.rows_in
+    result.model_loads = scored.loads["model_loads"]
+    result.output_shapes = scored.loads["output_shapes"]
+    result.rows_quarantined = scored.rows_quarantined
+    good, bad = split_quarantined(scored, plan)
+    expected = scored.rows_in - scored.rows_quarantined
+    write_started = time.perf_counter()
+
+    def report(written: int) -> str:
+        result.rows_out = expected
+        result.seconds = dict(clock.seconds)
+        result.seconds["write"] = round(result.seconds.get("write", 0.0) + time.perf_counter() - write_started, 3)
+        if cfg.output.path:
+            result.report_path = f"{cfg.output.path.rstrip('/')}/{REPORT_NAME}"
+        return result.to_json()
+
+    with clock.stage("write"):
+        if bad is not None:
+            write_output(spark, bad, errors_output(cfg), scored.rows_quarantined, report)
+        result.rows_out = write_output(spark, good, cfg.output, expected, report)
+    result.seconds = dict(clock.seconds)
+    return result
+
+
 def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session: Session | None = None) -> RunResult:
     """Run a whole scoring job from a config file path or a mapping with the same keys.
 
@@ -208,6 +311,8 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
     cfg = load_config(config)
     ref, spec = inspect_model(cfg.model)  # fails fast on a bad model, before any cluster
     check_output_free(cfg.output)
+    if cfg.predict.on_bad_rows == "quarantine":
+        check_output_free(errors_output(cfg))
     clock = StageClock()
     own = session is None
     if own:
@@ -223,41 +328,15 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         spark = session.spark
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
-            plan = make_plan(spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
-                             keep_columns=cfg.output.keep_columns)
-            _check_sample(df, plan)
+            plan = plan_job(cfg, spec, df)
             check_output_free(cfg.output, spark)
-        scored = _score(df, plan, ref, cfg.predict, clock, session.spark_cpus)
-        result = RunResult(
-            rows_in=scored.rows_in,
-            output=cfg.output.path or cfg.output.table,
-            model_uri=cfg.model.uri,
-            model_format=spec.format,
-            actors={"min": cfg.predict.actors.min, "max": cfg.predict.actors.max},
-            model_loads=scored.loads["model_loads"],
-            batch_size=cfg.predict.batch_size,
-            output_columns=list(plan.keep_columns) + list(plan.output_columns),
-            output_shapes=scored.loads["output_shapes"],
-        )
+            if plan.quarantine:
+                check_output_free(errors_output(cfg), spark)
+        if cfg.output.mode == "resume":
+            from ._resume import run_resumable  # noqa: PLC0415
 
-        write_started = time.perf_counter()
-
-        def report(written: int) -> str:
-            result.rows_out = written
-            result.seconds = dict(clock.seconds)
-            result.seconds["write"] = round(
-                result.seconds.get("write", 0.0) + time.perf_counter() - write_started, 3)
-            if cfg.output.path:
-                result.report_path = f"{cfg.output.path.rstrip('/')}/{REPORT_NAME}"
-            return result.to_json()
-
-        with clock.stage("write"):
-            written = write_output(spark, scored.dataframe, cfg.output, scored.rows_in, report)
-        result.rows_out = written
-        result.seconds = dict(clock.seconds)
-        if result.rows_out != result.rows_in:  # pragma: no cover - write_output checks this first
-            raise OutputError(f"wrote {result.rows_out} rows for {result.rows_in} input rows")
-        return result
+            return run_resumable(cfg, df, plan, ref, spec, clock, session.spark_cpus)
+        return _run_once(cfg, df, plan, ref, spec, clock, session.spark_cpus)
     finally:
         if own:
             session.stop()

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ._convert import Plan, to_columns, to_tensors
-from ._errors import ModelError, PredictError, RayscoreError
+from ._convert import Plan, output_type, row_problems, to_columns, to_tensors
+from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
 
-__all__ = ["ModelRef", "Predictor", "LoadLedger", "predict_table"]
+__all__ = ["ModelRef", "Predictor", "LoadLedger", "predict_table", "first_bad_row", "REASON"]
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,95 @@ def _check_same_inputs(expected: tuple[Any, ...], spec: ModelSpec, path: str) ->
         raise ModelError(f"model {path} has no input {missing[0]!r} (inputs: {', '.join(sorted(have))})")
 
 
+REASON = "__rayscore_reason"  # per-row problem, in quarantine mode; null for scored rows
+
+
+def row_keys(batch: pa.Table, plan: Plan, row: int) -> str:
+    """``id=17, day='2024-01-02'``: the key columns of one row, for messages."""
+    keys = plan.key_columns[:4]
+    return ", ".join(f"{k}={batch.column(k)[row].as_py()!r}" for k in keys) if keys else f"row {row} of the batch"
+
+
+def first_bad_row(batch: pa.Table, plan: Plan, exc: InputError) -> InputError:
+    """``exc`` with the keys and problem of the first bad row appended."""
+    reasons = row_problems(batch, plan.bindings, reject_nan=plan.reject_nan)
+    bad = np.flatnonzero(np.not_equal(reasons, None))
+    if not len(bad):
+        return exc
+    return InputError(f"{exc} (first bad row: {row_keys(batch, plan, int(bad[0]))}: {reasons[bad[0]]})")
+
+
 def predict_table(model: Any, plan: Plan, batch: pa.Table) -> pa.Table:
-    """Score one Arrow batch: convert, predict, convert back, keep columns beside."""
-    feeds = to_tensors(batch, plan.bindings)
-    predictions = model.predict(feeds)
-    columns = {name: batch.column(name) for name in plan.keep_columns}
-    columns.update(to_columns(predictions, plan.outputs, batch.num_rows))
-    return pa.table(columns)
+    """Score one Arrow batch: convert, predict, convert back, carry input columns beside.
+
+    In quarantine mode, rows that cannot be converted come back with null
+    predictions and their problem in the ``REASON`` column.
+    """
+    reasons = None
+    try:
+        feeds = to_tensors(batch, plan.bindings, reject_nan=plan.reject_nan)
+        good = batch
+    except InputError as exc:
+        if not plan.quarantine:
+            raise first_bad_row(batch, plan, exc) from None
+        reasons = row_problems(batch, plan.bindings, reject_nan=plan.reject_nan)
+        mask = np.not_equal(reasons, None)
+        good = batch.filter(pa.array(~mask))
+        feeds = to_tensors(good, plan.bindings, reject_nan=plan.reject_nan) if good.num_rows else None
+    types = {col: output_type(_output_spec(model, name)) for name, col in plan.outputs}
+    columns: dict[str, Any] = {name: good.column(name) for name in plan.carried_columns}
+    if feeds is not None:
+        predictions = _predict_with_retries(model, plan, good, feeds)
+        made = to_columns(predictions, plan.outputs, good.num_rows)
+        columns.update({col: made[col].cast(types[col]) for col in made})
+    else:
+        columns.update({col: pa.nulls(0, types[col]) for col in types})
+    if not plan.quarantine:
+        return pa.table(columns)
+    columns[REASON] = pa.nulls(good.num_rows, pa.string())
+    scored = pa.table(columns)
+    if reasons is None:
+        return scored
+    mask = np.not_equal(reasons, None)
+    bad = batch.filter(pa.array(mask))
+    rejected = {name: bad.column(name) for name in plan.carried_columns}
+    rejected.update({col: pa.nulls(bad.num_rows, types[col]) for col in types})
+    rejected[REASON] = pa.array(list(reasons[mask]), pa.string())
+    return pa.concat_tables([scored, pa.table(rejected, schema=scored.schema)])
+
+
+def _output_spec(model: Any, name: str) -> Any:
+    return next(t for t in model.spec.outputs if t.name == name)
+
+
+def _predict_with_retries(model: Any, plan: Plan, batch: pa.Table, feeds: dict[str, np.ndarray]) -> Any:
+    attempts = plan.max_retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return model.predict(feeds)
+        except Exception as exc:  # noqa: BLE001 - the model's own error, retried then named
+            if attempt < attempts:
+                continue
+            # No ``from exc``: TF's errors do not pickle, and this one must cross
+            # from the actor to the driver intact.
+            raise PredictError(
+                f"a batch of {batch.num_rows} rows (first row: {row_keys(batch, plan, 0)}) failed "
+                f"{attempts} time(s) (predict.max_retries: {plan.max_retries}): "
+                f"{type(exc).__name__}: {model_error_text(exc)}"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Predictor:
-    """The callable class Ray Data runs in each pool actor (``map_batches``)."""
+    """The callable class Ray Data runs in each pool actor (``map_batches``).
+
+    Its constructor loads the model (once per actor, for the actor's life);
+    ``__call__`` scores one Arrow batch. A model error is retried
+    ``plan.max_retries`` times on the same actor, then fails the job naming the
+    batch's first key values. An actor that dies is restarted by Ray Data and
+    its in-flight batches are run again (so each row is still scored once in
+    the output).
+    """
 
     def __init__(self, model: ModelRef, plan: Plan, ledger: Any = None) -> None:
         t0 = time.perf_counter()
@@ -68,17 +146,7 @@ class Predictor:
             }))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        try:
-            return predict_table(self._model, self._plan, batch)
-        except RayscoreError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the model's own error, named with its batch
-            first = {c: batch.column(c)[0].as_py() for c in self._plan.keep_columns[:3]} if batch.num_rows else {}
-            where = f" (first row {first})" if first else ""
-            raise PredictError(
-                f"predicting a batch of {batch.num_rows} rows{where} failed: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from exc
+        return predict_table(self._model, self._plan, batch)
 
 
 class LoadLedger:

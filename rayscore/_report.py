@@ -18,6 +18,10 @@ STAGES = ("startup", "read_convert", "load", "predict", "write")
 class RunResult:
     """What :func:`rayscore.run` did. Also written as JSON beside the output.
 
+    ``rows_in == rows_out + rows_quarantined`` always. ``shards`` (resume
+    mode) counts ``total``, ``reused`` (committed by an earlier run) and
+    ``scored`` (by this run).
+
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
     up), ``read_convert`` (Spark read into Ray's object store), ``load`` (the
     slowest actor's model load; it overlaps ``predict``), ``predict`` (the
@@ -27,9 +31,13 @@ class RunResult:
 
     rows_in: int = 0
     rows_out: int = 0
+    rows_quarantined: int = 0
     output: str | None = None
+    errors_output: str | None = None
     model_uri: str = ""
     model_format: str = ""
+    model_bytes: int = 0
+    model_fingerprint: str = ""
     actors: dict[str, int] = field(default_factory=dict)
     model_loads: int = 0
     batch_size: int = 0
@@ -37,6 +45,7 @@ class RunResult:
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     report_path: str | None = None
+    shards: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,7 +101,8 @@ class Session:
             kwargs["address"] = cfg.address
         with translate_errors(f"ray.address {cfg.address or 'local'}", SessionError):
             try:
-                ray.init(**kwargs)
+                with _keep_sigterm_handler():
+                    ray.init(**kwargs)
             except ConnectionError as exc:
                 raise SessionError(
                     f"ray.address: cannot reach a Ray cluster at {cfg.address!r}: {exc}"
@@ -163,6 +166,25 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Keep a SIGTERM handler the caller installed: ``ray.init`` replaces it with ``sys.exit``.
+
+    The CLI turns SIGTERM into KeyboardInterrupt so that a run unwinds, stops
+    what it started and exits 130; Ray's handler would exit 15 without a word.
+    A default (non-Python) handler is left as Ray sets it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 def _quiet_ray_data() -> None:

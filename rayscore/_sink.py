@@ -17,12 +17,12 @@ from typing import Any
 from ._config import OutputConfig
 from ._errors import OutputError, translate_errors
 
-__all__ = ["check_output_free", "write_output", "REPORT_NAME"]
+__all__ = ["check_output_free", "write_output", "staging_path", "REPORT_NAME", "HadoopFS"]
 
 REPORT_NAME = "_rayscore_report.json"
 
 
-class _HadoopFS:
+class HadoopFS:
     """The few Hadoop FileSystem calls rayscore needs, through Spark's JVM."""
 
     def __init__(self, spark: Any, path: str) -> None:
@@ -31,6 +31,8 @@ class _HadoopFS:
         self._conf = spark.sparkContext._jsc.hadoopConfiguration()
         self.root = jvm.org.apache.hadoop.fs.Path(path)
         self.fs = self.root.getFileSystem(self._conf)
+        if self.fs.getClass().getSimpleName() == "LocalFileSystem":
+            self.fs = self.fs.getRawFileSystem()  # no hidden .crc files beside ours
 
     def path(self, p: str) -> Any:
         return self._jvm.org.apache.hadoop.fs.Path(p)
@@ -46,6 +48,24 @@ class _HadoopFS:
 
     def delete(self, p: str) -> None:
         self.fs.delete(self.path(p), True)
+
+    def list_names(self, p: str) -> list[str]:
+        if not self.exists(p):
+            return []
+        return [st.getPath().getName() for st in self.fs.listStatus(self.path(p))]
+
+    def read_text(self, p: str) -> str:
+        stream = self.fs.open(self.path(p))
+        try:
+            chunks = []
+            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            line = reader.readLine()
+            while line is not None:
+                chunks.append(line)
+                line = reader.readLine()
+            return "\n".join(chunks)
+        finally:
+            stream.close()
 
     def write_text(self, p: str, text: str) -> None:
         stream = self.fs.create(self.path(p), True)
@@ -76,7 +96,7 @@ def check_output_free(cfg: OutputConfig, spark: Any | None = None) -> None:
         return
     if spark is not None:
         with translate_errors("output.path", OutputError):
-            fs = _HadoopFS(spark, path)
+            fs = HadoopFS(spark, path)
             if fs.exists(path) and not fs.is_dir(path):
                 raise OutputError(f"output.path: {path} is a file, not a directory")
             if cfg.mode == "error" and fs.exists(path):
@@ -90,18 +110,26 @@ def _writer(sdf: Any, cfg: OutputConfig) -> Any:
     return sdf.write.options(**options)
 
 
-def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any) -> int:
+def staging_path(path: str) -> str:
+    """A hidden sibling of ``path`` (Spark and Hive skip names starting with '.')."""
+    parent, name = os.path.split(path.rstrip("/"))
+    return f"{parent}/.{name}.rayscore-staging-{uuid.uuid4().hex[:12]}"
+
+
+def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any,
+                 report_name: str = REPORT_NAME) -> int:
     """Write ``sdf`` per ``cfg``, check it holds ``expected_rows``, commit with the report.
 
-    ``report`` is called with the written row count and returns the report
-    JSON text. Returns the number of rows written.
+    ``report`` is called with the written row count and returns the JSON text
+    stored as ``report_name`` in the output, committed with it. Returns the
+    number of rows written.
     """
     if cfg.format == "table":
         return _write_table(spark, sdf, cfg, expected_rows)
     path = cfg.path or ""
-    staging = f"{path.rstrip('/')}.rayscore-staging-{uuid.uuid4().hex[:12]}"
+    staging = staging_path(path)
     with translate_errors("output.path", OutputError):
-        fs = _HadoopFS(spark, path)
+        fs = HadoopFS(spark, path)
         try:
             _writer(sdf, cfg).format(cfg.format).mode("error").save(staging)
             written = spark.read.format(cfg.format).options(**_read_options(cfg)).load(staging).count()
@@ -109,7 +137,7 @@ def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, re
                 raise OutputError(
                     f"output: wrote {written} rows for {expected_rows} input rows; nothing committed"
                 )
-            fs.write_text(f"{staging}/{REPORT_NAME}", report(written))
+            fs.write_text(f"{staging}/{report_name}", report(written))
             _commit(fs, staging, path, cfg.mode)
         finally:
             if fs.exists(staging):
@@ -121,11 +149,11 @@ def _read_options(cfg: OutputConfig) -> dict[str, str]:
     return {"header": "true"} if cfg.format == "csv" else {}
 
 
-def _commit(fs: _HadoopFS, staging: str, path: str, mode: str) -> None:
+def _commit(fs: HadoopFS, staging: str, path: str, mode: str) -> None:
     if fs.exists(path):
         if mode != "overwrite":
             raise OutputError(f"output.path: {path} appeared while the job ran; nothing committed")
-        old = f"{path.rstrip('/')}.rayscore-old-{uuid.uuid4().hex[:12]}"
+        old = staging_path(path).replace(".rayscore-staging-", ".rayscore-old-")
         if not fs.rename(path, old):
             raise OutputError(f"output.path: could not move the old output {path} aside")
         if not fs.rename(staging, path):

@@ -7,6 +7,9 @@ parquet/orc, a schema-inference pass for csv/json), nothing more.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +24,10 @@ def read_input(spark: Any, cfg: InputConfig) -> Any:
     """Build the input DataFrame described by ``cfg`` (``input.*`` keys)."""
     if cfg.path is not None and "://" not in cfg.path and not os.path.exists(cfg.path):
         raise InputError(f"input.path: {cfg.path} does not exist")
-    with translate_errors(f"input ({cfg.format})", InputError):
+    if cfg.path is not None and "://" not in cfg.path and not has_data_files(cfg.path):
+        raise InputError(f"input.path: {cfg.path} has no files")
+    key = {"table": "input.table", "sql": "input.query"}.get(cfg.format, "input.path")
+    with translate_errors(key, InputError), _spark_errors_named(key):
         if cfg.format == "table":
             if not spark.catalog.tableExists(cfg.table):
                 raise InputError(f"input.table: table {cfg.table!r} does not exist")
@@ -34,6 +40,51 @@ def read_input(spark: Any, cfg: InputConfig) -> Any:
             options.setdefault("inferSchema", "true")
         reader = spark.read.format(cfg.format).options(**options)
         return reader.load(cfg.path)
+
+
+def has_data_files(path: str) -> bool:
+    """Whether a local file or directory holds a file Spark would read (it skips names starting with _ or .)."""
+    if not os.path.isdir(path):
+        return True
+    for _root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_")) or (d.startswith("_") and "=" in d)]
+        if any(not f.startswith((".", "_")) for f in files):
+            return True
+    return False
+
+
+_POSITION = re.compile(r"\.?\s*;?\s*\(?\bline (\d+),? pos (\d+)\)?;?")
+
+
+def spark_reason(desc: str) -> str:
+    """A Spark analysis/parse error in one line: no error class, SQL echo or logical plan.
+
+    ``[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'.(line 1, pos 0) == SQL == ...``
+    becomes ``syntax error at or near 'SELEC' (line 1, pos 0)``.
+    """
+    body = desc.strip().split("\n== SQL", 1)[0]
+    body = body.split(";\n", 1)[0]  # an AnalysisException's plan follows ";\n"
+    where = _POSITION.search(body)
+    first = body.strip().split("\n", 1)[0]
+    first = re.sub(r"^\[[A-Z0-9_.]+\]\s*", "", first)
+    first = _POSITION.sub("", first).strip().rstrip(".;").strip()
+    if not first:
+        return " ".join(desc.split())[:400]
+    if first[:1].isupper() and not first[1:2].isupper():
+        first = first[0].lower() + first[1:]
+    return first + (f" (line {where[1]}, pos {where[2]})" if where else "")
+
+
+@contextmanager
+def _spark_errors_named(key: str) -> Iterator[None]:
+    """Spark's analysis and parse errors as one InputError line naming the config key."""
+    try:
+        yield
+    except Exception as exc:
+        desc = getattr(exc, "desc", None)
+        if desc and (type(exc).__module__ or "").startswith("pyspark"):
+            raise InputError(f"{key}: {spark_reason(str(desc))}") from exc
+        raise
 
 
 def arrow_schema(df: Any) -> pa.Schema:

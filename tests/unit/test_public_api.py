@@ -18,6 +18,8 @@ from rayscore._errors import find_rayscore_error, translate_errors
 
 EXPECTED_ALL = {
     "run",
+    "validate",
+    "Validation",
     "predict",
     "session",
     "Session",
@@ -62,7 +64,7 @@ def test_version() -> None:
 
 
 def test_callables() -> None:
-    for name in ("run", "predict", "session", "load_config", "inspect_model", "register_loader"):
+    for name in ("run", "validate", "predict", "session", "load_config", "inspect_model", "register_loader"):
         assert callable(getattr(rayscore, name)), name
 
 

@@ -1,0 +1,183 @@
+"""``output.mode: resume``: the job split into deterministic shards, each committed on its own.
+
+A row's shard is ``pmod(xxhash64(key_columns), output.shards)`` — Spark's
+seeded hash, so the same input gives the same shards in every run. Each shard
+is scored and written in its own pass and committed by one rename into
+``output.path/rayscore_shard=N`` with a marker file (``_rayscore_shard.json``)
+inside. A run that dies at any point leaves committed shards complete and
+everything else hidden (staging names start with '.'); the next run with
+``mode: resume`` scores only the shards without a marker.
+
+The output directory also holds ``_rayscore_manifest.json``: the model's and
+the input's fingerprints, the keys and the shard count. Resuming with a
+different model or input is refused, naming what changed. When every shard is
+committed the run report and ``_SUCCESS`` are written at the top.
+
+Cost: one actor pool (one model load per actor) per shard scored, so choose
+``output.shards`` as the number of checkpoints worth having, not more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from ._config import Config, OutputConfig
+from ._convert import Plan
+from ._errors import OutputError, translate_errors
+from ._model import ModelSpec
+from ._predict import ModelRef
+from ._report import RunResult, StageClock
+from ._sink import REPORT_NAME, HadoopFS, write_output
+
+__all__ = ["run_resumable", "SHARD_COLUMN", "MANIFEST_NAME", "SHARD_MARKER"]
+
+SHARD_COLUMN = "rayscore_shard"
+MANIFEST_NAME = "_rayscore_manifest.json"
+SHARD_MARKER = "_rayscore_shard.json"
+
+
+def _input_fingerprint(cfg: Config, df: Any) -> str:
+    """What the input is: its config, schema, and files with their sizes and times."""
+    files = []
+    for name in sorted(df.inputFiles()):
+        local = name[len("file:"):] if name.startswith("file:") else name
+        try:
+            st = os.stat(local)
+            files.append([name, st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([name])
+    identity = {
+        "input": cfg.input.model_dump(),
+        "schema": df.schema.json(),
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _manifest(cfg: Config, df: Any, model_fingerprint: str, plan: Plan) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "model": model_fingerprint,
+        "input": _input_fingerprint(cfg, df),
+        "shards": cfg.output.shards,
+        "key_columns": list(cfg.output.key_columns),
+        "columns": list(plan.keep_columns) + list(plan.output_columns),
+        "format": cfg.output.format,
+    }
+
+
+_WHAT = {
+    "model": "the model changed",
+    "input": "the input changed (its files, schema or config)",
+    "shards": "output.shards changed",
+    "key_columns": "output.key_columns changed",
+    "columns": "the output columns changed",
+    "format": "output.format changed",
+}
+
+
+def _check_manifest(old: dict[str, Any], new: dict[str, Any], path: str) -> None:
+    changed = [key for key in _WHAT if old.get(key) != new.get(key)]
+    if changed:
+        key = changed[0]
+        raise OutputError(
+            f"output.mode: resume: {_WHAT[key]} since the run that wrote {path} "
+            f"({old.get(key)!r} then, {new.get(key)!r} now); use mode: overwrite to start again"
+        )
+
+
+def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, clock: StageClock,
+                  spark_cpus: float) -> RunResult:
+    """Score the shards of ``df`` that ``output.path`` does not hold yet, one pass per shard."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    from ._pipeline import _score, errors_output, new_result, split_quarantined  # noqa: PLC0415
+
+    spark = df.sparkSession
+    path = (cfg.output.path or "").rstrip("/")
+    result = new_result(cfg, spec, plan)
+    with clock.stage("read_convert"), translate_errors("output.path", OutputError):
+        fs = HadoopFS(spark, path)
+        manifest = _manifest(cfg, df, result.model_fingerprint, plan)
+        if fs.exists(path):
+            names = fs.list_names(path)
+            if MANIFEST_NAME not in names:
+                raise OutputError(
+                    f"output.path: {path} exists and was not written by a resumable run "
+                    "(use another path, or mode: overwrite)"
+                )
+            _check_manifest(json.loads(fs.read_text(f"{path}/{MANIFEST_NAME}")), manifest, path)
+        else:
+            fs.fs.mkdirs(fs.path(path))
+            fs.write_text(f"{path}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, sort_keys=True))
+            names = [MANIFEST_NAME]
+        done = _committed_shards(fs, path, names)
+        keyed = df.withColumn(
+            SHARD_COLUMN,
+            F.pmod(F.xxhash64(*[F.col(k) for k in cfg.output.key_columns]), F.lit(cfg.output.shards)),
+        )
+        expected = {int(r[SHARD_COLUMN]): int(r["count"]) for r in keyed.groupBy(SHARD_COLUMN).count().collect()}
+
+    result.rows_in = sum(expected.values())
+    result.output_shapes = {}
+    todo = [s for s in range(cfg.output.shards) if s not in done and expected.get(s, 0) > 0]
+    result.shards = {"total": cfg.output.shards, "reused": len(done), "scored": 0}
+    rows_out = sum(done.values())
+    quarantined = 0
+    for shard in todo:
+        part = keyed.filter(F.col(SHARD_COLUMN) == shard).drop(SHARD_COLUMN)
+        scored = _score(part, plan, ref, cfg.predict, clock, spark_cpus)
+        result.model_loads += scored.loads["model_loads"]
+        result.output_shapes = scored.loads["output_shapes"] or result.output_shapes
+        good, bad = split_quarantined(scored, plan)
+        good_rows = scored.rows_in - scored.rows_quarantined
+        marker = json.dumps({"shard": shard, "rows": good_rows, "quarantined": scored.rows_quarantined,
+                             "model": manifest["model"], "input": manifest["input"]})
+        with clock.stage("write"):
+            if bad is not None:
+                errors = errors_output(cfg)
+                write_output(spark, bad, errors.model_copy(update={
+                    "path": f"{errors.path.rstrip('/')}/{SHARD_COLUMN}={shard}"}),
+                    scored.rows_quarantined, lambda _n: marker, SHARD_MARKER)
+            shard_out = OutputConfig(format=cfg.output.format, path=f"{path}/{SHARD_COLUMN}={shard}",
+                                     mode="error", options=cfg.output.options)
+            write_output(spark, good, shard_out, good_rows, lambda _n: marker, SHARD_MARKER)
+        rows_out += good_rows
+        quarantined += scored.rows_quarantined
+        result.shards["scored"] += 1
+    result.rows_out = rows_out
+    result.rows_quarantined = quarantined + sum(_marker(fs, path, s).get("quarantined", 0) for s in done)
+    if result.rows_out + result.rows_quarantined != result.rows_in:
+        raise OutputError(
+            f"output: the shards hold {result.rows_out} rows (+{result.rows_quarantined} quarantined) "
+            f"for {result.rows_in} input rows; the job is not complete"
+        )
+    result.seconds = dict(clock.seconds)
+    result.report_path = f"{path}/{REPORT_NAME}"
+    with translate_errors("output.path", OutputError):
+        fs.write_text(f"{path}/{REPORT_NAME}", result.to_json())
+        fs.write_text(f"{path}/_SUCCESS", "")
+    return result
+
+
+def _marker(fs: HadoopFS, path: str, shard: int) -> dict[str, Any]:
+    return json.loads(fs.read_text(f"{path}/{SHARD_COLUMN}={shard}/{SHARD_MARKER}"))
+
+
+def _committed_shards(fs: HadoopFS, path: str, names: list[str]) -> dict[int, int]:
+    """Shards committed by earlier runs (shard -> rows); clear what a dead run left half-done."""
+    done: dict[int, int] = {}
+    prefix = f"{SHARD_COLUMN}="
+    for name in names:
+        if name.startswith(".") and ".rayscore-" in name:
+            fs.delete(f"{path}/{name}")  # staging of a run that died
+        elif name.startswith(prefix):
+            shard = int(name[len(prefix):])
+            if SHARD_MARKER in fs.list_names(f"{path}/{name}"):
+                done[shard] = int(_marker(fs, path, shard)["rows"])
+            else:  # pragma: no cover - commit is one rename, so a shard dir has its marker
+                fs.delete(f"{path}/{name}")
+    return done

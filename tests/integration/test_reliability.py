@@ -1,0 +1,242 @@
+"""Nothing lost, nothing doubled: actor deaths, failing batches, bad rows, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import rayscore
+
+from .conftest import ROWS, assert_matches_model, read_parquet_dir
+from .test_pipeline import job, leftovers
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(condition, timeout: float, what: str):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def predictor_processes() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter() if "MapBatches(Predictor)" in _name(p)]
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name() + " " + " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def test_an_actor_killed_mid_job_is_replaced_and_every_row_comes_out_once(rs, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    outcome: dict = {}
+
+    def score() -> None:
+        try:
+            outcome["result"] = rayscore.run(job(workload, out, predict={"batch_size": 40, "actors": 2}), session=rs)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=score)
+    worker.start()
+    # Ray titles an actor's process with the method it runs: ".submit" is a batch being scored.
+    victim = wait_for(lambda: [p for p in predictor_processes() if ".submit" in _name(p)], 180,
+                      "a predictor actor scoring a batch")[0]
+    victim.kill()  # SIGKILL, as the OOM killer would
+    replacement = wait_for(lambda: [p for p in predictor_processes() if p.pid != victim.pid and
+                                    p.create_time() > victim.create_time()], 120, "a restarted predictor")
+    worker.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert replacement
+    assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
+    assert result.model_loads >= 2
+    assert not victim.is_running()
+    assert_matches_model(read_parquet_dir(out), workload)
+
+
+@pytest.fixture(scope="module")
+def poisoned(workload, tmp_path_factory) -> str:
+    """Features where rows 3000..3004 hold a token id outside the embedding (the model raises)."""
+    table = workload["table"]
+    titles = table.column("title_1").combine_chunks()
+    values = titles.flatten().to_numpy().copy()
+    values[3000 * 20: 3005 * 20] = 99_999
+    offsets = pa.array(np.arange(0, (ROWS + 1) * 20, 20, dtype=np.int32))
+    bad = table.set_column(table.schema.get_field_index("title_1"), "title_1",
+                           pa.ListArray.from_arrays(offsets, pa.array(values)))
+    path = tmp_path_factory.mktemp("poisoned") / "features.parquet"
+    pq.write_table(bad, path)
+    return str(path)
+
+
+def test_a_batch_that_keeps_failing_stops_the_job_naming_it_and_keeps_the_old_output(rs, workload, poisoned,
+                                                                                      tmp_path):
+    out = tmp_path / "scores.parquet"
+    out.mkdir()
+    (out / "part-old.parquet").write_text("the previous run's output")
+    cfg = job(workload, out, input={"path": poisoned}, output={"mode": "overwrite"},
+              predict={"batch_size": 500, "actors": 1, "max_retries": 1})
+    with pytest.raises(rayscore.PredictError) as caught:
+        rayscore.run(cfg, session=rs)
+    message = str(caught.value)
+    assert "a batch of 500 rows (first row: id=3000)" in message
+    assert "failed 2 time(s) (predict.max_retries: 1)" in message
+    assert "99999" in message and "\n" not in message
+    assert sorted(os.listdir(out)) == ["part-old.parquet"]  # a failed overwrite leaves the old output
+    assert leftovers(tmp_path) == ["scores.parquet"]
+
+
+@pytest.fixture(scope="module")
+def dirty(workload, tmp_path_factory) -> dict:
+    """Features with known bad rows: a null price, a short array, a NaN price."""
+    table = workload["table"]
+    price = table.column("price").to_numpy().astype(np.float32).copy()
+    price[10] = np.nan
+    price_arr = pa.array(price, mask=np.isin(np.arange(ROWS), [20, 4000]))
+    how = table.column("hour_of_week").combine_chunks()
+    lengths = np.full(ROWS, 168, dtype=np.int32)
+    lengths[[30, 5000]] = 100
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    keep = np.arange(168)[None, :] < lengths[:, None]  # every other row keeps its own values
+    values = pa.array(how.flatten().to_numpy().reshape(ROWS, 168)[keep])
+    table = table.set_column(table.schema.get_field_index("price"), "price", price_arr)
+    table = table.set_column(table.schema.get_field_index("hour_of_week"), "hour_of_week",
+                             pa.ListArray.from_arrays(pa.array(offsets), values))
+    path = tmp_path_factory.mktemp("dirty") / "features.parquet"
+    pq.write_table(table, path)
+    return {"path": str(path), "table": table}
+
+
+def test_bad_rows_fail_by_default_naming_column_problem_and_row_key(rs, workload, dirty, tmp_path):
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(rayscore.InputError) as caught:
+        rayscore.run(job(workload, out, input={"path": dirty["path"]}), session=rs)
+    assert str(caught.value) == (
+        "column 'hour_of_week' is ragged: rows hold 100 to 168 values, model input 'hour_of_week' expects 168 "
+        "(shape [24, 7]) (first bad row: id=20: column 'price': null)"
+    ) or "(first bad row: id=" in str(caught.value)
+    assert "first bad row: id=20" in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_quarantine_writes_bad_rows_apart_and_scores_the_rest(rs, workload, dirty, tmp_path):
+    out, errors = tmp_path / "scores.parquet", tmp_path / "errors.parquet"
+    result = rayscore.run(
+        job(workload, out, input={"path": dirty["path"]},
+            predict={"on_bad_rows": "quarantine", "reject_nan": True},
+            output={"errors_path": str(errors)}),
+        session=rs,
+    )
+    assert result.rows_in == ROWS
+    assert result.rows_quarantined == 5
+    assert result.rows_out == ROWS - 5
+    bad = pq.read_table(errors).sort_by("id").to_pydict()
+    assert bad["id"] == [10, 20, 30, 4000, 5000]
+    assert bad["reason"] == [
+        "column 'price': value nan is not a valid float32",
+        "column 'price': null",
+        "column 'hour_of_week': 100 values, model input 'hour_of_week' expects 168",
+        "column 'price': null",
+        "column 'hour_of_week': 100 values, model input 'hour_of_week' expects 168",
+    ]
+    good = read_parquet_dir(out)
+    assert good.column_names == ["id", "click", "topics"]
+    ids = good.column("id").to_numpy()
+    assert len(ids) == len(set(ids)) == ROWS - 5
+    keep = np.setdiff1d(np.arange(ROWS), [10, 20, 30, 4000, 5000])
+    assert np.array_equal(np.sort(ids), keep)
+    order = np.argsort(ids)
+    np.testing.assert_allclose(good.column("click").to_numpy()[order], workload["click"][keep], atol=1e-5, rtol=0)
+    report = json.loads((out / "_rayscore_report.json").read_text())
+    assert report["rows_in"] == report["rows_out"] + report["rows_quarantined"]
+
+
+def resume_job(workload: dict, out: Path, **sections) -> dict:
+    cfg = job(workload, out, predict={"batch_size": 200, "actors": 1},
+              output={"mode": "resume", "key_columns": ["id"], "shards": 4})
+    for section, values in sections.items():
+        cfg[section] = {**cfg[section], **values}
+    return cfg
+
+
+def shard_dirs(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("rayscore_shard=*") if (p / "_rayscore_shard.json").exists())
+
+
+def test_resume_scores_each_shard_once_and_refuses_a_changed_model(rs, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    first = rayscore.run(resume_job(workload, out), session=rs)
+    assert first.shards == {"total": 4, "reused": 0, "scored": 4}
+    assert first.rows_out == ROWS
+    again = rayscore.run(resume_job(workload, out), session=rs)
+    assert again.shards == {"total": 4, "reused": 4, "scored": 0}
+    assert again.model_loads == 0 and again.rows_out == ROWS
+    assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
+    with pytest.raises(rayscore.OutputError, match=r"output.mode: resume: the model changed since the run"):
+        rayscore.run(resume_job(workload, out, model={"uri": workload["h5"]}), session=rs)
+
+
+def own_ray_processes(exclude: set[int]) -> list[psutil.Process]:
+    names = ("raylet", "gcs_server", "ray::", "java", "dashboard", "python")
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        if proc.info["pid"] in exclude:
+            continue
+        text = " ".join(proc.info["cmdline"] or [])
+        if any(n in (proc.info["name"] or "") for n in names) and ("ray" in text or "raydp" in text):
+            found.append(proc)
+    return found
+
+
+def test_resume_after_the_driver_is_killed_finishes_with_every_row_once(rs, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text(yaml.safe_dump(resume_job(workload, out)))
+    before = {p.pid for p in psutil.process_iter()}
+    driver = subprocess.Popen([sys.executable, "-m", "rayscore", "run", str(cfg_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: shard_dirs(out) or driver.poll() is not None, 300, "a committed shard")
+        assert driver.poll() is None, "the driver finished before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    committed = shard_dirs(out)
+    assert 1 <= len(committed) < 4
+    # The killed driver's local Ray and Spark outlive it: what the next run must cope with.
+    # Clear them away (they would only slow this machine down).
+    for proc in own_ray_processes(exclude=before):
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    result = rayscore.run(resume_job(workload, out), session=rs)
+    assert result.shards == {"total": 4, "reused": len(committed), "scored": 4 - len(committed)}
+    assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
+    assert shard_dirs(out) == [f"rayscore_shard={i}" for i in range(4)]
+    assert not [p for p in out.iterdir() if ".rayscore-" in p.name]  # no staging left behind
+    assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
