@@ -33,7 +33,7 @@ __all__ = ["run", "predict", "inspect_model"]
 
 log = logging.getLogger("rayscore")
 
-_SAMPLE_ROWS = 1000
+SAMPLE_ROWS = 1000
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _check_sample(df: Any, plan: Plan) -> None:
     if plan.quarantine:
         return
     with translate_errors("reading a sample of the input", InputError):
-        batches = df.select(*plan.read_columns).limit(_SAMPLE_ROWS)._collect_as_arrow()
+        batches = df.select(*plan.read_columns).limit(SAMPLE_ROWS)._collect_as_arrow()
     if batches:
         sample = pa.Table.from_batches(batches)
         try:
@@ -81,7 +81,7 @@ def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> Plan:
     return plan
 
 
-def _check_pool(session_cpus: float, predict: PredictConfig) -> None:
+def check_pool(session_cpus: float, predict: PredictConfig) -> None:
     import ray  # noqa: PLC0415
 
     problem = check_pool_fits(
@@ -101,7 +101,7 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     import ray  # noqa: PLC0415
     from raydp.spark import from_spark_recoverable, release_spark_recoverable  # noqa: PLC0415
 
-    _check_pool(spark_cpus, predict)
+    check_pool(spark_cpus, predict)
     # Datasets copy the current DataContext when made: set it first.
     # Let a RayscoreError raised in an actor (bad rows, say) reach us as itself,
     # not as Ray Data's UserCodeException whose pickled copy loses the cause.

@@ -32,7 +32,7 @@ from ._config import Config, OutputConfig, load_config
 from ._convert import Plan, make_plan
 from ._errors import ConfigError, InputError, ModelError, RayscoreError, translate_errors
 from ._model import ModelSpec, loaders
-from ._pipeline import _SAMPLE_ROWS, _check_pool, inspect_model, plan_job
+from ._pipeline import SAMPLE_ROWS, check_pool, inspect_model, plan_job
 from ._predict import ModelRef, predict_table
 from ._session import Session
 from ._sink import check_output_free
@@ -133,7 +133,7 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
         for label, out in outputs:
             if not _is_local(out) and found.attempt(check_output_free, out, spark)[0]:
                 found.passed(_describe_output(label, out))
-        if found.attempt(_check_pool, session.spark_cpus, cfg.predict)[0]:
+        if found.attempt(check_pool, session.spark_cpus, cfg.predict)[0]:
             found.passed(_describe_pool(cfg, session.spark_cpus))
         ok, df = found.attempt(read_input, spark, cfg.input)
         if ok:
@@ -143,7 +143,7 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
             if plan is not None:
                 found.passed(_describe_plan(plan))
                 if not getattr(plan, "quarantine", False):
-                    found.passed(f"sample: the first {_SAMPLE_ROWS} rows convert to the model's inputs")
+                    found.passed(f"sample: the first {SAMPLE_ROWS} rows convert to the model's inputs")
                 ok, line = found.attempt(_run_model, df, plan, ref)
                 if ok:
                     found.passed(line)
@@ -180,7 +180,7 @@ def _plan(found: _Findings, cfg: Config, spec: ModelSpec, df: Any) -> Plan | Non
         found.problem(exc)
     for problem in plan_problems(spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
                                  keep_columns=cfg.output.keep_columns,
-                                 key_columns=getattr(cfg.output, "key_columns", ())):
+                                 key_columns=cfg.output.key_columns):
         found.problem(problem)
     return None
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -184,3 +185,16 @@ def test_ragged_rows_after_the_sample_fail_in_the_actor_with_the_same_message(rs
         rayscore.run(job(workload, out, input={"path": str(data)}), session=rs)
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["ragged.parquet"]
+
+
+def test_a_local_session_keeps_token_auth_and_starts_no_dashboard_or_spark_ui(rs):
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    assert is_token_auth_enabled()
+    # Ray keeps a minimal dashboard process for its own bookkeeping: no web frontend, no listening port.
+    for info in ray._private.worker._global_node.all_processes.get("dashboard", []):
+        proc = psutil.Process(info.process.pid)
+        assert "--disable-frontend" in proc.cmdline()
+        assert not [c for c in proc.net_connections() if c.status == psutil.CONN_LISTEN]
+    assert rs.spark.conf.get("spark.ui.enabled") == "false"

@@ -196,6 +196,12 @@ def test_resume_scores_each_shard_once_and_refuses_a_changed_model(rs, workload,
     assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
     with pytest.raises(rayscore.OutputError, match=r"output.mode: resume: the model changed since the run"):
         rayscore.run(resume_job(workload, out, model={"uri": workload["h5"]}), session=rs)
+    other = tmp_path / "other.parquet"
+    pq.write_table(workload["table"].slice(0, 1000), other)
+    with pytest.raises(rayscore.OutputError,
+                       match=r"output.mode: resume: the input changed \(its files, schema or config\) since the run"):
+        rayscore.run(resume_job(workload, out, input={"path": str(other)}), session=rs)
+    assert again.rows_out == len(pq.read_table(out, columns=["id"]))  # the refused runs wrote nothing
 
 
 def own_ray_processes(exclude: set[int]) -> list[psutil.Process]:

@@ -498,3 +498,28 @@ def test_plan_is_picklable() -> None:
 
     plan = make_plan(SPEC, SCHEMA, keep_columns=["id"])
     assert pickle.loads(pickle.dumps(plan)) == plan
+
+
+def test_values_an_int_input_cannot_hold_are_refused_and_pinpointed() -> None:
+    from rayscore._convert import row_problems
+
+    binding = Binding("tokens", "tokens", (2,), "int32")
+    table = pa.table({"tokens": pa.array([[1.0, 2.0], [3.5, 4.0], [5.0, float("nan")], [1e12, 1.0]])})
+    with pytest.raises(InputError) as info:
+        to_tensors(table, [binding])
+    assert str(info.value) == ("column 'tokens' holds 3 values that model input 'tokens' (int32) cannot take, "
+                               "e.g. 3.5")
+    assert list(row_problems(table, [binding])) == [
+        None,
+        "column 'tokens': value 3.5 is not a valid int32",
+        "column 'tokens': value nan is not a valid int32",
+        "column 'tokens': value 1000000000000.0 is not a valid int32",
+    ]
+
+
+def test_nan_is_refused_only_when_asked() -> None:
+    binding = Binding("price", "price", (), "float32")
+    table = pa.table({"price": pa.array([1.0, float("nan")], pa.float32())})
+    assert to_tensors(table, [binding])["price"].shape == (2,)
+    with pytest.raises(InputError, match="cannot take, e.g. nan"):
+        to_tensors(table, [binding], reject_nan=True)
