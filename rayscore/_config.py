@@ -11,14 +11,16 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -83,6 +85,7 @@ class ModelConfig(_Frozen):
     inputs: dict[str, str] | None = None
     outputs: dict[str, str] | None = None
     safe_mode: StrictBool = True
+    cache_dir: str | None = None
 
     @field_validator("inputs", "outputs")
     @classmethod
@@ -124,26 +127,41 @@ class ActorsConfig(_Frozen):
 
 
 def parse_actors(value: Any) -> Any:
-    """``actors: 2`` means a fixed pool of 2; a mapping is ``{min, max}``."""
+    """``actors: 2`` means a fixed pool of 2; a mapping is ``{min, max}``; ``auto`` is sized from the cluster."""
     if isinstance(value, bool):
         raise ValueError(f"must be a whole number >= 1 or {{min, max}}, got {value!r}")
     if isinstance(value, int):
         if value < 1:
             raise ValueError(f"must be >= 1, got {value}")
         return {"min": value, "max": value}
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"must be a whole number >= 1, {{min, max}} or auto, got {value!r}")
     return value
+
+
+# `actors` is either an ActorsConfig or the string "auto". A tagged union keeps
+# pydantic's errors to the one member that applies (no "or literal 'auto'" noise);
+# _path drops the tags from error locations.
+_ACTORS_TAGS = ("[pool]", "[auto]")
+Actors = Annotated[
+    Union[Annotated[ActorsConfig, Tag(_ACTORS_TAGS[0])], Annotated[Literal["auto"], Tag(_ACTORS_TAGS[1])]],
+    Discriminator(lambda v: _ACTORS_TAGS[1] if v == "auto" else _ACTORS_TAGS[0]),
+]
 
 
 class PredictConfig(_Frozen):
     """How the actor pool scores batches."""
 
     batch_size: int = Field(default=1024, ge=1)
-    actors: ActorsConfig = Field(default_factory=lambda: ActorsConfig(min=1, max=1))
+    actors: Actors = Field(default_factory=lambda: ActorsConfig(min=1, max=1))
     cpus_per_actor: float = Field(default=1.0, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     max_retries: int = Field(default=2, ge=0)
     on_bad_rows: Literal["fail", "quarantine"] = "fail"
     reject_nan: StrictBool = False
+    # Peak memory of one actor as a multiple of the model's size on disk; None:
+    # the loader's measured figure (rayscore._placement.DEFAULT_MEMORY_FACTORS).
+    memory_factor: float | None = Field(default=None, gt=0)
 
     @field_validator("actors", mode="before")
     @classmethod
@@ -155,6 +173,13 @@ class PredictConfig(_Frozen):
     def _no_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"must be a whole number, got {value!r}")
+        return value
+
+    @field_validator("memory_factor", mode="before")
+    @classmethod
+    def _factor_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number > 0, got {value!r}")
         return value
 
 
@@ -202,6 +227,7 @@ class RayConfig(_Frozen):
 
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)
+    num_gpus: int | None = Field(default=None, ge=0)
     dashboard: StrictBool = False
 
 
@@ -256,9 +282,15 @@ class Config(_Frozen):
 # --------------------------------------------------------------------------- errors
 
 
+def _key_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without the validator names and union tags pydantic puts into it."""
+    return tuple(p for p in loc
+                 if not (isinstance(p, str) and (p.startswith("function-") or p in _ACTORS_TAGS)))
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     # pydantic puts the failing union member or validator name into loc; drop them.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    parts = [str(p) for p in _key_loc(loc)]
     return ".".join(parts)
 
 
@@ -269,7 +301,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     ctx = err.get("ctx") or {}
     value = err.get("input")
     if kind == "extra_forbidden":
-        known = _known_keys(model, loc[:-1])
+        known = _known_keys(model, _key_loc(loc[:-1]))
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         tail = f" (did you mean {hint[0]}?)" if hint else f" (known keys: {', '.join(known)})"
         return f"{where} is not a known key{tail}"
@@ -307,7 +339,10 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if not fields or part not in fields:
             return []
         annotation = fields[part].annotation
-        current = next((a for a in getattr(annotation, "__args__", (annotation,))
+        members = getattr(annotation, "__args__", (annotation,))
+        # a tagged union's members are Annotated[...]: look inside each
+        members = tuple(a.__origin__ if hasattr(a, "__metadata__") else a for a in members)
+        current = next((a for a in members
                         if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
     fields = getattr(current, "model_fields", None) or {}
     return sorted(fields)

@@ -21,12 +21,13 @@ from pydantic import ValidationError
 from ._config import Config, ModelConfig, OutputConfig, PredictConfig, format_validation_error, load_config
 from ._convert import Plan, make_plan, to_tensors
 from ._errors import ConfigError, InputError, PredictError, translate_errors
-from ._model import ModelSpec, fingerprint, local_model_path, model_bytes, resolve_loader
+from ._model import ModelSpec, TensorSpec, fingerprint, model_bytes, resolve_loader
 from ._predict import REASON, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
 from ._session import Session
 from ._sink import REPORT_NAME, check_output_free, write_output
-from ._sizing import check_pool_fits, rows_per_block
+from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
+from ._sizing import rows_per_block
 from ._source import arrow_schema, read_input
 
 __all__ = ["run", "predict", "inspect_model"]
@@ -49,7 +50,9 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
     """Find the model and read its inputs/outputs without loading its weights."""
     path, loader = resolve_loader(model.uri, model.format)
     spec = loader.inspect(path)
-    return ModelRef(path=path, loader=loader.name, safe_mode=model.safe_mode), spec
+    ref = ModelRef(path=path, loader=loader.name, safe_mode=model.safe_mode,
+                   fingerprint=fingerprint(path), nbytes=model_bytes(path), cache_dir=model.cache_dir)
+    return ref, spec
 
 
 def _check_sample(df: Any, plan: Plan) -> None:
@@ -81,18 +84,37 @@ def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> Plan:
     return plan
 
 
-def check_pool(session_cpus: float, predict: PredictConfig) -> None:
+def check_pool(spark_cpus: float, predict: PredictConfig, model: ModelRef, tensors: ModelSpec,
+               spark_memory: int = 0) -> PoolPlan:
+    """Size the pool from the model and the cluster's nodes, or refuse it before it starts.
+
+    Memory per actor is the model's bytes times its loader's measured factor
+    plus a few batches of ``tensors``; each node holds as many actors as its
+    CPUs, GPUs and memory allow beside Spark's executors.
+    """
     import ray  # noqa: PLC0415
 
-    problem = check_pool_fits(
-        ray.cluster_resources(),
-        spark_cpus=session_cpus,
-        min_actors=predict.actors.min,
+    return plan_pool(
+        nodes_from_ray(ray.nodes()),
+        actors=predict.actors,
+        model_bytes=model.nbytes,
+        memory_factor=memory_factor_for(model.loader, predict.memory_factor),
+        batch_bytes=batch_bytes(tensors, predict.batch_size),
         cpus_per_actor=predict.cpus_per_actor,
         gpus_per_actor=predict.gpus_per_actor,
+        spark_cpus=spark_cpus,
+        spark_memory=spark_memory,
     )
-    if problem:
-        raise ConfigError(problem)
+
+
+def max_actors_hint(predict: PredictConfig) -> int:
+    """The largest pool a local Ray should make room for (``auto``: one per core)."""
+    return (os.cpu_count() or 1) if predict.actors == "auto" else predict.actors.max
+
+
+def _plan_tensors(plan: Plan) -> ModelSpec:
+    return ModelSpec(tuple(TensorSpec(b.input, b.shape, b.dtype) for b in plan.bindings),
+                     tuple(TensorSpec(name, None, None) for name, _ in plan.outputs))
 
 
 def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock,
@@ -101,7 +123,7 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     import ray  # noqa: PLC0415
     from raydp.spark import from_spark_recoverable, release_spark_recoverable  # noqa: PLC0415
 
-    check_pool(spark_cpus, predict)
+    pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
     # Datasets copy the current DataContext when made: set it first.
     # Let a RayscoreError raised in an actor (bad rows, say) reach us as itself,
     # not as Ray Data's UserCodeException whose pickled copy loses the cause.
@@ -115,7 +137,7 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
             rows_in = ds.count()
         if rows_in == 0:
             raise InputError("the input has no rows; nothing to score")
-        ds = ds.repartition(target_num_rows_per_block=rows_per_block(rows_in, predict.actors.max, predict.batch_size))
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block(rows_in, pool.max_actors, predict.batch_size))
         ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
         with clock.stage("predict"), translate_errors("predict", PredictError):
             out = ds.map_batches(
@@ -123,12 +145,17 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
                 fn_constructor_kwargs={"model": model, "plan": plan, "ledger": ledger},
                 batch_size=predict.batch_size,
                 batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(min_size=predict.actors.min, max_size=predict.actors.max),
+                compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
                 num_cpus=predict.cpus_per_actor,
+                memory=pool.memory_per_actor,  # so Ray never packs more model copies than a node holds
                 num_gpus=predict.gpus_per_actor or None,
                 zero_copy_batch=True,
+                scheduling_strategy="SPREAD",  # one model copy per node before two on one
             ).materialize()
             loads = summarize_loads(ray.get(ledger.loads.remote()))
+            loads["working_batch_size"] = ray.get(ledger.working_batch_size.remote())
+            loads["pool"] = {"min": pool.min_actors, "max": pool.max_actors,
+                             "memory_per_actor": pool.memory_per_actor}
     finally:
         if ledger is not None:
             ray.kill(ledger)
@@ -229,16 +256,14 @@ def _spark_cpus(spark: Any) -> float:
     return float(conf.get("spark.executor.instances", "1")) * float(conf.get("spark.executor.cores", "1"))
 
 
-def new_result(cfg: Config, spec: ModelSpec, plan: Plan) -> RunResult:
+def new_result(cfg: Config, ref: ModelRef, spec: ModelSpec, plan: Plan) -> RunResult:
     """A RunResult with what is known before scoring."""
-    path = local_model_path(cfg.model.uri)
     return RunResult(
         output=cfg.output.path or cfg.output.table,
         model_uri=cfg.model.uri,
         model_format=spec.format,
-        model_bytes=model_bytes(path),
-        model_fingerprint=fingerprint(path),
-        actors={"min": cfg.predict.actors.min, "max": cfg.predict.actors.max},
+        model_bytes=ref.nbytes,
+        model_fingerprint=ref.fingerprint,
         batch_size=cfg.predict.batch_size,
         output_columns=list(plan.keep_columns) + list(plan.output_columns),
         errors_output=cfg.output.errors_path if plan.quarantine else None,
@@ -269,10 +294,9 @@ def _run_once(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, 
     """Score everything in one pass, then write (staged, counted, committed)."""
     spark = df.sparkSession
     scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus)
-    result = new_result(cfg, spec, plan)
+    result = new_result(cfg, ref, spec, plan)
     result.rows_in = scored.rows_in
-    result.model_loads = scored.loads["model_loads"]
-    result.output_shapes = scored.loads["output_shapes"]
+    result.add_loads(scored.loads)
     result.rows_quarantined = scored.rows_quarantined
     good, bad = split_quarantined(scored, plan)
     expected = scored.rows_in - scored.rows_quarantined
@@ -316,7 +340,7 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
     clock = StageClock()
     own = session is None
     if own:
-        session = Session(cfg.ray, cfg.spark, max_actors=cfg.predict.actors.max,
+        session = Session(cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict),
                           cpus_per_actor=cfg.predict.cpus_per_actor)
     assert session is not None
     try:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ._cache import cache_root, cached_model
 from ._convert import Plan, output_type, row_problems, to_columns, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
@@ -30,6 +31,9 @@ class ModelRef:
     path: str
     loader: str
     safe_mode: bool = True
+    fingerprint: str = ""  # sha256 of the model's bytes, taken by the driver
+    nbytes: int = 0
+    cache_dir: str | None = None  # copy into this node-local cache first (RAYSCORE_CACHE_DIR wins)
 
 
 def _check_same_inputs(expected: tuple[Any, ...], spec: ModelSpec, path: str) -> None:
@@ -57,7 +61,7 @@ def first_bad_row(batch: pa.Table, plan: Plan, exc: InputError) -> InputError:
     return InputError(f"{exc} (first bad row: {row_keys(batch, plan, int(bad[0]))}: {reasons[bad[0]]})")
 
 
-def predict_table(model: Any, plan: Plan, batch: pa.Table) -> pa.Table:
+def predict_table(model: Any, plan: Plan, batch: pa.Table, limit: BatchLimit | None = None) -> pa.Table:
     """Score one Arrow batch: convert, predict, convert back, carry input columns beside.
 
     In quarantine mode, rows that cannot be converted come back with null
@@ -77,7 +81,7 @@ def predict_table(model: Any, plan: Plan, batch: pa.Table) -> pa.Table:
     types = {col: output_type(_output_spec(model, name)) for name, col in plan.outputs}
     columns: dict[str, Any] = {name: good.column(name) for name in plan.carried_columns}
     if feeds is not None:
-        predictions = _predict_with_retries(model, plan, good, feeds)
+        predictions = _predict_with_retries(model, plan, good, feeds, limit)
         made = to_columns(predictions, plan.outputs, good.num_rows)
         columns.update({col: made[col].cast(types[col]) for col in made})
     else:
@@ -100,11 +104,49 @@ def _output_spec(model: Any, name: str) -> Any:
     return next(t for t in model.spec.outputs if t.name == name)
 
 
-def _predict_with_retries(model: Any, plan: Plan, batch: pa.Table, feeds: dict[str, np.ndarray]) -> Any:
+@dataclass
+class BatchLimit:
+    """Rows per model call on this actor: None (the whole batch) until a device runs out of memory.
+
+    On an out-of-memory error the batch is split in halves down to ``floor``
+    rows; the size that worked is kept for the rest of the job.
+    """
+
+    rows: int | None = None
+    floor: int = 1
+    splits: int = 0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device (or host) allocation failure that a smaller batch may avoid."""
+    text = str(exc)
+    return (type(exc).__name__ in ("ResourceExhaustedError", "OutOfMemoryError", "MemoryError")
+            or "RESOURCE_EXHAUSTED" in text or "OOM when allocating" in text or "out of memory" in text.lower())
+
+
+def _predict_in_chunks(model: Any, feeds: dict[str, np.ndarray], rows: int, limit: BatchLimit) -> dict[str, np.ndarray]:
+    while True:
+        size = min(rows, limit.rows or rows)
+        try:
+            parts = [model.predict({k: v[i:i + size] for k, v in feeds.items()}) for i in range(0, rows, size)]
+        except Exception as exc:
+            if not is_out_of_memory(exc) or size <= limit.floor:
+                raise
+            limit.rows = max(limit.floor, size // 2)
+            limit.splits += 1
+            continue
+        if len(parts) == 1:
+            return dict(parts[0])
+        return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
+
+
+def _predict_with_retries(model: Any, plan: Plan, batch: pa.Table, feeds: dict[str, np.ndarray],
+                          limit: BatchLimit | None = None) -> Any:
     attempts = plan.max_retries + 1
+    limit = limit or BatchLimit()
     for attempt in range(1, attempts + 1):
         try:
-            return model.predict(feeds)
+            return _predict_in_chunks(model, feeds, batch.num_rows, limit)
         except Exception as exc:  # noqa: BLE001 - the model's own error, retried then named
             if attempt < attempts:
                 continue
@@ -132,7 +174,14 @@ class Predictor:
     def __init__(self, model: ModelRef, plan: Plan, ledger: Any = None) -> None:
         t0 = time.perf_counter()
         self._plan = plan
-        self._model = loaders[model.loader].load(model.path, safe_mode=model.safe_mode)
+        self._ledger = ledger
+        self._limit = BatchLimit()
+        path, copied = model.path, False
+        root = cache_root(model.cache_dir)
+        if root:
+            path, copied = cached_model(model.path, model.fingerprint, model.nbytes, root)
+        devices = _prepare_devices()
+        self._model = loaders[model.loader].load(path, safe_mode=model.safe_mode)
         _check_same_inputs(plan.bindings, self._model.spec, model.path)
         seconds = time.perf_counter() - t0
         if ledger is not None:
@@ -143,10 +192,37 @@ class Predictor:
                 "node": ray.get_runtime_context().get_node_id(),
                 "load_seconds": seconds,
                 "output_shapes": {t.name: list(t.shape or ()) for t in self._model.spec.outputs},
+                "loaded_from": path,
+                "copied": copied,
+                **devices,
             }))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return predict_table(self._model, self._plan, batch)
+        before = self._limit.rows
+        table = predict_table(self._model, self._plan, batch, self._limit)
+        if self._limit.rows != before and self._ledger is not None:
+            import ray  # noqa: PLC0415
+
+            ray.get(self._ledger.shrunk.remote(os.getpid(), self._limit.rows))
+        return table
+
+
+def _prepare_devices() -> dict[str, Any]:
+    """Record the GPUs Ray gave this actor; let TensorFlow grow into them rather than grab all.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the actor's GPUs, so the model lands
+    on (only) those. Called before the model is built.
+    """
+    import ray  # noqa: PLC0415
+
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if gpu_ids and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import tensorflow as tf  # noqa: PLC0415
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    return {"gpu_ids": gpu_ids, "cuda_visible_devices": visible}
 
 
 class LoadLedger:
@@ -154,9 +230,16 @@ class LoadLedger:
 
     def __init__(self) -> None:
         self._loads: list[dict[str, Any]] = []
+        self._working: dict[int, int] = {}
 
     def record(self, info: dict[str, Any]) -> None:
         self._loads.append(info)
+
+    def shrunk(self, pid: int, rows: int) -> None:
+        self._working[pid] = rows
+
+    def working_batch_size(self) -> int | None:
+        return min(self._working.values()) if self._working else None
 
     def loads(self) -> list[dict[str, Any]]:
         return list(self._loads)
@@ -172,4 +255,6 @@ def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
         "load_seconds_mean": float(np.mean(seconds)) if seconds else 0.0,
         "output_shapes": shapes,
         "nodes": len({x["node"] for x in loads}),
+        "model_copies": sum(1 for x in loads if x.get("copied")),
+        "gpu_ids": sorted({g for x in loads for g in x.get("gpu_ids", [])}),
     }

@@ -22,6 +22,10 @@ class RunResult:
     mode) counts ``total``, ``reused`` (committed by an earlier run) and
     ``scored`` (by this run).
 
+    ``model_copies`` counts copies made into node-local caches (one per node
+    and model version); ``working_batch_size`` is the smallest rows per model
+    call an actor fell back to after running out of device memory (None: never).
+
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
     up), ``read_convert`` (Spark read into Ray's object store), ``load`` (the
     slowest actor's model load; it overlaps ``predict``), ``predict`` (the
@@ -40,12 +44,32 @@ class RunResult:
     model_fingerprint: str = ""
     actors: dict[str, int] = field(default_factory=dict)
     model_loads: int = 0
+    model_copies: int = 0
+    nodes: int = 0
+    gpu_ids: list[str] = field(default_factory=list)
+    working_batch_size: int | None = None
+    memory_per_actor: int = 0
     batch_size: int = 0
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     report_path: str | None = None
     shards: dict[str, int] = field(default_factory=dict)
+
+    def add_loads(self, loads: dict[str, Any]) -> None:
+        """Fold one actor pool's load summary in (resume runs one pool per shard)."""
+        self.model_loads += loads["model_loads"]
+        self.model_copies += loads.get("model_copies", 0)
+        self.nodes = max(self.nodes, loads.get("nodes", 0))
+        self.gpu_ids = sorted(set(self.gpu_ids) | set(loads.get("gpu_ids", [])))
+        self.output_shapes = loads["output_shapes"] or self.output_shapes
+        if "pool" in loads:
+            pool = loads["pool"]
+            self.actors = {"min": pool["min"], "max": pool["max"]}
+            self.memory_per_actor = pool["memory_per_actor"]
+        working = loads.get("working_batch_size")
+        if working is not None:
+            self.working_batch_size = min(working, self.working_batch_size or working)
 
     @property
     def rows_per_second(self) -> float:

@@ -98,7 +98,7 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
 
     spark = df.sparkSession
     path = (cfg.output.path or "").rstrip("/")
-    result = new_result(cfg, spec, plan)
+    result = new_result(cfg, ref, spec, plan)
     with clock.stage("read_convert"), translate_errors("output.path", OutputError):
         fs = HadoopFS(spark, path)
         manifest = _manifest(cfg, df, result.model_fingerprint, plan)
@@ -122,7 +122,6 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
         expected = {int(r[SHARD_COLUMN]): int(r["count"]) for r in keyed.groupBy(SHARD_COLUMN).count().collect()}
 
     result.rows_in = sum(expected.values())
-    result.output_shapes = {}
     todo = [s for s in range(cfg.output.shards) if s not in done and expected.get(s, 0) > 0]
     result.shards = {"total": cfg.output.shards, "reused": len(done), "scored": 0}
     rows_out = sum(done.values())
@@ -130,8 +129,7 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
     for shard in todo:
         part = keyed.filter(F.col(SHARD_COLUMN) == shard).drop(SHARD_COLUMN)
         scored = _score(part, plan, ref, cfg.predict, clock, spark_cpus)
-        result.model_loads += scored.loads["model_loads"]
-        result.output_shapes = scored.loads["output_shapes"] or result.output_shapes
+        result.add_loads(scored.loads)
         good, bad = split_quarantined(scored, plan)
         good_rows = scored.rows_in - scored.rows_quarantined
         marker = json.dumps({"shard": shard, "rows": good_rows, "quarantined": scored.rows_quarantined,

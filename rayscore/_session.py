@@ -90,6 +90,8 @@ class Session:
         if cfg.address is None:
             kwargs["address"] = "local"
             kwargs["include_dashboard"] = cfg.dashboard
+            if cfg.num_gpus is not None:
+                kwargs["num_gpus"] = cfg.num_gpus
             kwargs["num_cpus"] = cfg.num_cpus or local_ray_cpus(
                 os.cpu_count() or 1,
                 spark_executors=self.spark_config.executors,

@@ -32,7 +32,8 @@ from ._config import Config, OutputConfig, load_config
 from ._convert import Plan, make_plan
 from ._errors import ConfigError, InputError, ModelError, RayscoreError, translate_errors
 from ._model import ModelSpec, loaders
-from ._pipeline import SAMPLE_ROWS, check_pool, inspect_model, plan_job
+from ._pipeline import SAMPLE_ROWS, check_pool, inspect_model, max_actors_hint, plan_job
+from ._placement import PoolPlan, format_bytes
 from ._predict import ModelRef, predict_table
 from ._session import Session
 from ._sink import check_output_free
@@ -123,7 +124,7 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
 
     own = session is None
     if session is None:
-        session = Session(cfg.ray, cfg.spark, max_actors=cfg.predict.actors.max,
+        session = Session(cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict),
                           cpus_per_actor=cfg.predict.cpus_per_actor)
     try:
         if own and not found.attempt(session.start)[0]:
@@ -133,8 +134,10 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
         for label, out in outputs:
             if not _is_local(out) and found.attempt(check_output_free, out, spark)[0]:
                 found.passed(_describe_output(label, out))
-        if found.attempt(check_pool, session.spark_cpus, cfg.predict)[0]:
-            found.passed(_describe_pool(cfg, session.spark_cpus))
+        if ref is not None:
+            ok, pool = found.attempt(check_pool, session.spark_cpus, cfg.predict, ref, spec)
+            if ok:
+                found.passed(_describe_pool(cfg, pool, session.spark_cpus))
         ok, df = found.attempt(read_input, spark, cfg.input)
         if ok:
             found.passed(f"input: {_describe_source(cfg)} read, {len(df.columns)} columns")
@@ -263,11 +266,10 @@ def _describe_session(cfg: Config, own: bool) -> str:
     return f"session: joined the Ray cluster at {cfg.ray.address} and started RayDP's Spark ({executors})"
 
 
-def _describe_pool(cfg: Config, spark_cpus: float) -> str:
-    actors = cfg.predict.actors
-    size = str(actors.min) if actors.min == actors.max else f"{actors.min} to {actors.max}"
-    return (f"predict.actors: a pool of {size} actor(s) with {cfg.predict.cpus_per_actor:g} CPU(s) each "
-            f"fits beside Spark's {spark_cpus:g} CPU(s)")
+def _describe_pool(cfg: Config, pool: PoolPlan, spark_cpus: float) -> str:
+    size = str(pool.min_actors) if pool.min_actors == pool.max_actors else f"{pool.min_actors} to {pool.max_actors}"
+    return (f"predict.actors: a pool of {size} actor(s) with {cfg.predict.cpus_per_actor:g} CPU(s) and "
+            f"{format_bytes(pool.memory_per_actor)} each fits beside Spark's {spark_cpus:g} CPU(s)")
 
 
 def _describe_source(cfg: Config) -> str:

@@ -219,7 +219,7 @@ def test_unknown_top_level_key() -> None:
 
 def test_unknown_key_without_close_match_lists_known_keys() -> None:
     msg = error_of(cfg(ray={"zzzzzz": 1}))
-    assert msg == "ray.zzzzzz is not a known key (known keys: address, dashboard, num_cpus)"
+    assert msg == "ray.zzzzzz is not a known key (known keys: address, dashboard, num_cpus, num_gpus)"
 
 
 def test_unknown_key_inside_actors_mapping() -> None:
@@ -576,3 +576,76 @@ def test_messages_are_one_line(data: dict[str, Any]) -> None:
     assert "\n" not in msg and "\r" not in msg
     assert "Traceback" not in msg
     assert "pydantic" not in msg.lower()
+
+
+# --------------------------------------------------------------------------- actors: auto, memory_factor
+
+
+def test_actors_auto() -> None:
+    config = load_config(cfg(predict={"actors": "auto"}))
+    assert config.predict.actors == "auto"
+    assert parse_actors("auto") == "auto"
+    assert PredictConfig(actors="auto").actors == "auto"
+
+
+def test_actors_auto_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg(predict={"actors": "auto"})))
+    assert load_config(path).predict.actors == "auto"
+
+
+def test_actors_auto_survives_a_dump_and_reload() -> None:
+    config = load_config(cfg(predict={"actors": "auto", "memory_factor": 1.5}))
+    again = PredictConfig.model_validate(config.predict.model_dump())
+    assert again == config.predict
+
+
+def test_actors_other_strings_refused() -> None:
+    for bad in ("Auto", "max", "", "2"):
+        msg = error_of(cfg(predict={"actors": bad}))
+        assert msg == f"predict.actors must be a whole number >= 1, {{min, max}} or auto, got {bad!r}"
+
+
+def test_actors_errors_unchanged_beside_auto() -> None:
+    # the tagged union must not leak its member names into key paths
+    assert error_of(cfg(predict={"actors": {"min": 0, "max": 2}})) == "predict.actors.min must be >= 1, got 0"
+    assert error_of(cfg(predict={"actors": {"min": 1}})) == "predict.actors.max is required"
+    msg = error_of(cfg(predict={"actors": {"min": 1, "max": 2, "mx": 3}}))
+    assert msg == "predict.actors.mx is not a known key (did you mean max?)"
+    assert error_of(cfg(predict={"actors": 2.5})) == "predict.actors must be a mapping, got 2.5"
+
+
+def test_memory_factor_default_is_the_loaders() -> None:
+    assert load_config(cfg()).predict.memory_factor is None
+    assert load_config(cfg(predict={"memory_factor": None})).predict.memory_factor is None
+
+
+def test_memory_factor_accepted() -> None:
+    assert load_config(cfg(predict={"memory_factor": 1.5})).predict.memory_factor == 1.5
+    assert load_config(cfg(predict={"memory_factor": 3})).predict.memory_factor == 3.0
+    assert load_config(cfg(predict={"memory_factor": 0.8})).predict.memory_factor == 0.8
+
+
+@pytest.mark.parametrize("bad", [0, -1.5])
+def test_memory_factor_must_be_positive(bad: float) -> None:
+    msg = error_of(cfg(predict={"memory_factor": bad}))
+    assert msg.startswith("predict.memory_factor must be > 0")
+    assert msg.endswith(f", got {bad!r}")
+
+
+def test_memory_factor_bool_and_string_refused() -> None:
+    assert error_of(cfg(predict={"memory_factor": True})) == "predict.memory_factor must be a number > 0, got True"
+    assert error_of(cfg(predict={"memory_factor": "big"})) == "predict.memory_factor must be a number, got 'big'"
+
+
+def test_memory_factor_typo_suggests_the_key() -> None:
+    msg = error_of(cfg(predict={"memory_factr": 2}))
+    assert msg == "predict.memory_factr is not a known key (did you mean memory_factor?)"
+
+
+def test_example_yaml_and_readme_document_auto_and_memory_factor() -> None:
+    example = (REPO / "configs" / "example.yaml").read_text()
+    assert "memory_factor:" in example and "auto" in example
+    readme = (REPO / "README.md").read_text()
+    assert "| `predict.memory_factor` |" in readme
+    assert "`auto`" in readme

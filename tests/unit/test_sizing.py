@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayscore._sizing import check_pool_fits, local_ray_cpus, rows_per_block
+from rayscore._sizing import local_ray_cpus, rows_per_block
 
 # --------------------------------------------------------------------------- local_ray_cpus
 
@@ -30,63 +30,6 @@ def test_local_ray_cpus_rounds_fractional_pool_up() -> None:
 def test_local_ray_cpus_returns_int() -> None:
     assert isinstance(local_ray_cpus(8.0, spark_executors=1, executor_cores=1, max_actors=1,  # type: ignore[arg-type]
                                      cpus_per_actor=1.0), int)
-
-
-# --------------------------------------------------------------------------- check_pool_fits
-
-
-def test_pool_fits_cpu_only() -> None:
-    assert check_pool_fits({"CPU": 4}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0) is None
-
-
-def test_pool_fits_exactly() -> None:
-    assert check_pool_fits({"CPU": 3.0}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0) is None
-
-
-def test_pool_fits_without_gpu_key_when_no_gpus_asked() -> None:
-    assert check_pool_fits({"CPU": 8, "memory": 1e9}, spark_cpus=2, min_actors=3, cpus_per_actor=2,
-                           gpus_per_actor=0) is None
-
-
-def test_pool_too_small_doc_example() -> None:
-    msg = check_pool_fits({"CPU": 2}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0)
-    assert msg == "predict.actors: 2 actors need 2 CPUs besides Spark's 1, the cluster has 2 CPUs in all"
-
-
-def test_pool_too_small_fractional() -> None:
-    msg = check_pool_fits({"CPU": 2.0}, spark_cpus=1, min_actors=3, cpus_per_actor=0.5, gpus_per_actor=0)
-    assert msg == "predict.actors: 3 actors need 1.5 CPUs besides Spark's 1, the cluster has 2 CPUs in all"
-
-
-def test_pool_on_empty_cluster() -> None:
-    msg = check_pool_fits({}, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=0)
-    assert msg == "predict.actors: 1 actors need 1 CPUs besides Spark's 1, the cluster has 0 CPUs in all"
-
-
-def test_pool_fits_with_gpus() -> None:
-    total = {"CPU": 8, "GPU": 1}
-    assert check_pool_fits(total, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=1) is None
-    assert check_pool_fits(total, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=0.5) is None
-
-
-def test_pool_needs_more_gpus() -> None:
-    msg = check_pool_fits({"CPU": 8, "GPU": 1}, spark_cpus=1, min_actors=2, cpus_per_actor=1, gpus_per_actor=1)
-    assert msg == "predict.gpus_per_actor: 2 actors need 2 GPUs, the cluster has 1"
-
-
-def test_pool_needs_fractional_gpus() -> None:
-    msg = check_pool_fits({"CPU": 8, "GPU": 1}, spark_cpus=1, min_actors=3, cpus_per_actor=1, gpus_per_actor=0.5)
-    assert msg == "predict.gpus_per_actor: 3 actors need 1.5 GPUs, the cluster has 1"
-
-
-def test_pool_gpus_on_cpu_only_cluster() -> None:
-    msg = check_pool_fits({"CPU": 8}, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=1)
-    assert msg == "predict.gpus_per_actor: 1 actors need 1 GPUs, the cluster has 0"
-
-
-def test_cpu_shortage_reported_before_gpu_shortage() -> None:
-    msg = check_pool_fits({"CPU": 1}, spark_cpus=1, min_actors=1, cpus_per_actor=1, gpus_per_actor=1)
-    assert msg is not None and msg.startswith("predict.actors: ")
 
 
 # --------------------------------------------------------------------------- rows_per_block

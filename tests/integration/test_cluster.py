@@ -1,0 +1,129 @@
+"""Beyond one machine: a real two-node Ray cluster on loopback, one node with (logical) GPUs.
+
+Each node has its own model cache directory (``RAYSCORE_CACHE_DIR`` in its
+environment), standing in for another host's local disk. Jobs run through
+the CLI, joining the cluster as a user's driver would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROWS, assert_matches_model, read_parquet_dir
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A head node with 3 CPUs and a second node with 3 CPUs and 2 logical GPUs."""
+    from ray.cluster_utils import Cluster
+
+    caches = tmp_path_factory.mktemp("caches")
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 3, "num_gpus": 0, "include_dashboard": False,
+        "env_vars": {"RAYSCORE_CACHE_DIR": str(caches / "head")},
+    })
+    cluster.add_node(num_cpus=3, num_gpus=2, env_vars={"RAYSCORE_CACHE_DIR": str(caches / "gpu-node")})
+    cluster.wait_for_nodes()
+    yield cluster, caches
+    cluster.shutdown()
+
+
+def run_cli(config: dict, tmp_path: Path) -> dict:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "rayscore", "run", str(path), "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def probe(address: str) -> dict:
+    """The cluster seen from a fresh driver: free vs total resources, live actors and placement groups."""
+    code = f"""
+import json, ray
+from ray._private import state
+ray.init(address={address!r}, logging_level="ERROR")
+ours = ("Predictor", "LoadLedger", "RayDP", "RayAppMaster", "SPARK_MASTER")
+# Ray Data keeps a few detached, cluster-wide helpers (stats, autoscaling) for every job: Ray's, not ours.
+actors = [a for a in state.actors().values() if a["State"] != "DEAD" and
+          (not a.get("IsDetached") or any(o in (a.get("ActorClassName") or "") + (a.get("Name") or "") for o in ours))]
+groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+print(json.dumps({{"total": ray.cluster_resources(), "free": ray.available_resources(),
+                   "nodes": len([n for n in ray.nodes() if n["Alive"]]), "actors": len(actors),
+                   "groups": len(groups)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_left_clean(address: str) -> None:
+    """Still running, and once the job's driver is gone nothing of rayscore's holds anything."""
+    deadline = time.monotonic() + 60
+    seen = probe(address)
+    while (seen["actors"] or seen["groups"] or seen["free"].get("CPU") != seen["total"].get("CPU")) \
+            and time.monotonic() < deadline:
+        seen = probe(address)
+    assert seen["nodes"] == 2
+    assert seen["actors"] == 0 and seen["groups"] == 0
+    assert seen["free"].get("CPU") == seen["total"].get("CPU") == 6
+    assert seen["free"].get("GPU") == seen["total"].get("GPU") == 2
+
+
+def cache_entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*-ctr.keras")) if folder.exists() else []
+
+
+def job(workload: dict, out: Path, address: str, **predict) -> dict:
+    return {
+        "input": {"path": workload["data"]},
+        "model": {"uri": workload["keras"], "cache_dir": "/nonexistent/overridden-by-each-node"},
+        "predict": {"batch_size": 500, "actors": 2, **predict},
+        "output": {"path": str(out), "keep_columns": ["id"]},
+        "ray": {"address": address},
+    }
+
+
+def test_actors_spread_over_both_nodes_with_one_model_copy_per_node_cache(two_nodes, workload, tmp_path):
+    cluster, caches = two_nodes
+    out = tmp_path / "scores.parquet"
+    report = run_cli(job(workload, out, cluster.address), tmp_path)
+    assert (report["rows_in"], report["rows_out"]) == (ROWS, ROWS)
+    assert report["nodes"] == 2 and report["model_loads"] == 2
+    assert report["model_copies"] == 2  # one per node, each into that node's own cache
+    assert len(cache_entries(caches / "head")) == 1
+    assert len(cache_entries(caches / "gpu-node")) == 1
+    assert_matches_model(read_parquet_dir(out), workload)
+    assert_left_clean(cluster.address)
+
+
+def test_gpu_actors_get_distinct_gpus_on_the_gpu_node_and_reuse_its_cached_model(two_nodes, workload, tmp_path):
+    cluster, caches = two_nodes
+    before = cache_entries(caches / "gpu-node")
+    out = tmp_path / "scores.parquet"
+    report = run_cli(job(workload, out, cluster.address, gpus_per_actor=1), tmp_path)
+    assert report["rows_out"] == ROWS
+    assert report["nodes"] == 1  # only the second node has GPUs
+    assert report["gpu_ids"] == ["0", "1"]  # one GPU each, as Ray assigned them
+    assert report["model_copies"] == (0 if before else 1)  # the node's verified copy is reused
+    assert len(cache_entries(caches / "gpu-node")) == 1
+    assert_matches_model(read_parquet_dir(out), workload)
+    assert_left_clean(cluster.address)
+
+
+def test_half_a_gpu_per_actor_puts_two_actors_on_one_gpu(two_nodes, workload, tmp_path):
+    cluster, _ = two_nodes
+    out = tmp_path / "scores.parquet"
+    report = run_cli(job(workload, out, cluster.address, gpus_per_actor=0.5), tmp_path)
+    assert report["rows_out"] == ROWS
+    assert report["model_loads"] == 2 and report["nodes"] == 1
+    assert len(report["gpu_ids"]) in (1, 2)  # Ray may pack both halves on one GPU
+    assert_left_clean(cluster.address)

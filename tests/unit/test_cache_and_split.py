@@ -1,0 +1,125 @@
+"""The node-local model cache and the out-of-memory batch split, without a cluster."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rayscore import ModelError, ModelSpec, TensorSpec
+from rayscore._cache import cached_model
+from rayscore._convert import make_plan
+from rayscore._model import LoadedModel, fingerprint, model_bytes
+from rayscore._predict import BatchLimit, predict_table
+
+
+def make_model_file(folder: Path, payload: bytes = b"weights" * 1000) -> Path:
+    path = folder / "ctr.keras"
+    path.write_bytes(payload)
+    return path
+
+
+def test_one_copy_per_node_even_with_many_actors_at_once(tmp_path):
+    source = make_model_file(tmp_path)
+    cache = tmp_path / "cache"
+    results: list[tuple[str, bool]] = []
+
+    def actor() -> None:
+        results.append(cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), str(cache)))
+
+    threads = [threading.Thread(target=actor) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(copied for _, copied in results) == 1
+    assert len({path for path, _ in results}) == 1
+    copy = Path(results[0][0])
+    assert copy.read_bytes() == source.read_bytes()
+    assert copy.name.endswith("-ctr.keras")  # the loader still sees the suffix
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [copy.name, copy.name + ".ok"]
+
+
+def test_a_matching_copy_is_reused_and_a_changed_model_fetched_again(tmp_path):
+    source = make_model_file(tmp_path)
+    cache = str(tmp_path / "cache")
+    first, copied = cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), cache)
+    assert copied
+    again, copied = cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), cache)
+    assert (again, copied) == (first, False)
+    source.write_bytes(b"new weights" * 1000)
+    newer, copied = cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), cache)
+    assert copied and newer != first
+    assert not Path(first).exists()  # the stale version is gone
+    assert Path(newer).read_bytes() == source.read_bytes()
+
+
+def test_a_copy_that_does_not_match_the_planned_model_is_refused_and_removed(tmp_path):
+    source = make_model_file(tmp_path)
+    planned = fingerprint(str(source))
+    source.write_bytes(b"changed while the job ran")
+    with pytest.raises(ModelError, match=r"the copy of .*ctr.keras does not match the model the job was planned with"):
+        cached_model(str(source), planned, 7000, str(tmp_path / "cache"))
+    assert not [p for p in (tmp_path / "cache").iterdir() if "ctr.keras" in p.name and not p.name.endswith(".lock")]
+
+
+def test_directories_are_cached_whole(tmp_path):
+    saved = tmp_path / "saved_model"
+    (saved / "variables").mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"graph")
+    (saved / "variables" / "variables.data-00000-of-00001").write_bytes(b"v" * 5000)
+    path, copied = cached_model(str(saved), fingerprint(str(saved)), model_bytes(str(saved)), str(tmp_path / "c"))
+    assert copied and fingerprint(path) == fingerprint(str(saved))
+
+
+SPEC = ModelSpec(inputs=(TensorSpec("x", (3,), "float32"),), outputs=(TensorSpec("y", (2,), "float32"),))
+
+
+class TooBig(Exception):
+    """Stands in for TensorFlow's ResourceExhaustedError (same name is what counts)."""
+
+
+TooBig.__name__ = "ResourceExhaustedError"
+
+
+def fake_model(max_rows: int, calls: list[int]) -> LoadedModel:
+    def predict(feeds):
+        rows = len(feeds["x"])
+        calls.append(rows)
+        if rows > max_rows:
+            raise TooBig(f"OOM when allocating tensor with shape[{rows},3]")
+        return {"y": np.stack([feeds["x"].sum(1), feeds["x"].max(1)], axis=1)}
+
+    return LoadedModel(SPEC, predict)
+
+
+def table(rows: int) -> pa.Table:
+    values = np.arange(rows * 3, dtype=np.float32)
+    return pa.table({"id": np.arange(rows), "x": pa.ListArray.from_arrays(
+        pa.array(np.arange(0, (rows + 1) * 3, 3, dtype=np.int32)), pa.array(values))})
+
+
+def test_an_out_of_memory_batch_is_split_and_the_working_size_kept():
+    plan = make_plan(SPEC, table(1).schema, keep_columns=["id"])
+    calls: list[int] = []
+    model, limit = fake_model(max_rows=300, calls=calls), BatchLimit()
+    out = predict_table(model, plan, table(1000), limit)
+    assert limit.rows == 250 and limit.splits == 2  # 1000 -> 500 -> 250
+    assert calls == [1000, 500, 250, 250, 250, 250]
+    x = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    np.testing.assert_array_equal(np.stack(out.column("y").to_numpy(zero_copy_only=False)),
+                                  np.stack([x.sum(1), x.max(1)], axis=1))
+    calls.clear()
+    predict_table(model, plan, table(1000), limit)  # the next batch starts at the size that worked
+    assert calls == [250, 250, 250, 250]
+
+
+def test_splitting_stops_at_the_floor_and_then_fails_naming_the_batch():
+    plan = make_plan(SPEC, table(1).schema, keep_columns=["id"])
+    from rayscore import PredictError
+
+    with pytest.raises(PredictError, match=r"a batch of 8 rows \(first row: id=0\) failed 1 time\(s\) .*ResourceExhaustedError: OOM when allocating"):
+        predict_table(fake_model(max_rows=0, calls=[]), plan, table(8), BatchLimit(floor=2))
