@@ -127,7 +127,11 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     # Datasets copy the current DataContext when made: set it first.
     # Let a RayscoreError raised in an actor (bad rows, say) reach us as itself,
     # not as Ray Data's UserCodeException whose pickled copy loses the cause.
-    ray.data.DataContext.get_current().raise_original_map_exception = True
+    context = ray.data.DataContext.get_current()
+    context.raise_original_map_exception = True
+    # Actors one per node before two on one (Ray Data's default, relied on here):
+    # fewer model copies per node's memory and cache.
+    context.scheduling_strategy = "SPREAD"
     selected = df.select(*plan.read_columns)
     with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
         ds = from_spark_recoverable(selected)
@@ -150,7 +154,6 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
                 memory=pool.memory_per_actor,  # so Ray never packs more model copies than a node holds
                 num_gpus=predict.gpus_per_actor or None,
                 zero_copy_batch=True,
-                scheduling_strategy="SPREAD",  # one model copy per node before two on one
             ).materialize()
             loads = summarize_loads(ray.get(ledger.loads.remote()))
             loads["working_batch_size"] = ray.get(ledger.working_batch_size.remote())

@@ -198,3 +198,26 @@ def test_a_local_session_keeps_token_auth_and_starts_no_dashboard_or_spark_ui(rs
         assert "--disable-frontend" in proc.cmdline()
         assert not [c for c in proc.net_connections() if c.status == psutil.CONN_LISTEN]
     assert rs.spark.conf.get("spark.ui.enabled") == "false"
+
+
+def test_actors_auto_sizes_the_pool_from_the_node_and_reports_it(rs, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = rayscore.run(job(workload, out, predict={"actors": "auto"}), session=rs)
+    assert result.rows_out == ROWS
+    assert result.actors["min"] == 1 and result.actors["max"] >= 1
+    assert 1 <= result.model_loads <= result.actors["max"]
+    assert result.memory_per_actor > result.model_bytes
+
+
+def test_a_pool_that_fits_no_node_is_refused_before_it_starts(rs, workload, tmp_path):
+    import ray
+
+    out = tmp_path / "scores.parquet"
+    free_before = ray.available_resources().get("CPU")
+    with pytest.raises(rayscore.ConfigError) as caught:
+        rayscore.run(job(workload, out, predict={"memory_factor": 1e7}), session=rs)
+    message = str(caught.value)
+    assert message.startswith("model: one actor needs ")
+    assert "the largest node has " in message and "\n" not in message
+    assert leftovers(tmp_path) == []
+    assert ray.available_resources().get("CPU") == free_before
