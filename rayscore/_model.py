@@ -343,3 +343,9 @@ def _example_hint(path: str) -> str:
     if script.exists():
         return f" (make the example's model and data with: python {os.path.relpath(script)})"
     return ""
+
+
+# Registered last: _savedmodel imports the names above from this module.
+from ._savedmodel import SavedModelLoader  # noqa: E402
+
+_LOADERS["savedmodel"] = SavedModelLoader()

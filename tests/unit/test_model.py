@@ -262,13 +262,13 @@ def test_unknown_suffix(model_files, tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
         resolve_loader(str(odd))
     assert str(info.value) == (f"model.format: cannot tell the format of {odd} from its name; "
-                               "set model.format to one of ['h5', 'keras']")
+                               "set model.format to one of ['h5', 'keras', 'savedmodel']")
 
 
 def test_unknown_explicit_format(model_files) -> None:
     with pytest.raises(ModelError) as info:
         resolve_loader(str(model_files["keras"]), "onnx")
-    assert str(info.value) == "model.format must be auto or one of ['h5', 'keras'], got 'onnx'"
+    assert str(info.value) == "model.format must be auto or one of ['h5', 'keras', 'savedmodel'], got 'onnx'"
 
 
 def test_unsupported_scheme() -> None:
@@ -322,7 +322,7 @@ def restore_registry():
 
 
 def test_builtin_loaders() -> None:
-    assert sorted(loaders) == ["h5", "keras"]
+    assert sorted(loaders) == ["h5", "keras", "savedmodel"]
     assert isinstance(loaders["keras"], KerasLoader)
     assert isinstance(loaders["h5"], H5Loader)
 
