@@ -86,6 +86,7 @@ class ModelConfig(_Frozen):
     outputs: dict[str, str] | None = None
     safe_mode: StrictBool = True
     cache_dir: str | None = None
+    signature: str = Field(default="serving_default", min_length=1)  # format: savedmodel only
 
     @field_validator("inputs", "outputs")
     @classmethod

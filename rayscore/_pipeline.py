@@ -49,10 +49,11 @@ class _Scored:
 def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
     """Find the model and read its inputs/outputs without loading its weights."""
     path, loader = resolve_loader(model.uri, model.format)
-    spec = loader.inspect(path)
+    signature = model.signature if "signature" in getattr(loader, "options", ()) else None
     ref = ModelRef(path=path, loader=loader.name, safe_mode=model.safe_mode,
-                   fingerprint=fingerprint(path), nbytes=model_bytes(path), cache_dir=model.cache_dir)
-    return ref, spec
+                   fingerprint=fingerprint(path), nbytes=model_bytes(path), cache_dir=model.cache_dir,
+                   signature=signature)
+    return ref, loader.inspect(path, **ref.options())
 
 
 def _check_sample(df: Any, plan: Plan) -> None:
@@ -127,11 +128,10 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     # Datasets copy the current DataContext when made: set it first.
     # Let a RayscoreError raised in an actor (bad rows, say) reach us as itself,
     # not as Ray Data's UserCodeException whose pickled copy loses the cause.
-    context = ray.data.DataContext.get_current()
-    context.raise_original_map_exception = True
-    # Actors one per node before two on one (Ray Data's default, relied on here):
-    # fewer model copies per node's memory and cache.
-    context.scheduling_strategy = "SPREAD"
+    # Ray Data places pool actors with its default SPREAD strategy: one per node
+    # before two on one, so fewer model copies per node's memory and cache
+    # (test_cluster.py checks it).
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     selected = df.select(*plan.read_columns)
     with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
         ds = from_spark_recoverable(selected)

@@ -34,6 +34,11 @@ class ModelRef:
     fingerprint: str = ""  # sha256 of the model's bytes, taken by the driver
     nbytes: int = 0
     cache_dir: str | None = None  # copy into this node-local cache first (RAYSCORE_CACHE_DIR wins)
+    signature: str | None = None  # for loaders that take one (savedmodel)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for this loader's inspect/load beyond the path."""
+        return {"signature": self.signature} if self.signature is not None else {}
 
 
 def _check_same_inputs(expected: tuple[Any, ...], spec: ModelSpec, path: str) -> None:
@@ -181,7 +186,7 @@ class Predictor:
         if root:
             path, copied = cached_model(model.path, model.fingerprint, model.nbytes, root)
         devices = _prepare_devices()
-        self._model = loaders[model.loader].load(path, safe_mode=model.safe_mode)
+        self._model = loaders[model.loader].load(path, safe_mode=model.safe_mode, **model.options())
         _check_same_inputs(plan.bindings, self._model.spec, model.path)
         seconds = time.perf_counter() - t0
         if ledger is not None:

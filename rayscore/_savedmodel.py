@@ -12,7 +12,7 @@ signature's input keys are the model's inputs, its output keys its outputs.
 
 Signatures have no order of their own (they are protobuf maps; TensorFlow
 flattens their keyword arguments sorted by name), so inputs and outputs are
-listed sorted by name.
+listed sorted by name (numbers by value: ``output_2`` before ``output_10``).
 
 Exports seen in practice: Keras 3 ``model.export(dir)`` writes
 ``serving_default`` (and ``serve``) whose input keys are the Keras input names
@@ -25,6 +25,7 @@ the argument name.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,11 @@ def _import_tf() -> Any:
     import tensorflow as tf  # noqa: PLC0415 - heavy, only when a SavedModel is used
 
     return tf
+
+
+def _by_name(names: Any) -> list[str]:
+    """Sorted, numbers by value: output_2 before output_10."""
+    return sorted(names, key=lambda n: [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", n))])
 
 
 def _one_line(text: str) -> str:
@@ -137,8 +143,8 @@ def _spec_of(path: str, signature: str, meta_graph: Any, fmt: str) -> ModelSpec:
         raise _unknown_signature(path, signature, _signature_names(defs))
     sig = defs[signature]
     _check_batched_inputs(path, signature, sig.inputs)
-    inputs = tuple(_tensor_spec(tf, k, sig.inputs[k]) for k in sorted(sig.inputs))
-    outputs = tuple(_tensor_spec(tf, k, sig.outputs[k]) for k in sorted(sig.outputs))
+    inputs = tuple(_tensor_spec(tf, k, sig.inputs[k]) for k in _by_name(sig.inputs))
+    outputs = tuple(_tensor_spec(tf, k, sig.outputs[k]) for k in _by_name(sig.outputs))
     if not inputs or not outputs:
         raise ModelError(f"model {path}: signature {signature!r} has no inputs or no outputs")
     return ModelSpec(inputs, outputs, fmt)

@@ -234,7 +234,7 @@ def _run_model(df: Any, plan: Plan, ref: ModelRef) -> str:
     table = pa.Table.from_batches(batches) if batches else None
     if table is None or table.num_rows == 0:
         raise InputError("the input has no rows; nothing to score")
-    model = loaders[ref.loader].load(ref.path, safe_mode=ref.safe_mode)
+    model = loaders[ref.loader].load(ref.path, safe_mode=ref.safe_mode, **ref.options())
     with translate_errors(f"model: predicting {table.num_rows} sample rows in the driver", ModelError):
         predict_table(model, plan, table)
     shapes = ", ".join(f"{t.name} {list(t.shape or ())}" for t in model.spec.outputs

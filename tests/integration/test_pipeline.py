@@ -221,3 +221,19 @@ def test_a_pool_that_fits_no_node_is_refused_before_it_starts(rs, workload, tmp_
     assert "the largest node has " in message and "\n" not in message
     assert leftovers(tmp_path) == []
     assert ray.available_resources().get("CPU") == free_before
+
+
+def test_a_savedmodel_directory_is_scored_through_its_serving_signature(rs, workload, tmp_path):
+    import keras
+
+    saved = tmp_path / "ctr_savedmodel"
+    keras.saving.load_model(workload["keras"]).export(str(saved))  # a TF SavedModel with serving_default
+    out = tmp_path / "scores.parquet"
+    result = rayscore.run(job(workload, out, model={"uri": str(saved)}), session=rs)
+    assert result.model_format == "savedmodel"
+    assert result.rows_out == ROWS
+    assert_matches_model(read_parquet_dir(out), workload)
+    with pytest.raises(rayscore.ModelError, match=r"model.signature: 'nope' is not a signature of .*ctr_savedmodel"):
+        rayscore.run(job(workload, tmp_path / "other.parquet", model={"uri": str(saved), "signature": "nope"}),
+                     session=rs)
+    assert not (tmp_path / "other.parquet").exists()

@@ -242,3 +242,19 @@ def test_missing_variables_fail_at_load(keras_export: Path, tmp_path: Path) -> N
     slim.mkdir()
     shutil.copy(keras_export / "saved_model.pb", slim / "saved_model.pb")
     assert raised(lambda: SavedModelLoader().load(str(slim))).startswith(f"model {slim} cannot be loaded as savedmodel: ")
+
+
+def test_outputs_listed_with_numbers_in_order(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Many(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def f(self, x):
+            return [x * float(i) for i in range(12)]  # outputs output_0 ... output_11
+
+    many = Many()
+    tf.saved_model.save(many, str(tmp_path), signatures=many.f)
+    spec = SavedModelLoader().inspect(str(tmp_path))
+    assert spec.output_names == tuple(f"output_{i}" for i in range(12))
+    got = SavedModelLoader().load(str(tmp_path)).predict({"x": np.array([[2.0]], dtype=np.float32)})
+    assert [float(got[n][0, 0]) for n in spec.output_names] == [2.0 * i for i in range(12)]
