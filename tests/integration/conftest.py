@@ -5,6 +5,7 @@ and the example's multi-input model and feature table built small and fresh.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,16 @@ def assert_matches_model(table: pa.Table, workload: dict, click: str = "click", 
     got_topics = np.stack(table.column(topics).to_numpy(zero_copy_only=False)[order])
     np.testing.assert_allclose(got_click, workload["click"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got_topics, workload["topics"], atol=1e-5, rtol=0)
+
+
+def settled_free_cpus(rs: rayscore.Session, timeout: float = 60.0) -> float:
+    """Free CPUs once nothing but Spark's executors holds any (waits for actors being torn down)."""
+    import ray
+
+    expected = ray.cluster_resources()["CPU"] - rs.spark_cpus
+    deadline = time.monotonic() + timeout
+    free = ray.available_resources().get("CPU", 0.0)
+    while free != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        free = ray.available_resources().get("CPU", 0.0)
+    return free

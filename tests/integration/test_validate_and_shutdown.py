@@ -20,6 +20,8 @@ import yaml
 
 import rayscore
 
+from .conftest import settled_free_cpus
+
 pytestmark = pytest.mark.integration
 
 COLUMNS = "id, title_0, title_1, title_2, title_3, hour_of_week, price"
@@ -50,17 +52,6 @@ def actor_states() -> dict[str, str]:
     """Every actor the shared Ray has ever had, by id: ``ClassName STATE`` (no dashboard needed)."""
     return {actor_id: f"{info['ActorClassName']} {info['State']}"
             for actor_id, info in ray._private.state.actors().items()}
-
-
-def settled_free_cpus(rs: rayscore.Session, timeout: float = 60.0) -> float:
-    """Free CPUs once nothing but Spark's executors holds any (waits for actors being torn down)."""
-    expected = ray.cluster_resources()["CPU"] - rs.spark_cpus
-    deadline = time.monotonic() + timeout
-    free = ray.available_resources().get("CPU", 0.0)
-    while free != expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-        free = ray.available_resources().get("CPU", 0.0)
-    return free
 
 
 @pytest.fixture
