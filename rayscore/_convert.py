@@ -273,16 +273,15 @@ def row_problems(table: pa.Table, bindings: Iterable[Binding], *, reject_nan: bo
     """
     rows = table.num_rows
     reasons = np.full(rows, None, dtype=object)
+
+    def mark(mask: np.ndarray, text: Callable[[int], str]) -> None:
+        """Give the rows in ``mask`` that have no reason yet this one (built for them alone)."""
+        for i in np.flatnonzero(mask & np.equal(reasons, None)):
+            reasons[i] = text(int(i))
+
     for binding in bindings:
         column = table.column(binding.column)
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        open_rows = np.equal(reasons, None)
-
-        def mark(mask: np.ndarray, text: Callable[[int], str]) -> None:
-            for i in np.flatnonzero(mask & open_rows):
-                reasons[i] = text(int(i))
-            open_rows[mask] = False
-
         name = binding.column
         mark(arr.is_null().to_numpy(zero_copy_only=False), lambda i: f"column {name!r}: null")
         parents = np.arange(rows)
