@@ -1,80 +1,127 @@
 """The node-local model cache: one verified copy of the model per node.
 
-With ``model.cache_dir`` set (or ``RAYSCORE_CACHE_DIR`` in a node's
-environment, which wins, so every host can point at its own local disk), each
-predictor copies the model from ``model.uri`` into the cache before loading it.
-Actors on the same node take a file lock, so N actors cause one copy; the copy
-is written under a temporary name, checked (size and sha256 against the
-fingerprint the driver took) and only then renamed into place. The next run
-reuses a copy whose fingerprint still matches; a changed model gets a new
-entry (the old one is removed).
+Remote models (``s3://`` and the like) always go through it; local models do
+when ``model.cache_dir`` is set. ``RAYSCORE_CACHE_DIR`` in a node's
+environment wins over the config, so every host can point at its own disk;
+remote models without either use ``<tmp>/rayscore-models``.
 
-Cost: one read of the source and one write plus one read of the copy per node
-and model version; disk: one model copy per node.
+Copies are made under a file lock, so N actors on a node cause one copy; the
+copy is written under a temporary name while its sha256 is taken from the
+bytes as they pass, checked (sizes against the listing, digest against the
+fingerprint the driver planned with) and only then renamed into place with an
+``.ok`` record beside it. The next run reuses a copy whose record still
+matches: by fingerprint (actors) or, for a remote model the driver has not
+read yet, by its listing (names, sizes, modification times), so a changed
+remote model is fetched again. Older versions of the model are removed.
+
+Cost: one read of the source and one write per node and model version (never
+a read-back of the copy); disk: one model copy per node.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._errors import ModelError
-from ._model import fingerprint, model_bytes
+from ._storage import basename, copy_model, is_remote, list_model, open_filesystem, version_of
 
-__all__ = ["CACHE_ENV", "cache_root", "cached_model"]
+__all__ = ["CACHE_ENV", "CachedCopy", "cache_root", "cached_model"]
 
 CACHE_ENV = "RAYSCORE_CACHE_DIR"
 
 
-def cache_root(configured: str | None) -> str | None:
-    """This node's cache directory: ``$RAYSCORE_CACHE_DIR``, else ``model.cache_dir``, else None."""
-    return os.environ.get(CACHE_ENV) or configured
+def cache_root(configured: str | None, uri: str = "") -> str | None:
+    """This node's cache directory: ``$RAYSCORE_CACHE_DIR``, else ``model.cache_dir``, else a
+    default under the temp directory for remote models, else None (read the model in place)."""
+    root = os.environ.get(CACHE_ENV) or configured
+    if root is None and is_remote(uri):
+        root = os.path.join(tempfile.gettempdir(), "rayscore-models")
+    return root
+
+
+@dataclass(frozen=True)
+class CachedCopy:
+    path: str
+    fingerprint: str
+    nbytes: int
+    copied: bool  # made by this call
+
+
+def _local_uri(uri: str) -> str:
+    return "file://" + os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def cached_model(uri: str, root: str, *, fingerprint: str | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> CachedCopy:
+    """A verified local copy of the model at ``uri`` under ``root``.
+
+    With ``fingerprint`` (an actor, after the driver planned the job) the copy
+    must have exactly that content; without it (the driver, first sight of a
+    remote model) the copy's own digest becomes the model's fingerprint.
+    """
+    fs, path = open_filesystem(uri if is_remote(uri) else _local_uri(uri), storage_options or {})
+    files = list_model(fs, path, uri)
+    version = version_of(uri, files)
+    name = basename(uri)
+    folder = Path(root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"model.cache_dir: cannot create {root}: {exc.strerror}") from None
+    with open(folder / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one copier per node; the others wait, then reuse
+        hit = _find(folder, name, fingerprint, version)
+        if hit is not None:
+            return hit
+        for stale in [*folder.glob(f"*-{name}"), *folder.glob(f"*-{name}.ok"), *folder.glob(f".{name}.partial-*")]:
+            _remove(stale)  # older versions of this model, half copies of crashed copiers
+        partial = folder / f".{name}.partial-{os.getpid()}"
+        _remove(partial)
+        if len(files) > 1 or files[0].relpath:
+            partial.mkdir()
+        try:
+            got, nbytes = copy_model(fs, path, files, str(partial), uri)
+        except BaseException:
+            _remove(partial)
+            raise
+        if fingerprint is not None and got != fingerprint:
+            _remove(partial)
+            raise ModelError(
+                f"model.uri: the copy of {uri} does not match the model the job was planned with "
+                f"({nbytes} bytes, {got[:19]}… against {fingerprint[:19]}…); was it changed while the job ran?"
+            )
+        entry = folder / f"{got.split(':')[-1][:16]}-{name}"
+        os.replace(partial, entry)
+        _ok_file(entry).write_text(json.dumps({"fingerprint": got, "version": version, "bytes": nbytes}))
+        return CachedCopy(str(entry), got, nbytes, True)
 
 
 def _ok_file(entry: Path) -> Path:
     return entry.with_name(entry.name + ".ok")
 
 
-def cached_model(path: str, expected_fingerprint: str, expected_bytes: int, root: str) -> tuple[str, bool]:
-    """A verified local copy of the model at ``path`` under ``root``: (its path, copied by this call)."""
-    source = Path(path)
-    key = expected_fingerprint.split(":")[-1][:16]
-    folder = Path(root)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ModelError(f"model.cache_dir: cannot create {root}: {exc.strerror}") from None
-    entry = folder / f"{key}-{source.name}"
-    with open(folder / f".{source.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one copier per node; the others wait, then reuse
-        ok = _ok_file(entry)
-        if entry.exists() and ok.exists() and ok.read_text() == expected_fingerprint:
-            return str(entry), False
-        for stale in folder.glob(f"*-{source.name}*"):  # older versions of this model, half copies
-            _remove(stale)
-        partial = folder / f".{entry.name}.partial-{os.getpid()}"
-        _remove(partial)
+def _find(folder: Path, name: str, fingerprint: str | None, version: str) -> CachedCopy | None:
+    """A complete copy matching the fingerprint, or (without one) the source's listing."""
+    for ok in folder.glob(f"*-{name}.ok"):
         try:
-            if source.is_dir():
-                shutil.copytree(source, partial)
-            else:
-                shutil.copyfile(source, partial)
-        except OSError as exc:
-            _remove(partial)
-            raise ModelError(f"model.cache_dir: copying {path} into {root} failed: {exc.strerror}") from None
-        got_bytes, got_print = model_bytes(str(partial)), fingerprint(str(partial))
-        if (got_bytes, got_print) != (expected_bytes, expected_fingerprint):
-            _remove(partial)
-            raise ModelError(
-                f"model.uri: the copy of {path} does not match the model the job was planned with "
-                f"({got_bytes} bytes, {got_print[:19]}… against {expected_bytes} bytes, "
-                f"{expected_fingerprint[:19]}…); was it changed while the job ran?"
-            )
-        os.replace(partial, entry)
-        ok.write_text(expected_fingerprint)
-        return str(entry), True
+            record = json.loads(ok.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        matches = record.get("fingerprint") == fingerprint if fingerprint else record.get("version") == version
+        entry = ok.with_name(ok.name[: -len(".ok")])
+        if matches and entry.exists():
+            return CachedCopy(str(entry), record["fingerprint"], int(record.get("bytes", 0)), False)
+    return None
 
 
 def _remove(p: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -87,6 +88,30 @@ class ModelConfig(_Frozen):
     safe_mode: StrictBool = True
     cache_dir: str | None = None
     signature: str = Field(default="serving_default", min_length=1)  # format: savedmodel only
+    custom_objects: str | None = None  # package.module:NAME of a dict of custom classes
+    # Keyword arguments of the uri scheme's pyarrow filesystem; "${VAR}" values
+    # come from the environment. May hold secrets: never in repr, logs or reports.
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @field_validator("custom_objects")
+    @classmethod
+    def _dotted(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*[.:][A-Za-z_]\w*", value):
+            raise ValueError(f"must be a dotted path like mypackage.layers:CUSTOM_OBJECTS, got {value!r}")
+        return value
+
+    @field_validator("storage_options")
+    @classmethod
+    def _from_environment(cls, value: dict[str, Any]) -> dict[str, Any]:
+        resolved = {}
+        for key, item in _scalars(value).items():
+            if isinstance(item, str) and item.startswith("${") and item.endswith("}"):
+                var = item[2:-1]
+                if var not in os.environ:
+                    raise ValueError(f"names the environment variable {var} for {key}, which is not set")
+                item = os.environ[var]
+            resolved[key] = item
+        return resolved
 
     @field_validator("inputs", "outputs")
     @classmethod

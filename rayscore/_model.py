@@ -16,6 +16,7 @@ format is one class and one entry.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import zipfile
@@ -175,25 +176,60 @@ def _import_keras() -> Any:
     return keras
 
 
-def _load_keras(path: str, fmt: str, safe_mode: bool) -> LoadedModel:
-    keras = _import_keras()
+def import_custom_objects(dotted: str | None) -> dict[str, Any] | None:
+    """The dict named by ``model.custom_objects`` (``package.module:NAME`` or ``package.module.NAME``)."""
+    if not dotted:
+        return None
+    module_name, _, attr = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+        value = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ModelError(f"model.custom_objects: cannot import {dotted!r}: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise ModelError(f"model.custom_objects: {dotted!r} must be a dict of name -> class, "
+                         f"got {type(value).__name__}")
+    return dict(value)
+
+
+def _read_keras_model(path: str, fmt: str, safe_mode: bool, custom_objects: Mapping[str, Any] | None) -> Any:
+    """Stream the weights in where we can (about 1.1x the model's bytes), else Keras's own loader."""
+    keras = _import_keras()
+    from . import _weights  # noqa: PLC0415 - imports keras internals
+
+    if fmt == "h5" and _weights._tf_backend():
+        return _weights.stream_h5_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
+    if fmt == "keras" and _weights.can_stream_archive(path):
+        return _weights.stream_keras_archive(path, safe_mode=safe_mode, custom_objects=custom_objects)
+    return keras.saving.load_model(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+
+
+def _load_keras(path: str, fmt: str, safe_mode: bool, custom_objects: str | None = None) -> LoadedModel:
+    objects = import_custom_objects(custom_objects)
+    try:
+        model = _read_keras_model(path, fmt, safe_mode, objects)
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+        if "safe_mode" in text or "Lambda" in text:
             raise ModelError(
                 f"model {path} needs arbitrary code to load (a Lambda layer); "
                 "set model.safe_mode: false only if you trust it"
             ) from exc
-        raise ModelError(f"model {path} cannot be loaded as {fmt}: {str(exc).splitlines()[0]}") from exc
+        if "custom_object" in text or "Could not locate" in text:
+            raise ModelError(f"model {path} uses a class Keras does not know: {_first_line(text)} "
+                             "(name a dict of your classes in model.custom_objects)") from exc
+        raise ModelError(f"model {path} cannot be loaded as {fmt}: {_first_line(text)}") from exc
     except Exception as exc:  # noqa: BLE001 - h5py/zip/keras raise many kinds
-        raise ModelError(f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ModelError(f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {_first_line(str(exc))}") from exc
     names = tuple(getattr(model, "output_names", None) or [_layer_name(model, t) for t in model.outputs])
     inputs = tuple(
         TensorSpec(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs
     )
     outputs = tuple(TensorSpec(n, tuple(t.shape[1:]), str(t.dtype)) for n, t in zip(names, model.outputs))
     return LoadedModel(ModelSpec(inputs, outputs, fmt), _keras_predict(model, names))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _layer_name(model: Any, tensor: Any) -> str:
@@ -207,6 +243,7 @@ class KerasLoader:
     """Keras 3 ``.keras`` archives (a zip of config.json + weights)."""
 
     name = "keras"
+    options = ("custom_objects",)  # extra keywords load() accepts
 
     def matches(self, path: str) -> bool:
         return path.endswith(".keras")
@@ -225,8 +262,8 @@ class KerasLoader:
         inputs, outputs = _keras_tensor_specs(config)
         return ModelSpec(inputs, outputs, self.name)
 
-    def load(self, path: str, *, safe_mode: bool = True) -> LoadedModel:
-        return _load_keras(path, self.name, safe_mode)
+    def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
+        return _load_keras(path, self.name, safe_mode, custom_objects)
 
 
 def _is_hdf5(path: str) -> bool:
@@ -241,6 +278,7 @@ class H5Loader:
     """Legacy Keras HDF5 files (``model.save("m.h5")``)."""
 
     name = "h5"
+    options = ("custom_objects",)
 
     def matches(self, path: str) -> bool:
         return path.endswith((".h5", ".hdf5"))
@@ -261,8 +299,8 @@ class H5Loader:
         inputs, outputs = _keras_tensor_specs(config)
         return ModelSpec(inputs, outputs, self.name)
 
-    def load(self, path: str, *, safe_mode: bool = True) -> LoadedModel:
-        return _load_keras(path, self.name, safe_mode)
+    def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
+        return _load_keras(path, self.name, safe_mode, custom_objects)
 
 
 # --------------------------------------------------------------------------- registry
@@ -319,9 +357,13 @@ def local_model_path(uri: str) -> str:
     return uri
 
 
-def resolve_loader(uri: str, fmt: str = "auto") -> tuple[str, Loader]:
-    """Pick the loader for ``uri``; check the file exists. Returns (local path, loader)."""
-    path = local_model_path(uri)
+def resolve_loader(location: str, fmt: str = "auto", *, uri: str | None = None) -> tuple[str, Loader]:
+    """Pick the loader for a local model; check it exists. Returns (local path, loader).
+
+    ``uri`` is what messages call the model when ``location`` is a cached copy of it.
+    """
+    path = local_model_path(location)
+    shown = uri or path
     if not os.path.exists(path):
         raise ModelError(f"model.uri: no model at {path}{_example_hint(path)}")
     if fmt != "auto":
@@ -332,7 +374,7 @@ def resolve_loader(uri: str, fmt: str = "auto") -> tuple[str, Loader]:
         if loader.matches(path):
             return path, loader
     raise ModelError(
-        f"model.format: cannot tell the format of {path} from its name; "
+        f"model.format: cannot tell the format of {shown} from its name; "
         f"set model.format to one of {sorted(_LOADERS)}"
     )
 

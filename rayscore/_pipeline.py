@@ -21,7 +21,9 @@ from pydantic import ValidationError
 from ._config import Config, ModelConfig, OutputConfig, PredictConfig, format_validation_error, load_config
 from ._convert import Plan, make_plan, to_tensors
 from ._errors import ConfigError, InputError, PredictError, translate_errors
-from ._model import ModelSpec, TensorSpec, fingerprint, model_bytes, resolve_loader
+from ._cache import cache_root, cached_model
+from ._model import ModelSpec, TensorSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
+from ._storage import is_remote
 from ._predict import REASON, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
 from ._session import Session
@@ -47,13 +49,30 @@ class _Scored:
 
 
 def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
-    """Find the model and read its inputs/outputs without loading its weights."""
-    path, loader = resolve_loader(model.uri, model.format)
-    signature = model.signature if "signature" in getattr(loader, "options", ()) else None
-    ref = ModelRef(path=path, loader=loader.name, safe_mode=model.safe_mode,
-                   fingerprint=fingerprint(path), nbytes=model_bytes(path), cache_dir=model.cache_dir,
-                   signature=signature)
-    return ref, loader.inspect(path, **ref.options())
+    """Find the model and read its inputs/outputs without loading its weights.
+
+    A remote model is first copied into this node's cache (one streamed read;
+    reused while its listing is unchanged), which gives its fingerprint and a
+    local copy to inspect; actors on this node then reuse that copy.
+    """
+    import_custom_objects(model.custom_objects)  # a bad import path fails here, not in every actor
+    if is_remote(model.uri):
+        root = cache_root(model.cache_dir, model.uri)
+        assert root is not None
+        copy = cached_model(model.uri, root, storage_options=model.storage_options)
+        path, digest, nbytes, fetched = copy.path, copy.fingerprint, copy.nbytes, copy.copied
+        local, loader = resolve_loader(path, model.format, uri=model.uri)
+    else:
+        local, loader = resolve_loader(model.uri, model.format)
+        path, digest, nbytes, fetched = local, fingerprint(local), model_bytes(local), False
+        root = model.cache_dir
+    options = getattr(loader, "options", ())
+    ref = ModelRef(path=model.uri if is_remote(model.uri) else local, loader=loader.name,
+                   safe_mode=model.safe_mode, fingerprint=digest, nbytes=nbytes, cache_dir=root,
+                   signature=model.signature if "signature" in options else None,
+                   custom_objects=model.custom_objects if "custom_objects" in options else None,
+                   storage_options=model.storage_options, fetched=fetched)
+    return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
 
 
 def _check_sample(df: Any, plan: Plan) -> None:
@@ -267,6 +286,7 @@ def new_result(cfg: Config, ref: ModelRef, spec: ModelSpec, plan: Plan) -> RunRe
         model_format=spec.format,
         model_bytes=ref.nbytes,
         model_fingerprint=ref.fingerprint,
+        model_copies=int(ref.fetched),
         batch_size=cfg.predict.batch_size,
         output_columns=list(plan.keep_columns) + list(plan.output_columns),
         errors_output=cfg.output.errors_path if plan.quarantine else None,

@@ -9,8 +9,10 @@ one model copy plus a few batches of tensors.
 from __future__ import annotations
 
 import os
+import resource
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,24 +23,32 @@ from ._convert import Plan, output_type, row_problems, to_columns, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
 
-__all__ = ["ModelRef", "Predictor", "LoadLedger", "predict_table", "first_bad_row", "REASON"]
+__all__ = ["ModelRef", "Predictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row", "REASON"]
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """Where an actor finds the model: a path and a loader name. Small and picklable."""
+    """Where an actor finds the model: a path or uri and a loader name. Small and picklable.
 
-    path: str
+    ``storage_options`` may hold credentials: kept out of ``repr`` (and so out
+    of logs and error messages).
+    """
+
+    path: str  # a local path, or the remote uri (then copied into the node's cache first)
     loader: str
     safe_mode: bool = True
     fingerprint: str = ""  # sha256 of the model's bytes, taken by the driver
     nbytes: int = 0
     cache_dir: str | None = None  # copy into this node-local cache first (RAYSCORE_CACHE_DIR wins)
     signature: str | None = None  # for loaders that take one (savedmodel)
+    custom_objects: str | None = None  # a dotted path to a dict of classes (keras, h5)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    fetched: bool = field(default=False, compare=False)  # the driver copied it into its node's cache
 
     def options(self) -> dict[str, Any]:
-        """Keyword arguments for this loader's inspect/load beyond the path."""
-        return {"signature": self.signature} if self.signature is not None else {}
+        """Keyword arguments for this loader's load() beyond the path."""
+        opts = {"signature": self.signature, "custom_objects": self.custom_objects}
+        return {k: v for k, v in opts.items() if v is not None}
 
 
 def _check_same_inputs(expected: tuple[Any, ...], spec: ModelSpec, path: str) -> None:
@@ -181,10 +191,8 @@ class Predictor:
         self._plan = plan
         self._ledger = ledger
         self._limit = BatchLimit()
-        path, copied = model.path, False
-        root = cache_root(model.cache_dir)
-        if root:
-            path, copied = cached_model(model.path, model.fingerprint, model.nbytes, root)
+        rss_before = _peak_rss()
+        path, copied = local_copy(model)
         devices = _prepare_devices()
         self._model = loaders[model.loader].load(path, safe_mode=model.safe_mode, **model.options())
         _check_same_inputs(plan.bindings, self._model.spec, model.path)
@@ -199,8 +207,20 @@ class Predictor:
                 "output_shapes": {t.name: list(t.shape or ()) for t in self._model.spec.outputs},
                 "loaded_from": path,
                 "copied": copied,
+                "rss_before_load": rss_before,
                 **devices,
             }))
+        self._reported_rss = 0
+        self._report_rss()
+
+    def _report_rss(self) -> None:
+        """Tell the ledger this process's peak RSS when it has grown by 16 MB or more."""
+        peak = _peak_rss()
+        if self._ledger is not None and peak >= self._reported_rss + (16 << 20):
+            import ray  # noqa: PLC0415
+
+            ray.get(self._ledger.peak_rss.remote(os.getpid(), peak))
+            self._reported_rss = peak
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         before = self._limit.rows
@@ -209,7 +229,22 @@ class Predictor:
             import ray  # noqa: PLC0415
 
             ray.get(self._ledger.shrunk.remote(os.getpid(), self._limit.rows))
+        self._report_rss()
         return table
+
+
+def local_copy(model: ModelRef) -> tuple[str, bool]:
+    """(where this process reads the model, whether that took a copy): the node's cache, else in place."""
+    root = cache_root(model.cache_dir, model.path)
+    if not root:
+        return model.path, False
+    copy = cached_model(model.path, root, fingerprint=model.fingerprint, storage_options=model.storage_options)
+    return copy.path, copy.copied
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _prepare_devices() -> dict[str, Any]:
@@ -236,9 +271,13 @@ class LoadLedger:
     def __init__(self) -> None:
         self._loads: list[dict[str, Any]] = []
         self._working: dict[int, int] = {}
+        self._peaks: dict[int, int] = {}
 
     def record(self, info: dict[str, Any]) -> None:
         self._loads.append(info)
+
+    def peak_rss(self, pid: int, rss: int) -> None:
+        self._peaks[pid] = max(rss, self._peaks.get(pid, 0))
 
     def shrunk(self, pid: int, rows: int) -> None:
         self._working[pid] = rows
@@ -247,7 +286,7 @@ class LoadLedger:
         return min(self._working.values()) if self._working else None
 
     def loads(self) -> list[dict[str, Any]]:
-        return list(self._loads)
+        return [{**x, "peak_rss": self._peaks.get(x["pid"], 0)} for x in self._loads]
 
 
 def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
@@ -262,4 +301,7 @@ def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
         "nodes": len({x["node"] for x in loads}),
         "model_copies": sum(1 for x in loads if x.get("copied")),
         "gpu_ids": sorted({g for x in loads for g in x.get("gpu_ids", [])}),
+        "actor_memory": [{"node": x["node"][:12], "pid": x["pid"], "load_seconds": round(float(x["load_seconds"]), 3),
+                          "rss_before_load": x.get("rss_before_load", 0), "peak_rss": x.get("peak_rss", 0)}
+                         for x in loads],
     }

@@ -25,6 +25,9 @@ class RunResult:
     ``model_copies`` counts copies made into node-local caches (one per node
     and model version); ``working_batch_size`` is the smallest rows per model
     call an actor fell back to after running out of device memory (None: never).
+    ``actor_memory`` lists, per model load, the actor's load seconds, its
+    resident memory before the load and its peak (bytes, loading then
+    predicting); ``actor_peak_rss`` is the largest peak.
 
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
     up), ``read_convert`` (Spark read into Ray's object store), ``load`` (the
@@ -49,6 +52,8 @@ class RunResult:
     gpu_ids: list[str] = field(default_factory=list)
     working_batch_size: int | None = None
     memory_per_actor: int = 0
+    actor_peak_rss: int = 0
+    actor_memory: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 0
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -60,6 +65,8 @@ class RunResult:
         """Fold one actor pool's load summary in (resume runs one pool per shard)."""
         self.model_loads += loads["model_loads"]
         self.model_copies += loads.get("model_copies", 0)
+        self.actor_memory += loads.get("actor_memory", [])
+        self.actor_peak_rss = max([self.actor_peak_rss, *(a["peak_rss"] for a in loads.get("actor_memory", []))])
         self.nodes = max(self.nodes, loads.get("nodes", 0))
         self.gpu_ids = sorted(set(self.gpu_ids) | set(loads.get("gpu_ids", [])))
         self.output_shapes = loads["output_shapes"] or self.output_shapes

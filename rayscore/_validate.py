@@ -34,7 +34,7 @@ from ._errors import ConfigError, InputError, ModelError, RayscoreError, transla
 from ._model import ModelSpec, loaders
 from ._pipeline import SAMPLE_ROWS, check_pool, inspect_model, max_actors_hint, plan_job
 from ._placement import PoolPlan, format_bytes
-from ._predict import ModelRef, predict_table
+from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
 from ._sink import check_output_free
 from ._source import arrow_schema, read_input
@@ -234,7 +234,7 @@ def _run_model(df: Any, plan: Plan, ref: ModelRef) -> str:
     table = pa.Table.from_batches(batches) if batches else None
     if table is None or table.num_rows == 0:
         raise InputError("the input has no rows; nothing to score")
-    model = loaders[ref.loader].load(ref.path, safe_mode=ref.safe_mode, **ref.options())
+    model = loaders[ref.loader].load(local_copy(ref)[0], safe_mode=ref.safe_mode, **ref.options())
     with translate_errors(f"model: predicting {table.num_rows} sample rows in the driver", ModelError):
         predict_table(model, plan, table)
     shapes = ", ".join(f"{t.name} {list(t.shape or ())}" for t in model.spec.outputs

@@ -28,7 +28,8 @@ def test_one_copy_per_node_even_with_many_actors_at_once(tmp_path):
     results: list[tuple[str, bool]] = []
 
     def actor() -> None:
-        results.append(cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), str(cache)))
+        copy = cached_model(str(source), str(cache), fingerprint=fingerprint(str(source)))
+        results.append((copy.path, copy.copied))
 
     threads = [threading.Thread(target=actor) for _ in range(6)]
     for t in threads:
@@ -46,13 +47,14 @@ def test_one_copy_per_node_even_with_many_actors_at_once(tmp_path):
 def test_a_matching_copy_is_reused_and_a_changed_model_fetched_again(tmp_path):
     source = make_model_file(tmp_path)
     cache = str(tmp_path / "cache")
-    first, copied = cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), cache)
-    assert copied
-    again, copied = cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), cache)
-    assert (again, copied) == (first, False)
+    first = cached_model(str(source), cache, fingerprint=fingerprint(str(source)))
+    assert first.copied and first.nbytes == model_bytes(str(source))
+    again = cached_model(str(source), cache, fingerprint=fingerprint(str(source)))
+    assert (again.path, again.copied) == (first.path, False)
     source.write_bytes(b"new weights" * 1000)
-    newer, copied = cached_model(str(source), fingerprint(str(source)), model_bytes(str(source)), cache)
-    assert copied and newer != first
+    newer = cached_model(str(source), cache, fingerprint=fingerprint(str(source)))
+    assert newer.copied and newer.path != first.path
+    first, newer = first.path, newer.path
     assert not Path(first).exists()  # the stale version is gone
     assert Path(newer).read_bytes() == source.read_bytes()
 
@@ -62,7 +64,7 @@ def test_a_copy_that_does_not_match_the_planned_model_is_refused_and_removed(tmp
     planned = fingerprint(str(source))
     source.write_bytes(b"changed while the job ran")
     with pytest.raises(ModelError, match=r"the copy of .*ctr.keras does not match the model the job was planned with"):
-        cached_model(str(source), planned, 7000, str(tmp_path / "cache"))
+        cached_model(str(source), str(tmp_path / "cache"), fingerprint=planned)
     assert not [p for p in (tmp_path / "cache").iterdir() if "ctr.keras" in p.name and not p.name.endswith(".lock")]
 
 
@@ -71,8 +73,20 @@ def test_directories_are_cached_whole(tmp_path):
     (saved / "variables").mkdir(parents=True)
     (saved / "saved_model.pb").write_bytes(b"graph")
     (saved / "variables" / "variables.data-00000-of-00001").write_bytes(b"v" * 5000)
-    path, copied = cached_model(str(saved), fingerprint(str(saved)), model_bytes(str(saved)), str(tmp_path / "c"))
-    assert copied and fingerprint(path) == fingerprint(str(saved))
+    copy = cached_model(str(saved), str(tmp_path / "c"), fingerprint=fingerprint(str(saved)))
+    assert copy.copied and fingerprint(copy.path) == fingerprint(str(saved)) == copy.fingerprint
+
+
+def test_without_a_fingerprint_the_copy_is_found_again_by_its_listing(tmp_path):
+    source = make_model_file(tmp_path)
+    cache = str(tmp_path / "cache")
+    first = cached_model(str(source), cache)  # the driver's first sight of a remote model
+    assert first.copied and first.fingerprint == fingerprint(str(source))
+    again = cached_model(str(source), cache)
+    assert (again.path, again.fingerprint, again.copied) == (first.path, first.fingerprint, False)
+    source.write_bytes(b"a retrained model" * 1000)
+    newer = cached_model(str(source), cache)
+    assert newer.copied and newer.fingerprint == fingerprint(str(source)) != first.fingerprint
 
 
 SPEC = ModelSpec(inputs=(TensorSpec("x", (3,), "float32"),), outputs=(TensorSpec("y", (2,), "float32"),))
