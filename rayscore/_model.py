@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -158,8 +159,11 @@ def _keras_tensor_specs(config: Mapping[str, Any]) -> tuple[tuple[TensorSpec, ..
 
 
 def _keras_predict(model: Any, output_names: tuple[str, ...]) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    single = len(model.inputs) == 1 and not isinstance(getattr(model, "_inputs_struct", None), Mapping)
+
     def predict(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = model.predict_on_batch(dict(feeds))
+        # A one-input model takes its array as is (a dict makes Keras warn about structure).
+        out = model.predict_on_batch(next(iter(feeds.values())) if single else dict(feeds))
         if isinstance(out, Mapping):
             return {k: np.asarray(v) for k, v in out.items()}
         if isinstance(out, (list, tuple)):
@@ -214,8 +218,9 @@ def _load_keras(path: str, fmt: str, safe_mode: bool, custom_objects: str | None
                 f"model {path} needs arbitrary code to load (a Lambda layer); "
                 "set model.safe_mode: false only if you trust it"
             ) from exc
-        if "custom_object" in text or "Could not locate" in text:
-            raise ModelError(f"model {path} uses a class Keras does not know: {_first_line(text)} "
+        unknown = _unknown_class(exc)
+        if unknown:
+            raise ModelError(f"model {path} uses a class Keras does not know: {unknown} "
                              "(name a dict of your classes in model.custom_objects)") from exc
         raise ModelError(f"model {path} cannot be loaded as {fmt}: {_first_line(text)}") from exc
     except Exception as exc:  # noqa: BLE001 - h5py/zip/keras raise many kinds
@@ -226,6 +231,17 @@ def _load_keras(path: str, fmt: str, safe_mode: bool, custom_objects: str | None
     )
     outputs = tuple(TensorSpec(n, tuple(t.shape[1:]), str(t.dtype)) for n, t in zip(names, model.outputs))
     return LoadedModel(ModelSpec(inputs, outputs, fmt), _keras_predict(model, names))
+
+
+def _unknown_class(exc: BaseException) -> str | None:
+    """Keras's "Could not locate class 'X'" from anywhere in the exception chain (it is often wrapped)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        match = re.search(r"Could not locate (class|function) '([^']+)'|Unknown (layer|object): '([^']+)'", str(seen))
+        if match:
+            return f"class {(match.group(2) or match.group(4))!r}"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _first_line(text: str) -> str:

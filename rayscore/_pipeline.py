@@ -189,8 +189,25 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     quarantined = _count_quarantined(out) if plan.quarantine else 0
     spark = df.sparkSession
     with clock.stage("write"), translate_errors("back into Spark", PredictError):
-        scored = out.to_spark(spark)
+        scored = with_model_identity(out.to_spark(spark), plan, model)
     return _Scored(scored, rows_in, rows_out, loads, quarantined)
+
+
+def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
+    """Tag each prediction column with the model that made it (Spark column metadata).
+
+    Spark keeps column metadata in the schema it stores with parquet and ORC
+    files and in table catalogs, so a score can be traced to its model from
+    the output alone: ``df.schema["click"].metadata["rayscore"]``.
+    """
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    identity = {"model_uri": model.path, "model_format": model.loader, "model_bytes": model.nbytes,
+                "model_fingerprint": model.fingerprint}
+    made_by = {column: name for name, column in plan.outputs}
+    return sdf.select(*[
+        F.col(c).alias(c, metadata={"rayscore": {**identity, "model_output": made_by[c]}}) if c in made_by
+        else F.col(c) for c in sdf.columns])
 
 
 def _count_quarantined(out: Any) -> int:

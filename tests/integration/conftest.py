@@ -85,3 +85,73 @@ def settled_free_cpus(rs: rayscore.Session, timeout: float = 60.0) -> float:
         time.sleep(0.2)
         free = ray.available_resources().get("CPU", 0.0)
     return free
+
+
+class S3Server:
+    """A real S3-protocol server (moto's standalone server) on loopback, with IAM checks on.
+
+    Requests need an access key that moto's IAM knows: wrong credentials are
+    refused as they would be by AWS.
+    """
+
+    REGION = "us-east-1"
+
+    def __init__(self) -> None:
+        import json
+        import socket
+        import subprocess
+        import sys
+
+        import boto3
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        # The first 3 requests (the IAM set-up below) need no credentials; every later one does.
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:  # wait until it accepts connections (it is a separate process)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.05)
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=self.REGION,
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="scorer")
+        iam.put_user_policy(UserName="scorer", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="scorer")["AccessKey"]
+        self.key, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+
+    def options(self, **overrides: str) -> dict[str, str]:
+        """model.storage_options for this server."""
+        return {"endpoint_override": self.endpoint, "access_key": self.key, "secret_key": self.secret,
+                "region": self.REGION, **overrides}
+
+    def upload(self, local: str | os.PathLike[str], uri: str) -> str:
+        """Copy a local file or directory to ``s3://bucket/key``; returns the uri."""
+        from pyarrow import fs as pafs
+
+        s3 = pafs.S3FileSystem(**{**self.options(), "allow_bucket_creation": True})
+        target = uri[len("s3://"):]
+        s3.create_dir(target.split("/")[0])
+        pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
+        return uri
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    server = S3Server()
+    yield server
+    server.stop()
