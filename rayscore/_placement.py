@@ -39,19 +39,19 @@ __all__ = [
 
 # Peak resident memory of one actor while it loads the model and predicts its
 # first batch, as a multiple of the model file's size on disk. Measured with
-# `python bench/bench_load_memory.py --mb 25 400` (the example's model with its
-# Embedding table grown to 25 and 400 MiB; keras 3.15.1, tensorflow-cpu 2.21.0,
-# Python 3.11, Linux, 2 cores; a fresh process per format; peak RSS growth over
-# the process after `import keras`, divided by the file size): keras 6.17 and
-# h5 5.18 at 400 MiB, growing linearly with the model (6.16x / 5.16x + 6 MiB).
-# The peak is the initialised variables, the weights read from the file and
-# their copies while assigned; after loading, 3.2x stays resident. Rounded up a
-# little; the figures are in bench/RESULTS.md. A format not listed here gets
-# FALLBACK_MEMORY_FACTOR (the largest measured); `predict.memory_factor`
-# overrides both.
+# `python bench/bench_load_memory.py --mb 25 400 800` (the example's model with
+# its Embedding table grown; keras 3.15.1, tensorflow-cpu 2.21.0, Python 3.11,
+# Linux, 2 cores; a fresh process per format; peak RSS growth over the process
+# after `import keras`, divided by the file size). .keras and .h5 weights are
+# streamed into zero-filled variables (rayscore._weights): 1.29x at 800 MiB,
+# 1.57x at 400 MiB, where TensorFlow's own first-use costs (~100-200 MiB, not
+# proportional to the model) weigh more; Keras's own loader needed 6.2x (.keras)
+# and 5.2x (.h5). The figures are in bench/RESULTS.md. A format not listed here
+# gets FALLBACK_MEMORY_FACTOR (Keras's loader, the largest measured);
+# `predict.memory_factor` overrides both.
 DEFAULT_MEMORY_FACTORS: Mapping[str, float] = {
-    "keras": 6.5,
-    "h5": 5.5,
+    "keras": 1.3,
+    "h5": 1.3,
     # Keras 3 exports store each weight twice, so the directory is ~2x the weights;
     # loading grows memory by ~1.1x the directory (+26 MiB), measured at 50 MiB and 800 MiB.
     "savedmodel": 1.75,

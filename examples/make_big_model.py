@@ -1,0 +1,175 @@
+"""Build a model of any size in seconds, as ``.keras`` and as a SavedModel, plus its reference answers.
+
+Big models are what rayscore is for, but building one with Keras takes
+several times its size in memory (``model.save`` of a 4.35 GB model peaked at
+22.6 GB). This script writes one directly instead, one slice of weights at a
+time, so a 4 GB model needs a few hundred MB of memory to make:
+
+* the model: ``tokens`` (int32[SEQ_LEN]) → ``Embedding(vocab, dim)`` →
+  average over the sequence → ``Dense(1, sigmoid)`` named ``score``; its size
+  is the embedding table, ``vocab × dim × 4`` bytes;
+* the weights follow a formula (:func:`embedding_rows`), so the expected
+  score of any row is computed from the rows of the table it uses
+  (:func:`expected_scores`), without the model;
+* ``.keras``: a small Keras model's ``config.json`` with the vocabulary
+  patched, and a ``model.weights.h5`` written slice by slice, stored
+  uncompressed in the archive exactly where Keras puts it;
+* SavedModel: a ``tf.Module`` with the same variables (zeros, filled in
+  place slice by slice) and a ``serving_default`` signature ``tokens → score``.
+
+    python examples/make_big_model.py --gb 4.5 --out /tmp/big   # writes big.keras, big_savedmodel/, tokens.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+SEQ_LEN = 8
+DIM = 64
+SLICE_ROWS = 1 << 18  # rows written at a time: 64 MiB of float32 at dim 64
+KERNEL_SCALE = 0.5
+
+
+def embedding_rows(start: int, stop: int, dim: int = DIM) -> np.ndarray:
+    """Rows ``start:stop`` of the embedding table (float32)."""
+    i = np.arange(start, stop, dtype=np.float64)[:, None]
+    j = np.arange(dim, dtype=np.float64)[None, :]
+    return np.sin(i * 1e-3 + j * 0.37).astype(np.float32)
+
+
+def dense_weights(dim: int = DIM) -> tuple[np.ndarray, np.ndarray]:
+    kernel = (np.cos(np.arange(dim, dtype=np.float64) * 0.11) * KERNEL_SCALE).astype(np.float32)[:, None]
+    return kernel, np.array([0.1], dtype=np.float32)
+
+
+def expected_scores(tokens: np.ndarray, dim: int = DIM) -> np.ndarray:
+    """The model's ``score`` for each row of ``tokens`` (n × SEQ_LEN), from the formula."""
+    kernel, bias = dense_weights(dim)
+    flat = tokens.reshape(-1)
+    rows = np.stack([embedding_rows(int(t), int(t) + 1, dim)[0] for t in flat]).reshape(*tokens.shape, dim)
+    logits = rows.mean(axis=1, dtype=np.float64) @ kernel.astype(np.float64) + bias
+    return (1.0 / (1.0 + np.exp(-logits)))[:, 0].astype(np.float32)
+
+
+def vocab_for(gigabytes: float, dim: int = DIM) -> int:
+    return int(gigabytes * 1e9 / (dim * 4)) + 1
+
+
+def _small_model(dim: int):  # -> keras.Model
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    tokens = keras.Input((SEQ_LEN,), dtype="int32", name="tokens")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(16, dim, name="embedding")(tokens))
+    score = keras.layers.Dense(1, activation="sigmoid", name="score")(pooled)
+    return keras.Model(tokens, {"score": score})
+
+
+def write_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
+    """A ``.keras`` archive of the model with a ``vocab``-row table, written slice by slice."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    small = path.with_name(path.stem + ".small.keras")
+    _small_model(dim).save(small)
+    with zipfile.ZipFile(small) as archive:
+        config = json.loads(archive.read("config.json"))
+        metadata = archive.read("metadata.json")
+        weights = archive.read("model.weights.h5")
+    small.unlink()
+    for layer in config["config"]["layers"]:
+        if layer["config"]["name"] == "embedding":
+            layer["config"]["input_dim"] = vocab
+    scratch = path.with_name(path.name + ".weights.h5")
+    scratch.write_bytes(weights)
+    kernel, bias = dense_weights(dim)
+    with h5py.File(scratch, "a") as fh:
+        del fh["layers/embedding/vars/0"]
+        table = fh.create_dataset("layers/embedding/vars/0", (vocab, dim), "float32")
+        for start in range(0, vocab, SLICE_ROWS):
+            stop = min(vocab, start + SLICE_ROWS)
+            table[start:stop] = embedding_rows(start, stop, dim)
+        fh["layers/dense/vars/0"][...] = kernel
+        fh["layers/dense/vars/1"][...] = bias
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        archive.writestr("metadata.json", metadata)
+        archive.writestr("config.json", json.dumps(config))
+        with open(scratch, "rb") as src, archive.open("model.weights.h5", "w", force_zip64=True) as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+    scratch.unlink()
+    return path
+
+
+def write_savedmodel(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
+    """A SavedModel directory of the same model (``serving_default``: tokens → score)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    from tensorflow.python.ops import gen_array_ops
+
+    kernel, bias = dense_weights(dim)
+
+    class Scorer(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = tf.Variable(tf.zeros((vocab, dim), tf.float32), name="embedding")
+            self.kernel = tf.Variable(kernel, name="kernel")
+            self.bias = tf.Variable(bias, name="bias")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, SEQ_LEN], tf.int32, name="tokens")])
+        def serve(self, tokens):
+            pooled = tf.reduce_mean(tf.gather(self.table, tokens), axis=1)
+            return {"score": tf.sigmoid(tf.matmul(pooled, self.kernel) + self.bias)}
+
+    module = Scorer()
+    for start in range(0, vocab, SLICE_ROWS):  # fill in place: never a second copy of the table
+        stop = min(vocab, start + SLICE_ROWS)
+        gen_array_ops.resource_strided_slice_assign(ref=module.table.handle, begin=[start], end=[stop],
+                                                    strides=[1], value=embedding_rows(start, stop, dim))
+    tf.raw_ops.DisableCopyOnRead(resource=module.table.handle)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return Path(path)
+
+
+def write_tokens(path: str | os.PathLike[str], rows: int, vocab: int, seed: int = 5) -> np.ndarray:
+    """A parquet file of ``id`` and ``tokens`` rows spread over the whole table (its last row too)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, (rows, SEQ_LEN), dtype=np.int32)
+    tokens[0, :] = vocab - 1
+    tokens[1, :] = 0
+    flat = pa.array(tokens.reshape(-1))
+    column = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * SEQ_LEN + 1, SEQ_LEN, dtype=np.int32)), flat)
+    pq.write_table(pa.table({"id": np.arange(rows, dtype=np.int64), "tokens": column}), str(path))
+    return tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=4.5, help="size of the embedding table in GB (1e9 bytes)")
+    parser.add_argument("--out", default="examples/big", help="folder to write into")
+    parser.add_argument("--rows", type=int, default=100_000, help="rows of tokens.parquet")
+    parser.add_argument("--formats", default="keras,savedmodel")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = vocab_for(args.gb)
+    if "keras" in args.formats:
+        print("wrote", write_keras(out / "big.keras", vocab))
+    if "savedmodel" in args.formats:
+        print("wrote", write_savedmodel(out / "big_savedmodel", vocab))
+    write_tokens(out / "tokens.parquet", args.rows, vocab)
+    print("wrote", out / "tokens.parquet", f"({vocab} x {DIM} table)")
+
+
+if __name__ == "__main__":
+    main()
