@@ -186,6 +186,45 @@ def test_bad_model_file(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def _bad_model(kind: str, folder: Path, model_files: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    """A broken model of the given kind, and the model section that points at it."""
+    if kind == "empty":
+        path = folder / "m.keras"
+        path.write_bytes(b"")
+    elif kind in ("truncated keras", "truncated h5"):
+        source = model_files["keras" if kind.endswith("keras") else "h5"]
+        path = folder / source.name
+        data = source.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "keras that is h5":
+        path = folder / "m.keras"
+        path.write_bytes(model_files["h5"].read_bytes())
+    elif kind == "directory not a savedmodel":
+        path = folder / "exported"
+        (path / "variables").mkdir(parents=True)
+        (path / "notes.txt").write_text("not a model")
+        return path, {"uri": str(path), "format": "savedmodel"}
+    return path, {"uri": str(path)}
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("empty", "model {path} is not a .keras archive"),
+    ("truncated keras", "model {path} is not a .keras archive"),
+    ("truncated h5", "model {path} cannot be read: "),
+    ("keras that is h5", "model {path} is not a .keras archive (it is an HDF5 file: use format: h5 or the .h5 suffix)"),
+    ("directory not a savedmodel", "model {path} is a directory without saved_model.pb, not a SavedModel"),
+])
+def test_a_broken_model_is_one_line_exit_2_before_any_cluster_and_nothing_written(tmp_path, model_files, kind,
+                                                                                  expected):
+    path, model = _bad_model(kind, tmp_path, model_files)
+    config = write_config(tmp_path / "job.yaml", {**base_config(output="out"), "model": model})
+    result, started_procs = rayscore_watched("run", str(config), cwd=tmp_path)
+    line = assert_user_error(result)
+    assert line.startswith("rayscore: error: " + expected.format(path=path.resolve())), line
+    assert not (tmp_path / "out").exists()
+    assert started_procs == []
+
+
 def test_output_path_is_a_file(tmp_path: Path, model_files) -> None:
     target = tmp_path / "scores.parquet"
     target.write_text("I am a plain file")
