@@ -649,3 +649,43 @@ def test_example_yaml_and_readme_document_auto_and_memory_factor() -> None:
     readme = (REPO / "README.md").read_text()
     assert "| `predict.memory_factor` |" in readme
     assert "`auto`" in readme
+
+
+# --------------------------------------------------------------------------- model: storage, custom objects
+
+
+def test_storage_options_take_secrets_from_the_environment_and_never_show_them(monkeypatch) -> None:
+    from rayscore._predict import ModelRef
+
+    monkeypatch.setenv("RS_TEST_SECRET", "s3cr3t-value")
+    model = {"uri": "s3://bucket/m.keras",
+             "storage_options": {"access_key": "AKIA-TEST", "secret_key": "${RS_TEST_SECRET}", "region": "eu-west-1"}}
+    config = load_config(cfg(model=model))
+    assert config.model.storage_options == {"access_key": "AKIA-TEST", "secret_key": "s3cr3t-value",
+                                            "region": "eu-west-1"}
+    assert "s3cr3t-value" not in repr(config) and "AKIA-TEST" not in repr(config)
+    ref = ModelRef(path="s3://bucket/m.keras", loader="keras", storage_options=config.model.storage_options)
+    assert "s3cr3t-value" not in repr(ref)
+
+
+def test_a_storage_option_naming_an_unset_variable_is_refused(monkeypatch) -> None:
+    monkeypatch.delenv("RS_TEST_UNSET", raising=False)
+    msg = error_of(cfg(model={"uri": "s3://b/m.keras", "storage_options": {"secret_key": "${RS_TEST_UNSET}"}}))
+    assert msg == ("model.storage_options names the environment variable RS_TEST_UNSET for secret_key, "
+                   "which is not set")
+
+
+def test_storage_options_must_be_scalars() -> None:
+    msg = error_of(cfg(model={"uri": "s3://b/m.keras", "storage_options": {"endpoint_override": ["a"]}}))
+    assert msg.startswith("model.storage_options values must be strings, numbers or booleans")
+
+
+@pytest.mark.parametrize("good", ["my_layers:CUSTOM", "pkg.sub.layers.CUSTOM", "pkg.layers:Objects_2"])
+def test_custom_objects_is_a_dotted_path(good: str) -> None:
+    assert load_config(cfg(model={"uri": "m.keras", "custom_objects": good})).model.custom_objects == good
+
+
+@pytest.mark.parametrize("bad", ["", "no_attribute", "pkg/layers:X", "pkg.layers:"])
+def test_custom_objects_that_is_not_a_dotted_path_is_refused(bad: str) -> None:
+    msg = error_of(cfg(model={"uri": "m.keras", "custom_objects": bad}))
+    assert msg == f"model.custom_objects must be a dotted path like mypackage.layers:CUSTOM_OBJECTS, got {bad!r}"
