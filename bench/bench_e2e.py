@@ -239,9 +239,11 @@ def run_limit(workload: Workload, workdir: str) -> LimitResult:
     )
 
 
-def rayscore_config(workload: Workload, output_path: str, actors: int, batch_size: int) -> dict[str, Any]:
+def rayscore_config(workload: Workload, output_path: str, actors: int, batch_size: int,
+                    spark: dict[str, Any] | None = None) -> dict[str, Any]:
     """The job config: the embedded defaults (local Ray + RayDP Spark) plus our files."""
     return {
+        "spark": dict(spark or {}),
         "input": {"format": "parquet", "path": workload.data_path},
         "model": {"uri": workload.model_path, "outputs": {name: name for name in OUTPUTS}},
         "predict": {"batch_size": batch_size, "actors": actors},

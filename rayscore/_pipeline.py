@@ -27,10 +27,10 @@ from ._storage import is_remote
 from ._predict import REASON, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
 from ._session import Session
-from ._sink import REPORT_NAME, check_output_free, write_output
+from ._sink import REPORT_NAME, check_output_free, hold_for_session, to_spark, write_output
 from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
-from ._source import arrow_schema, read_input
+from ._source import arrow_schema, read_input, to_ray
 
 __all__ = ["run", "predict", "inspect_model"]
 
@@ -46,6 +46,7 @@ class _Scored:
     rows_out: int
     loads: dict[str, Any] = field(default_factory=dict)
     rows_quarantined: int = 0
+    blocks: list[Any] = field(default_factory=list, repr=False)  # what Spark reads: keep until written
 
 
 def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
@@ -141,7 +142,6 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
            spark_cpus: float) -> _Scored:
     """Spark → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame."""
     import ray  # noqa: PLC0415
-    from raydp.spark import from_spark_recoverable, release_spark_recoverable  # noqa: PLC0415
 
     pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
     # Datasets copy the current DataContext when made: set it first.
@@ -153,13 +153,12 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     ray.data.DataContext.get_current().raise_original_map_exception = True
     selected = df.select(*plan.read_columns)
     with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
-        ds = from_spark_recoverable(selected)
-    ledger = None
-    try:
-        with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
-            rows_in = ds.count()
+        rows_in = selected.count()
         if rows_in == 0:
             raise InputError("the input has no rows; nothing to score")
+        ds, release = to_ray(selected)
+    ledger = None
+    try:
         ds = ds.repartition(target_num_rows_per_block=rows_per_block(rows_in, pool.max_actors, predict.batch_size))
         ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
         with clock.stage("predict"), translate_errors("predict", PredictError):
@@ -181,7 +180,7 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     finally:
         if ledger is not None:
             ray.kill(ledger)
-        release_spark_recoverable(selected)  # Spark's cached copy; Ray holds the blocks now
+        release()  # Spark's copy of the input; the predictions are in Ray's object store now
     clock.add("load", loads["load_seconds_max"])
     rows_out = out.count()
     if rows_out != rows_in:
@@ -189,8 +188,9 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     quarantined = _count_quarantined(out) if plan.quarantine else 0
     spark = df.sparkSession
     with clock.stage("write"), translate_errors("back into Spark", PredictError):
-        scored = with_model_identity(out.to_spark(spark), plan, model)
-    return _Scored(scored, rows_in, rows_out, loads, quarantined)
+        scored, blocks = to_spark(out, spark)
+        scored = with_model_identity(scored, plan, model)
+    return _Scored(scored, rows_in, rows_out, loads, quarantined, blocks)
 
 
 def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
@@ -270,7 +270,9 @@ def predict(
                                             "gpus_per_actor": gpus_per_actor}, "predict")
     ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries)
     spark_cpus = _spark_cpus(df.sparkSession)
-    return _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus).dataframe
+    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus)
+    hold_for_session(scored.blocks)  # Spark may read the DataFrame (or ones made from it) any time later
+    return scored.dataframe
 
 
 def _validate(cls: type[Any], data: Any, prefix: str, extra: Mapping[str, Any] | None = None) -> Any:

@@ -17,9 +17,54 @@ from typing import Any
 from ._config import OutputConfig
 from ._errors import OutputError, translate_errors
 
-__all__ = ["check_output_free", "write_output", "staging_path", "REPORT_NAME", "HadoopFS"]
+__all__ = ["check_output_free", "write_output", "staging_path", "REPORT_NAME", "HadoopFS", "to_spark"]
 
 REPORT_NAME = "_rayscore_report.json"
+
+
+def to_spark(ds: Any, spark: Any) -> tuple[Any, list[Any]]:
+    """A materialised Ray Dataset of predictions as a Spark DataFrame read by Spark's JVM, and its blocks.
+
+    Each block is written once as Arrow IPC bytes (a zero-CPU Ray task beside
+    the block); Spark's executors read those objects straight from Ray's
+    object store and turn them into rows (RayDP's ``RayDatasetRDD``), with no
+    Python worker and no pandas in between (``Dataset.to_spark`` goes through
+    ``mapInPandas``). Cost: one IPC copy of the predictions in the object store.
+
+    Spark refers to those objects by id only: the caller keeps the returned
+    refs for as long as Spark may read the DataFrame, and drops them after
+    (the objects are then freed; RayDP's own ``to_spark`` pins them until
+    Spark stops).
+    """
+    import pyarrow as pa  # noqa: PLC0415
+    import ray  # noqa: PLC0415
+    from raydp.spark.dataset import ray_dataset_to_spark_dataframe  # noqa: PLC0415
+
+    @ray.remote(num_cpus=0)
+    def arrow_ipc(block: pa.Table) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, block.schema) as writer:
+            writer.write_table(block)
+        return sink.getvalue().to_pybytes()
+
+    schema = ds.schema()
+    schema = getattr(schema, "base_schema", schema)
+    refs = [arrow_ipc.remote(ref) for bundle in ds.iter_internal_ref_bundles()
+            for ref, meta in zip(bundle.block_refs, bundle.metadata)
+            if meta.num_rows]  # Ray Data may leave empty, column-less blocks
+    return ray_dataset_to_spark_dataframe(spark, schema, refs), refs
+
+
+_session_blocks: list[Any] = []
+
+
+def hold_for_session(refs: list[Any]) -> None:
+    """Keep prediction blocks alive until the session stops (``rayscore.predict``'s DataFrames)."""
+    _session_blocks.extend(refs)
+
+
+def release_session_blocks() -> None:
+    _session_blocks.clear()
 
 
 class HadoopFS:

@@ -17,7 +17,7 @@ import pyarrow as pa
 from ._config import InputConfig
 from ._errors import InputError, translate_errors
 
-__all__ = ["read_input", "arrow_schema"]
+__all__ = ["read_input", "arrow_schema", "to_ray"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -98,3 +98,86 @@ def arrow_schema(df: Any) -> pa.Schema:
         except Exception:  # noqa: BLE001 - a type Arrow cannot carry; fine unless it feeds the model
             fields.append(pa.field(f.name, pa.null()))
     return pa.schema(fields)
+
+
+# --------------------------------------------------------------------------- into Ray
+
+
+class _SparkPartitions:
+    """A Ray Data datasource over a DataFrame that RayDP cached in Spark as Arrow bytes.
+
+    Each read task fetches one partition from the Spark executor that holds it
+    (a cross-language call into the JVM; RayDP's own fetch function), so Ray
+    Data pulls partitions as the actor pool consumes them, with its usual
+    backpressure, instead of copying the whole input into the object store
+    first. A lost block is fetched again from Spark's cache (lineage).
+    """
+
+    def __init__(self, rdd_id: int, partitions: int, schema_json: str, agent_url: str,
+                 locations: list[str]) -> None:
+        self._args = (rdd_id, schema_json, agent_url)
+        self._partitions = partitions
+        self._locations = locations
+
+    def __call__(self) -> Any:
+        """The ``ray.data.Datasource`` (built lazily: Ray Data is imported only where it runs)."""
+        from ray.data import Datasource, ReadTask  # noqa: PLC0415
+        from ray.data.block import BlockMetadata  # noqa: PLC0415
+
+        outer = self
+
+        class Source(Datasource):
+            def get_name(self) -> str:
+                return "SparkPartitions"
+
+            def estimate_inmemory_data_size(self) -> int | None:
+                return None
+
+            def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                               data_context: Any = None) -> list[Any]:
+                rdd_id, schema_json, agent_url = outer._args
+                return [ReadTask(_partition_reader(f"raydp-executor-{outer._locations[i]}", rdd_id, i,
+                                                   schema_json, agent_url),
+                                 BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None),
+                                 per_task_row_limit=per_task_row_limit)
+                        for i in range(outer._partitions)]
+
+        return Source()
+
+
+def _partition_reader(executor: str, rdd_id: int, index: int, schema_json: str, agent_url: str) -> Any:
+    def read() -> list[pa.Table]:
+        from raydp.spark.dataset import _fetch_arrow_table_from_executor  # noqa: PLC0415
+
+        return [_fetch_arrow_table_from_executor._function(executor, rdd_id, index, schema_json, agent_url)]
+
+    return read
+
+
+def to_ray(df: Any) -> tuple[Any, Any]:
+    """``df`` as a lazily read Ray Dataset, and the callable that releases Spark's copy.
+
+    Spark computes the DataFrame once and keeps it as Arrow bytes on its
+    executors' disks (``DISK_ONLY``: memory stays flat however large the
+    input); Ray Data then fetches one partition per read task as the pool
+    needs it. Cost: one pass of Spark over the input, one disk copy, one
+    Arrow copy per partition into Ray's object store while it is in flight.
+    """
+    import ray  # noqa: PLC0415
+    from pyspark import StorageLevel  # noqa: PLC0415
+
+    sc = df.sparkSession.sparkContext
+    writer = sc._jvm.org.apache.spark.sql.raydp.ObjectStoreWriter
+    info = writer.prepareRecoverableRDD(df._jdf, sc._getJavaStorageLevel(StorageLevel.DISK_ONLY))
+    rdd_id = info.rddId()
+    source = _SparkPartitions(rdd_id, info.numPartitions(), info.schemaJson(), info.driverAgentUrl(),
+                              list(info.locations()))
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            writer.releaseRecoverableRDD(rdd_id)
+
+    return ray.data.read_datasource(source(), override_num_blocks=info.numPartitions()), release

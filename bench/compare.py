@@ -1,0 +1,226 @@
+"""rayscore against the limit and against Spark's ``predict_batch_udf``, on one machine, in one invocation.
+
+    python bench/compare.py --rows 1000000                 # speed: three ways, same rows, same answers
+    python bench/compare.py --memory --rows 1000000 4000000 # memory: rayscore's peak at each size
+
+**Speed mode** makes the workload of ``bench_e2e.py`` (the example's
+multi-input model, ``--rows`` rows in parquet), then runs one after another:
+
+1. **limit**: one process, no Ray, no Spark: pyarrow reads the parquet,
+   ``features_of`` makes numpy arrays, ``model.predict(batch_size=4096)``
+   scores them on every core;
+2. **predict_batch_udf**: plain PySpark ``local[N]`` (N = cores) reads the
+   parquet, ``pyspark.ml.functions.predict_batch_udf`` (each Python worker loads
+   the model once, batch 4096) scores it, and Spark writes parquet; timed after
+   the session is up;
+3. **rayscore**: ``rayscore.run`` on the embedded default (local Ray + RayDP
+   Spark), parquet in, parquet out, timed after start-up
+   (``read_convert + predict + write``).
+
+It checks that all three give the same predictions (by ``id``, max abs
+difference <= 1e-5) and prints rows/s, seconds, the peak memory of each way's
+process tree, and the two ratios the targets are about: rayscore / limit
+(target >= 0.5) and rayscore / predict_batch_udf (target >= 3).
+
+**Memory mode** runs only rayscore, once per ``--rows`` value, and prints the
+peak of the summed proportional set size (PSS: shared pages such as Ray's
+object store counted once) of every process of the run (the driver, Ray's
+daemons and workers, Spark's JVMs), and the ratio of each peak to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_e2e as e2e  # noqa: E402
+
+UDF_BATCH_SIZE = 4096
+
+
+@dataclass
+class UdfResult:
+    rows: int
+    seconds: float
+    startup_seconds: float
+    output_path: str
+    peak_rss_bytes: int = 0
+
+
+def run_udf(workload: e2e.Workload, workdir: str, cores: int) -> UdfResult:
+    """Child process: plain PySpark local[cores] + predict_batch_udf, parquet in, parquet out."""
+    import numpy as np  # noqa: PLC0415
+    from pyspark.ml.functions import predict_batch_udf  # noqa: PLC0415
+    from pyspark.sql import SparkSession  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+    from pyspark.sql.types import ArrayType, FloatType, StructField, StructType  # noqa: PLC0415
+
+    from rayscore._session import JAVA_OPTIONS  # noqa: PLC0415
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    t0 = time.perf_counter()
+    java = " ".join(JAVA_OPTIONS)
+    spark = (SparkSession.builder.master(f"local[{cores}]").appName("udf-bench")
+             .config("spark.driver.extraJavaOptions", java).config("spark.executor.extraJavaOptions", java)
+             .config("spark.driver.memory", "8g").config("spark.ui.enabled", "false")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    startup = time.perf_counter() - t0
+    model_path = workload.model_path
+
+    def make_predict_fn():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras  # noqa: PLC0415
+
+        model = keras.saving.load_model(model_path, compile=False)
+
+        def predict(t0, t1, t2, t3, hours, price):
+            out = model.predict_on_batch({"title_0": t0, "title_1": t1, "title_2": t2, "title_3": t3,
+                                          "hour_of_week": hours.reshape(-1, 24, 7), "price": price})
+            return {"click": np.asarray(out["click"]).reshape(-1), "topics": np.asarray(out["topics"])}
+
+        return predict
+
+    schema = StructType([StructField("click", FloatType()), StructField("topics", ArrayType(FloatType()))])
+    score = predict_batch_udf(make_predict_fn, return_type=schema, batch_size=UDF_BATCH_SIZE,
+                              input_tensor_shapes=[[20], [20], [20], [20], [168], None])
+    out = os.path.join(workdir, "udf_scores.parquet")
+    t0 = time.perf_counter()
+    df = spark.read.parquet(workload.data_path)
+    scored = df.select("id", score("title_0", "title_1", "title_2", "title_3", "hour_of_week", "price")
+                       .alias("p")).select("id", F.col("p.click").alias("click"), F.col("p.topics").alias("topics"))
+    scored.write.mode("overwrite").parquet(out)
+    seconds = time.perf_counter() - t0
+    rows = spark.read.parquet(out).count()
+    spark.stop()
+    return UdfResult(rows, seconds, startup, out)
+
+
+class PeakPSS:
+    """The peak of the summed PSS of this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.peak_bytes = interval, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> int:
+        import psutil  # noqa: PLC0415
+
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakPSS:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def check_udf(limit: e2e.LimitResult, udf: UdfResult) -> e2e.Check:
+    return e2e.check_predictions(limit, e2e.RayscoreRun(udf.rows, udf.rows, {}, 0.0, udf.output_path, 0))
+
+
+def speed(args: argparse.Namespace, workdir: str) -> int:
+    rows = args.rows[0]
+    print(f"making the workload ({rows:,} rows) in {workdir} ...", flush=True)
+    workload = e2e._in_child(e2e.make_workload, workdir, rows)
+    cores = os.cpu_count() or 1
+
+    print("1/3 the limit (one process, model.predict) ...", flush=True)
+    with e2e.PeakMemory() as mem:
+        limit = e2e._in_child(e2e.run_limit, workload, workdir)
+    limit.peak_rss_bytes = max(limit.peak_rss_bytes, mem.peak_bytes)
+
+    print(f"2/3 Spark local[{cores}] + predict_batch_udf ...", flush=True)
+    with e2e.PeakMemory() as mem:
+        udf = e2e._in_child(run_udf, workload, workdir, cores)
+    udf.peak_rss_bytes = mem.peak_bytes
+
+    print("3/3 rayscore.run (local Ray + RayDP Spark) ...", flush=True)
+    config = e2e.rayscore_config(workload, os.path.join(workdir, "scores.parquet"), args.actors, args.batch_size)
+    with e2e.PeakMemory() as mem:
+        scored = e2e._in_child(e2e.run_rayscore, config)
+    scored.peak_rss_bytes = mem.peak_bytes
+
+    checks = {"predict_batch_udf": check_udf(limit, udf), "rayscore": e2e.check_predictions(limit, scored)}
+    r_limit = rows / limit.seconds
+    r_udf = rows / udf.seconds
+    r_rs = rows / scored.after_startup_seconds
+    s = scored.seconds
+    print()
+    print(f"# {rows:,} rows, {cores} cores; rayscore: {args.actors} actor(s), batch {args.batch_size}")
+    print(f"{'way':<22}{'rows/s':>10}{'seconds':>9}{'peak GiB':>10}  detail")
+    print(f"{'limit (model.predict)':<22}{r_limit:>10,.0f}{limit.seconds:>9.1f}{limit.peak_rss_bytes / 2**30:>10.2f}"
+          f"  read {limit.read_seconds:.1f} s, predict {limit.predict_seconds:.1f} s")
+    print(f"{'predict_batch_udf':<22}{r_udf:>10,.0f}{udf.seconds:>9.1f}{udf.peak_rss_bytes / 2**30:>10.2f}"
+          f"  after a {udf.startup_seconds:.1f} s Spark start; read, score, write")
+    print(f"{'rayscore':<22}{r_rs:>10,.0f}{scored.after_startup_seconds:>9.1f}{scored.peak_rss_bytes / 2**30:>10.2f}"
+          f"  startup {s.get('startup', 0):.1f} s; read_convert {s.get('read_convert', 0):.1f}, "
+          f"predict {s.get('predict', 0):.1f} (load {s.get('load', 0):.1f}), write {s.get('write', 0):.1f}")
+    print(f"rayscore / limit: {r_rs / r_limit:.2f} (target >= 0.5); "
+          f"rayscore / predict_batch_udf: {r_rs / r_udf:.2f} (target >= 3)")
+    for name, check in checks.items():
+        print(f"{name} vs limit: {check.rows_compared:,} rows compared, missing {check.missing_ids}, "
+              f"extra {check.extra_ids}, max abs diff "
+              + ", ".join(f"{k} {v:.1e}" for k, v in check.max_abs_diff.items()) + (" OK" if check.ok else " FAIL"))
+    return 0 if all(c.ok for c in checks.values()) else 1
+
+
+def memory(args: argparse.Namespace, workdir: str) -> int:
+    peaks: list[tuple[int, int, float]] = []
+    for rows in args.rows:
+        sub = os.path.join(workdir, f"rows-{rows}")
+        os.makedirs(sub, exist_ok=True)
+        print(f"making the workload ({rows:,} rows) ...", flush=True)
+        workload = e2e._in_child(e2e.make_workload, sub, rows)
+        config = e2e.rayscore_config(workload, os.path.join(sub, "scores.parquet"), args.actors, args.batch_size)
+        print(f"rayscore.run over {rows:,} rows ...", flush=True)
+        with PeakPSS() as mem:
+            scored = e2e._in_child(e2e.run_rayscore, config)
+        peaks.append((rows, mem.peak_bytes, scored.after_startup_seconds))
+        os.remove(workload.data_path)
+    print()
+    print(f"{'rows':>12}{'peak PSS GiB':>14}{'x first':>9}{'rows/s':>10}")
+    for rows, peak, seconds in peaks:
+        print(f"{rows:>12,}{peak / 2**30:>14.2f}{peak / peaks[0][1]:>9.2f}{rows / seconds:>10,.0f}")
+    print("target: the peak grows by <= 1.3x from 1M to 4M rows")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--memory", action="store_true", help="rayscore's peak memory at each --rows")
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+    args.json = False
+    with e2e.workdir_of(args) as workdir:
+        return memory(args, workdir) if args.memory else speed(args, workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
