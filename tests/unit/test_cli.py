@@ -199,6 +199,14 @@ def _bad_model(kind: str, folder: Path, model_files: dict[str, Path]) -> tuple[P
     elif kind == "keras that is h5":
         path = folder / "m.keras"
         path.write_bytes(model_files["h5"].read_bytes())
+    elif kind == "unknown signature":
+        from conftest import EXAMPLES  # noqa: PLC0415
+
+        sys.path.insert(0, str(EXAMPLES))
+        from make_big_model import write_savedmodel  # noqa: PLC0415
+
+        path = write_savedmodel(folder / "scorer", vocab=16)
+        return path, {"uri": str(path), "signature": "predict"}
     elif kind == "directory not a savedmodel":
         path = folder / "exported"
         (path / "variables").mkdir(parents=True)
@@ -213,6 +221,7 @@ def _bad_model(kind: str, folder: Path, model_files: dict[str, Path]) -> tuple[P
     ("truncated h5", "model {path} cannot be read: "),
     ("keras that is h5", "model {path} is not a .keras archive (it is an HDF5 file: use format: h5 or the .h5 suffix)"),
     ("directory not a savedmodel", "model {path} is a directory without saved_model.pb, not a SavedModel"),
+    ("unknown signature", "model.signature: 'predict' is not a signature of {path} (signatures: serving_default)"),
 ])
 def test_a_broken_model_is_one_line_exit_2_before_any_cluster_and_nothing_written(tmp_path, model_files, kind,
                                                                                   expected):
