@@ -200,14 +200,12 @@ def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
     files and in table catalogs, so a score can be traced to its model from
     the output alone: ``df.schema["click"].metadata["rayscore"]``.
     """
-    from pyspark.sql import functions as F  # noqa: PLC0415
-
     identity = {"model_uri": model.path, "model_format": model.loader, "model_bytes": model.nbytes,
                 "model_fingerprint": model.fingerprint}
     made_by = {column: name for name, column in plan.outputs}
-    return sdf.select(*[
-        F.col(c).alias(c, metadata={"rayscore": {**identity, "model_output": made_by[c]}}) if c in made_by
-        else F.col(c) for c in sdf.columns])
+    return sdf.select(*[  # sdf[c], not F.col(c): a name with a dot is not a struct field here
+        sdf[c].alias(c, metadata={"rayscore": {**identity, "model_output": made_by[c]}}) if c in made_by
+        else sdf[c] for c in sdf.columns])
 
 
 def _count_quarantined(out: Any) -> int:

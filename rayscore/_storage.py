@@ -71,9 +71,13 @@ def open_filesystem(uri: str, options: Mapping[str, Any]) -> tuple[Any, str]:
         kwargs.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=3))
         kwargs.setdefault("connect_timeout", 5.0)
     try:
-        if scheme == "hdfs":
-            host = uri.split("://", 1)[1].split("/", 1)[0]
-            fs = cls(host=kwargs.pop("host", host.split(":")[0] or "default"), **kwargs)
+        if scheme == "hdfs":  # hdfs://namenode:8020/path: host and port from the uri unless given
+            authority = uri.split("://", 1)[1].split("/", 1)[0]
+            host, _, port = authority.partition(":")
+            kwargs.setdefault("host", host or "default")
+            if port:
+                kwargs.setdefault("port", int(port))
+            fs = cls(**kwargs)
         else:
             fs = cls(**kwargs)
     except TypeError as exc:

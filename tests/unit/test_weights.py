@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
