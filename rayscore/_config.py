@@ -262,7 +262,7 @@ class SparkConfig(_Frozen):
 
     app_name: str = "rayscore"
     executors: int = Field(default=1, ge=1)
-    executor_cores: int = Field(default=1, ge=1)
+    executor_cores: int | None = Field(default=None, ge=1)  # None: see _sizing.spark_executor_cores
     executor_memory: str = Field(default="2g", pattern=r"^\d+[kKmMgGtT]?[bB]?$")
     configs: dict[str, Any] = Field(default_factory=dict)
 

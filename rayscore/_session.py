@@ -19,7 +19,7 @@ from typing import Any
 
 from ._config import RayConfig, SparkConfig
 from ._errors import SessionError, translate_errors
-from ._sizing import local_ray_cpus
+from ._sizing import local_ray_cpus, spark_executor_cores
 
 __all__ = ["Session", "session", "JAVA_OPTIONS"]
 
@@ -53,6 +53,9 @@ class Session:
         self.spark_config = spark_config or SparkConfig()
         self._max_actors = max_actors
         self._cpus_per_actor = cpus_per_actor
+        self.executor_cores = spark_executor_cores(self.spark_config.executor_cores,
+                                                   local=self.ray_config.address is None,
+                                                   physical_cpus=os.cpu_count() or 1)
         self._started_ray = False
         self._started_spark = False
         self.spark: Any = None
@@ -95,7 +98,7 @@ class Session:
             kwargs["num_cpus"] = cfg.num_cpus or local_ray_cpus(
                 os.cpu_count() or 1,
                 spark_executors=self.spark_config.executors,
-                executor_cores=self.spark_config.executor_cores,
+                executor_cores=self.executor_cores,
                 max_actors=self._max_actors,
                 cpus_per_actor=self._cpus_per_actor,
             )
@@ -138,7 +141,7 @@ class Session:
             self.spark = raydp.init_spark(
                 app_name=cfg.app_name,
                 num_executors=cfg.executors,
-                executor_cores=cfg.executor_cores,
+                executor_cores=self.executor_cores,
                 executor_memory=cfg.executor_memory,
                 configs=configs,
             )
@@ -168,7 +171,7 @@ class Session:
 
     @property
     def spark_cpus(self) -> float:
-        return float(self.spark_config.executors * self.spark_config.executor_cores)
+        return float(self.spark_config.executors * self.executor_cores)
 
     def __enter__(self) -> Session:
         return self.start() if self.spark is None else self

@@ -138,7 +138,7 @@ def test_defaults() -> None:
     assert config.ray.dashboard is False
     assert config.spark.app_name == "rayscore"
     assert config.spark.executors == 1
-    assert config.spark.executor_cores == 1
+    assert config.spark.executor_cores is None  # the session picks: the machine's cores on a local Ray, else 1
     assert config.spark.executor_memory == "2g"
     assert config.spark.configs == {}
 

@@ -61,3 +61,14 @@ def test_rows_per_block_is_whole_batches_and_gives_every_actor_work() -> None:
                 if rows >= 4 * actors * batch:
                     blocks = -(-rows // block)
                     assert blocks >= actors
+
+
+def test_spark_executor_cores_default_to_the_machine_on_a_local_ray_only() -> None:
+    from rayscore._sizing import AUTO_EXECUTOR_CORES_MAX, spark_executor_cores
+
+    assert spark_executor_cores(None, local=True, physical_cpus=2) == 2
+    assert spark_executor_cores(None, local=True, physical_cpus=1) == 1
+    assert spark_executor_cores(None, local=True, physical_cpus=64) == AUTO_EXECUTOR_CORES_MAX
+    assert spark_executor_cores(None, local=False, physical_cpus=64) == 1
+    assert spark_executor_cores(3, local=True, physical_cpus=2) == 3
+    assert spark_executor_cores(3, local=False, physical_cpus=2) == 3
