@@ -81,10 +81,12 @@ def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process and all its descendants in a thread."""
+    """Samples the summed RSS (or, with ``pss=True``, PSS: shared pages counted once) of this
+    process and all its descendants in a thread."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, *, pss: bool = False) -> None:
         self.interval = interval
+        self.pss = pss
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,7 +102,7 @@ class PeakMemory:
             procs = [me]
         for proc in procs:
             try:
-                total += proc.memory_info().rss
+                total += proc.memory_full_info().pss if self.pss else proc.memory_info().rss
             except psutil.Error:  # gone between listing and reading
                 pass
         return total

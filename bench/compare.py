@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,40 +102,6 @@ def run_udf(workload: e2e.Workload, workdir: str, cores: int) -> UdfResult:
     return UdfResult(rows, seconds, startup, out)
 
 
-class PeakPSS:
-    """The peak of the summed PSS of this process and all its descendants, sampled in a thread."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval, self.peak_bytes = interval, 0
-        self._stop = threading.Event()
-
-    def _sample(self) -> int:
-        import psutil  # noqa: PLC0415
-
-        me = psutil.Process()
-        total = 0
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                total += proc.memory_full_info().pss
-            except psutil.Error:
-                pass
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakPSS:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def check_udf(limit: e2e.LimitResult, udf: UdfResult) -> e2e.Check:
     return e2e.check_predictions(limit, e2e.RayscoreRun(udf.rows, udf.rows, {}, 0.0, udf.output_path, 0))
 
@@ -196,7 +161,7 @@ def memory(args: argparse.Namespace, workdir: str) -> int:
         workload = e2e._in_child(e2e.make_workload, sub, rows)
         config = e2e.rayscore_config(workload, os.path.join(sub, "scores.parquet"), args.actors, args.batch_size)
         print(f"rayscore.run over {rows:,} rows ...", flush=True)
-        with PeakPSS() as mem:
+        with e2e.PeakMemory(0.5, pss=True) as mem:
             scored = e2e._in_child(e2e.run_rayscore, config)
         peaks.append((rows, mem.peak_bytes, scored.after_startup_seconds))
         os.remove(workload.data_path)
