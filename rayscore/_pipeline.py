@@ -30,13 +30,14 @@ from ._session import Session
 from ._sink import REPORT_NAME, check_output_free, hold_for_session, to_spark, write_output
 from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
-from ._source import arrow_schema, read_input, to_ray
+from ._source import SparkInput, arrow_schema, read_input
 
 __all__ = ["run", "predict", "inspect_model"]
 
 log = logging.getLogger("rayscore")
 
 SAMPLE_ROWS = 1000
+READ_TASKS_PER_ACTOR = 2  # partitions fetched at once per actor: one scored, one arriving
 
 
 @dataclass
@@ -93,15 +94,16 @@ def _check_sample(df: Any, plan: Plan) -> None:
             raise first_bad_row(sample, plan, exc) from None
 
 
-def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> Plan:
-    """Bind the config's model to the DataFrame's columns; check a sample of rows."""
+def plan_job(cfg: Config, spec: ModelSpec, df: Any, *, check_sample: bool = True) -> Plan:
+    """Bind the config's model to the DataFrame's columns; check a sample of rows (``check_sample``)."""
     plan = make_plan(
         spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
         keep_columns=cfg.output.keep_columns, key_columns=cfg.output.keys,
         quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
         max_retries=cfg.predict.max_retries,
     )
-    _check_sample(df, plan)
+    if check_sample:
+        _check_sample(df, plan)
     return plan
 
 
@@ -139,8 +141,15 @@ def _plan_tensors(plan: Plan) -> ModelSpec:
 
 
 def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock,
-           spark_cpus: float) -> _Scored:
-    """Spark → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame."""
+           spark_cpus: float, *, check_sample: bool = False) -> _Scored:
+    """Spark → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame.
+
+    The pool starts (and its actors load the model) while Spark checks a
+    sample (``check_sample``), counts and prepares the input in a background
+    thread; the first block is scored as soon as Spark is done. Stages in the
+    report: ``read_convert`` until the input is ready in Spark, ``predict``
+    from then until the last block is scored (``load`` overlaps the first).
+    """
     import ray  # noqa: PLC0415
 
     pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
@@ -152,35 +161,53 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     # (test_cluster.py checks it).
     ray.data.DataContext.get_current().raise_original_map_exception = True
     selected = df.select(*plan.read_columns)
-    with clock.stage("read_convert"), translate_errors("reading the input into Ray", InputError):
-        rows_in = selected.count()
-        if rows_in == 0:
-            raise InputError("the input has no rows; nothing to score")
-        ds, release = to_ray(selected)
+    source = SparkInput(
+        selected,
+        readers=READ_TASKS_PER_ACTOR * pool.max_actors,
+        block_rows=lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size),
+        before=(lambda: _check_sample(df, plan)) if check_sample else None,
+    )
     ledger = None
+    started = time.perf_counter()
     try:
-        ds = ds.repartition(target_num_rows_per_block=rows_per_block(rows_in, pool.max_actors, predict.batch_size))
         ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
-        with clock.stage("predict"), translate_errors("predict", PredictError):
-            out = ds.map_batches(
-                Predictor,
-                fn_constructor_kwargs={"model": model, "plan": plan, "ledger": ledger},
-                batch_size=predict.batch_size,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-                num_cpus=predict.cpus_per_actor,
-                memory=pool.memory_per_actor,  # so Ray never packs more model copies than a node holds
-                num_gpus=predict.gpus_per_actor or None,
-                zero_copy_batch=True,
-            ).materialize()
+        source.start()
+        try:
+            # One expression: a Dataset kept in a local would stay alive with a raised
+            # error's traceback and keep the pool's actors (and their CPUs) with it.
+            with translate_errors("predict", PredictError):
+                out = source.dataset.map_batches(
+                    Predictor,
+                    fn_constructor_kwargs={"model": model, "plan": plan, "ledger": ledger},
+                    batch_size=predict.batch_size,
+                    batch_format="pyarrow",
+                    compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+                    num_cpus=predict.cpus_per_actor,
+                    memory=pool.memory_per_actor,  # so Ray never packs more model copies than a node holds
+                    num_gpus=predict.gpus_per_actor or None,
+                    zero_copy_batch=True,
+                ).materialize()
+        except BaseException as exc:
+            _stop_pool(ledger)  # now, before Spark's side is waited for
+            spark_error = source.cancel()
+            # Spark's side failed first (the read tasks only echo it), unless this is
+            # Ctrl-C or SIGTERM, which PySpark also answers by cancelling Spark's jobs.
+            if spark_error is not None and isinstance(exc, Exception):
+                raise spark_error from None
+            raise
+        rows_in = source.wait()
+        with translate_errors("predict", PredictError):
             loads = summarize_loads(ray.get(ledger.loads.remote()))
             loads["working_batch_size"] = ray.get(ledger.working_batch_size.remote())
-            loads["pool"] = {"min": pool.min_actors, "max": pool.max_actors,
-                             "memory_per_actor": pool.memory_per_actor}
+        loads["pool"] = {"min": pool.min_actors, "max": pool.max_actors, "memory_per_actor": pool.memory_per_actor}
     finally:
         if ledger is not None:
+            _stop_pool(ledger)
             ray.kill(ledger)
-        release()  # Spark's copy of the input; the predictions are in Ray's object store now
+        source.release()  # Spark's copy of the input; the predictions are in Ray's object store now
+    prepared = (source.prepared_at or started) - started
+    clock.add("read_convert", prepared)
+    clock.add("predict", time.perf_counter() - started - prepared)
     clock.add("load", loads["load_seconds_max"])
     rows_out = out.count()
     if rows_out != rows_in:
@@ -191,6 +218,27 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
         scored, blocks = to_spark(out, spark)
         scored = with_model_identity(scored, plan, model)
     return _Scored(scored, rows_in, rows_out, loads, quarantined, blocks)
+
+
+def _stop_pool(ledger: Any) -> None:
+    """Kill the pool's actors now, once the job is scored or has failed.
+
+    Ray Data only drops its handles to them. After a failure, the raised
+    error's traceback can keep those alive until Python's cycle collector
+    runs, and with them the actors' CPUs and model copies. And an actor let go
+    that way exits through Python's exit handlers, where Ray 2.60's core
+    worker can deadlock: we found such actors, model and all, still running
+    after their Ray had stopped. ``ray.kill`` ends the process without them.
+    """
+    import ray  # noqa: PLC0415
+
+    try:
+        actors = ray.get(ledger.actors.remote(), timeout=30)
+    except Exception as exc:  # noqa: BLE001 - best effort: the job's own error matters more
+        log.warning("could not list the pool's actors to stop them: %s", exc)
+        return
+    for actor in actors:
+        ray.kill(actor)
 
 
 def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
@@ -227,7 +275,6 @@ def _prepare(df: Any, model: ModelConfig, keep_columns: Sequence[str],
     ref, spec = inspect_model(model)
     plan = make_plan(spec, arrow_schema(df), inputs=model.inputs, outputs=model.outputs,
                      keep_columns=keep_columns, max_retries=max_retries)
-    _check_sample(df, plan)
     return ref, spec, plan
 
 
@@ -268,7 +315,7 @@ def predict(
                                             "gpus_per_actor": gpus_per_actor}, "predict")
     ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries)
     spark_cpus = _spark_cpus(df.sparkSession)
-    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus)
+    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus, check_sample=True)
     hold_for_session(scored.blocks)  # Spark may read the DataFrame (or ones made from it) any time later
     return scored.dataframe
 
@@ -333,7 +380,7 @@ def _run_once(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, 
               spark_cpus: float) -> RunResult:
     """Score everything in one pass, then write (staged, counted, committed)."""
     spark = df.sparkSession
-    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus)
+    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, check_sample=True)
     result = new_result(cfg, ref, spec, plan)
     result.rows_in = scored.rows_in
     result.add_loads(scored.loads)
@@ -392,7 +439,8 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         spark = session.spark
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
-            plan = plan_job(cfg, spec, df)
+            # A resumable run checks its sample once, here; one pass checks it while the pool starts.
+            plan = plan_job(cfg, spec, df, check_sample=cfg.output.mode == "resume")
             check_output_free(cfg.output, spark)
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)

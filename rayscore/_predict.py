@@ -190,6 +190,10 @@ class Predictor:
         t0 = time.perf_counter()
         self._plan = plan
         self._ledger = ledger
+        if ledger is not None:
+            import ray  # noqa: PLC0415
+
+            ledger.joined.remote(ray.get_runtime_context().current_actor)
         self._limit = BatchLimit()
         rss_before = _peak_rss()
         path, copied = local_copy(model)
@@ -272,6 +276,14 @@ class LoadLedger:
         self._loads: list[dict[str, Any]] = []
         self._working: dict[int, int] = {}
         self._peaks: dict[int, int] = {}
+        self._actors: list[Any] = []
+
+    def joined(self, actor: Any) -> None:
+        """A predictor started (before its model loads): the driver can stop it if the job fails."""
+        self._actors.append(actor)
+
+    def actors(self) -> list[Any]:
+        return list(self._actors)
 
     def record(self, info: dict[str, Any]) -> None:
         self._loads.append(info)

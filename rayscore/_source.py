@@ -1,15 +1,22 @@
 """Stage 3, source: the Spark DataFrame to score, from any source Spark reads.
 
-Reading is lazy: this builds the DataFrame and its schema (a metadata read for
-parquet/orc, a schema-inference pass for csv/json), nothing more.
+Reading is lazy: :func:`read_input` builds the DataFrame and its schema (a
+metadata read for parquet/orc, a schema-inference pass for csv/json), nothing
+more. :class:`SparkInput` hands it to Ray Data: Spark prepares it in the
+background while the actor pool starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -17,7 +24,7 @@ import pyarrow as pa
 from ._config import InputConfig
 from ._errors import InputError, translate_errors
 
-__all__ = ["read_input", "arrow_schema", "to_ray"]
+__all__ = ["read_input", "arrow_schema", "SparkInput", "Prepared"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -103,81 +110,177 @@ def arrow_schema(df: Any) -> pa.Schema:
 # --------------------------------------------------------------------------- into Ray
 
 
-class _SparkPartitions:
-    """A Ray Data datasource over a DataFrame that RayDP cached in Spark as Arrow bytes.
+@dataclass(frozen=True)
+class Prepared:
+    """Where Spark keeps the prepared input: what a read task needs to fetch its partitions."""
 
-    Each read task fetches one partition from the Spark executor that holds it
-    (a cross-language call into the JVM; RayDP's own fetch function), so Ray
-    Data pulls partitions as the actor pool consumes them, with its usual
-    backpressure, instead of copying the whole input into the object store
-    first. A lost block is fetched again from Spark's cache (lineage).
-    """
-
-    def __init__(self, rdd_id: int, partitions: int, schema_json: str, agent_url: str,
-                 locations: list[str]) -> None:
-        self._args = (rdd_id, schema_json, agent_url)
-        self._partitions = partitions
-        self._locations = locations
-
-    def __call__(self) -> Any:
-        """The ``ray.data.Datasource`` (built lazily: Ray Data is imported only where it runs)."""
-        from ray.data import Datasource, ReadTask  # noqa: PLC0415
-        from ray.data.block import BlockMetadata  # noqa: PLC0415
-
-        outer = self
-
-        class Source(Datasource):
-            def get_name(self) -> str:
-                return "SparkPartitions"
-
-            def estimate_inmemory_data_size(self) -> int | None:
-                return None
-
-            def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                               data_context: Any = None) -> list[Any]:
-                rdd_id, schema_json, agent_url = outer._args
-                return [ReadTask(_partition_reader(f"raydp-executor-{outer._locations[i]}", rdd_id, i,
-                                                   schema_json, agent_url),
-                                 BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None),
-                                 per_task_row_limit=per_task_row_limit)
-                        for i in range(outer._partitions)]
-
-        return Source()
+    rdd_id: int
+    partitions: int
+    schema_json: str
+    agent_url: str
+    locations: tuple[str, ...]
+    block_rows: int  # rows per block handed to the pool
 
 
-def _partition_reader(executor: str, rdd_id: int, index: int, schema_json: str, agent_url: str) -> Any:
-    def read() -> list[pa.Table]:
+class _Handoff:
+    """A tiny async actor: read tasks wait on it until Spark has prepared the input (or failed)."""
+
+    def __init__(self) -> None:
+        self._done = asyncio.Event()
+        self._value: Prepared | None = None
+        self._error: str | None = None
+
+    async def wait(self) -> Prepared:
+        await self._done.wait()
+        if self._value is None:
+            raise _SparkSideFailed(self._error or "the input was not prepared")
+        return self._value
+
+    def ready(self, value: Prepared) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, message: str) -> None:
+        if not self._done.is_set():
+            self._error = message
+            self._done.set()
+
+
+class _SparkSideFailed(RuntimeError):
+    """Raised in read tasks when Spark's side failed; the driver raises Spark's own error instead."""
+
+
+def _reader(handoff: Any, first: int, stride: int) -> Any:
+    """Read task ``first``: partitions first, first + stride, ... sliced into blocks, as each arrives."""
+
+    def read() -> Iterator[pa.Table]:
+        import ray  # noqa: PLC0415
         from raydp.spark.dataset import _fetch_arrow_table_from_executor  # noqa: PLC0415
 
-        return [_fetch_arrow_table_from_executor._function(executor, rdd_id, index, schema_json, agent_url)]
+        info: Prepared = ray.get(handoff.wait.remote())
+        fetch = _fetch_arrow_table_from_executor._function
+        for index in range(first, info.partitions, stride):
+            table = fetch(f"raydp-executor-{info.locations[index]}", info.rdd_id, index,
+                          info.schema_json, info.agent_url)
+            for offset in range(0, table.num_rows, info.block_rows):
+                yield table.slice(offset, info.block_rows)
 
     return read
 
 
-def to_ray(df: Any) -> tuple[Any, Any]:
-    """``df`` as a lazily read Ray Dataset, and the callable that releases Spark's copy.
+def _datasource(handoff: Any, readers: int) -> Any:
+    """A Ray Data datasource of ``readers`` read tasks over the partitions Spark is preparing.
 
-    Spark computes the DataFrame once and keeps it as Arrow bytes on its
-    executors' disks (``DISK_ONLY``: memory stays flat however large the
-    input); Ray Data then fetches one partition per read task as the pool
-    needs it. Cost: one pass of Spark over the input, one disk copy, one
-    Arrow copy per partition into Ray's object store while it is in flight.
+    The number of partitions is known only once Spark has prepared them, so
+    read task ``i`` takes partitions ``i, i + readers, ...``; a read task with
+    none yields nothing.
     """
-    import ray  # noqa: PLC0415
-    from pyspark import StorageLevel  # noqa: PLC0415
+    from ray.data import Datasource, ReadTask  # noqa: PLC0415
+    from ray.data.block import BlockMetadata  # noqa: PLC0415
 
-    sc = df.sparkSession.sparkContext
-    writer = sc._jvm.org.apache.spark.sql.raydp.ObjectStoreWriter
-    info = writer.prepareRecoverableRDD(df._jdf, sc._getJavaStorageLevel(StorageLevel.DISK_ONLY))
-    rdd_id = info.rddId()
-    source = _SparkPartitions(rdd_id, info.numPartitions(), info.schemaJson(), info.driverAgentUrl(),
-                              list(info.locations()))
-    released = False
+    class SparkPartitions(Datasource):
+        def get_name(self) -> str:
+            return "SparkPartitions"
 
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            writer.releaseRecoverableRDD(rdd_id)
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
 
-    return ray.data.read_datasource(source(), override_num_blocks=info.numPartitions()), release
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[Any]:
+            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+            return [ReadTask(_reader(handoff, i, readers), meta, per_task_row_limit=per_task_row_limit)
+                    for i in range(readers)]
+
+    return SparkPartitions()
+
+
+class SparkInput:
+    """A Spark DataFrame handed to Ray Data while Spark is still preparing it.
+
+    ``dataset`` is a lazy Ray Dataset. :meth:`start` runs Spark's side in a
+    background thread: ``before`` (the sample check), a count, then one pass
+    of Spark over the input that keeps it as Arrow bytes on the executors'
+    disks (``DISK_ONLY``: memory stays flat however large the input is). The
+    caller starts the actor pool meanwhile, so models load while Spark reads;
+    read tasks wait until Spark is done, then fetch one partition at a time
+    from the executor that holds it (RayDP's fetch function) and hand it on
+    in blocks of ``block_rows(rows)`` rows, with Ray Data's backpressure. A
+    lost block is fetched again from Spark's copy (lineage). Cost: one disk
+    copy and, per partition in flight, one Arrow copy in Ray's object store.
+    """
+
+    def __init__(self, df: Any, *, readers: int, block_rows: Callable[[int], int],
+                 before: Callable[[], None] | None = None) -> None:
+        import ray  # noqa: PLC0415
+
+        self._df = df
+        self._block_rows = block_rows
+        self._before = before
+        self._group = f"rayscore-prepare-{uuid.uuid4().hex[:12]}"
+        self._handoff = ray.remote(num_cpus=0)(_Handoff).remote()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._rdd_id: int | None = None
+        self.rows = 0
+        self.prepared_at = 0.0  # time.perf_counter() when the first partition could be read
+        self.dataset = ray.data.read_datasource(_datasource(self._handoff, readers), override_num_blocks=readers)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._prepare, name="rayscore-prepare", daemon=True)
+        self._thread.start()
+
+    def _prepare(self) -> None:
+        import ray  # noqa: PLC0415
+        from pyspark import StorageLevel  # noqa: PLC0415
+
+        sc = self._df.sparkSession.sparkContext
+        try:
+            sc.setJobGroup(self._group, "rayscore: preparing the input for Ray", True)
+            if self._before is not None:
+                self._before()
+            with translate_errors("reading the input into Ray", InputError):
+                rows = self._df.count()
+                if rows == 0:
+                    raise InputError("the input has no rows; nothing to score")
+                if self._cancelled:  # a job started after cancelJobGroup would run to its end
+                    return
+                writer = sc._jvm.org.apache.spark.sql.raydp.ObjectStoreWriter
+                info = writer.prepareRecoverableRDD(self._df._jdf, sc._getJavaStorageLevel(StorageLevel.DISK_ONLY))
+                self._rdd_id = info.rddId()
+                prepared = Prepared(self._rdd_id, info.numPartitions(), info.schemaJson(), info.driverAgentUrl(),
+                                    tuple(info.locations()), self._block_rows(rows))
+            self.rows = rows
+            self.prepared_at = time.perf_counter()
+            ray.get(self._handoff.ready.remote(prepared))
+        except BaseException as exc:  # noqa: BLE001 - kept for the driver's thread, which raises it
+            if not self._cancelled:  # not the error our own cancel caused
+                self._error = exc
+            self._handoff.fail.remote(f"{type(exc).__name__}: {exc}")
+
+    def wait(self) -> int:
+        """Wait for Spark's side; raise its error if it failed. Returns the input's row count."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.rows
+
+    def cancel(self) -> BaseException | None:
+        """Stop Spark's side (the pool failed); return the error Spark's side had first, if any."""
+        if self._thread is not None and self._thread.is_alive():
+            self._cancelled = True
+            self._handoff.fail.remote("cancelled")
+            self._df.sparkSession.sparkContext.cancelJobGroup(self._group)
+            self._thread.join()
+        return self._error
+
+    def release(self) -> None:
+        """Drop Spark's copy of the input and the hand-over actor (once the blocks are scored)."""
+        import ray  # noqa: PLC0415
+
+        if self._rdd_id is not None:
+            writer = self._df.sparkSession.sparkContext._jvm.org.apache.spark.sql.raydp.ObjectStoreWriter
+            writer.releaseRecoverableRDD(self._rdd_id)
+            self._rdd_id = None
+        ray.kill(self._handoff)

@@ -7,6 +7,7 @@ Spark (the embedded default) or a connection to a running cluster.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -62,6 +63,32 @@ def test_cli_runs_the_embedded_default_and_stops_what_it_started(workload, tmp_p
     assert json.loads((out / "_rayscore_report.json").read_text())["rows_out"] == 6000
     assert_matches_model(read_parquet_dir(out), workload)
     assert ray_daemons() == before  # its local Ray is gone again
+
+
+def test_cli_starts_spark_when_rays_session_latest_link_dangles(workload, tmp_path):
+    """After /tmp/ray's sessions are cleaned away, ``session_latest`` points nowhere.
+
+    Ray does not replace such a link, and RayDP's agent in Spark's driver JVM
+    writes its log there unless told the session's own logs directory: the
+    JVM died at start ("Error create log dir") before rayscore passed it.
+    """
+    link = Path("/tmp/ray/session_latest")  # the agent's default; Ray's default temp dir
+    link.parent.mkdir(parents=True, exist_ok=True)
+    assert link.is_symlink() or not link.exists(), f"{link} is not a link"
+    before = os.readlink(link) if link.is_symlink() else None
+    gone = tmp_path / "a-session-cleaned-away"
+    link.unlink(missing_ok=True)
+    link.symlink_to(gone)
+    try:
+        out = tmp_path / "scores.parquet"
+        done = rayscore_cli(config_for(workload, out), tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert_matches_model(read_parquet_dir(out), workload)
+        assert os.readlink(link) == str(gone)  # Ray left it dangling
+    finally:
+        link.unlink(missing_ok=True)
+        if before is not None:
+            link.symlink_to(before)
 
 
 def test_cli_bad_input_after_start_is_one_line_exit_2_and_nothing_written(workload, tmp_path):

@@ -185,6 +185,10 @@ def test_ragged_rows_after_the_sample_fail_in_the_actor_with_the_same_message(rs
         rayscore.run(job(workload, out, input={"path": str(data)}), session=rs)
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["ragged.parquet"]
+    # The failed pool's actors are stopped, not left to the garbage collector with their CPUs.
+    import ray
+
+    assert settled_free_cpus(rs) == ray.cluster_resources()["CPU"] - rs.spark_cpus
 
 
 def test_a_local_session_keeps_token_auth_and_starts_no_dashboard_or_spark_ui(rs):
