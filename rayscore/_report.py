@@ -30,10 +30,12 @@ class RunResult:
     predicting); ``actor_peak_rss`` is the largest peak.
 
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
-    up), ``read_convert`` (Spark read into Ray's object store), ``load`` (the
-    slowest actor's model load; it overlaps ``predict``), ``predict`` (the
-    actor pool over every batch, loads included), ``write`` (back into Spark
-    and written, counted and committed).
+    up), ``read_convert`` (the input's schema, then Spark's sample check, count
+    and pass that keeps the input as Arrow on its executors' disks), ``load``
+    (the slowest actor's model load; the pool starts with ``read_convert`` and
+    loads meanwhile), ``predict`` (from the input being ready in Spark until
+    the last batch is scored), ``write`` (back into Spark and written, counted
+    and committed). All but ``load`` add up to the job's time.
     """
 
     rows_in: int = 0

@@ -13,7 +13,7 @@ def spark_executor_cores(configured: int | None, *, local: bool, physical_cpus: 
     """Cores per Spark executor: ``spark.executor_cores``, else a default.
 
     On the embedded default (a local Ray) Spark reads and writes while the
-    actors are idle and the actors predict while Spark is idle, so Spark gets
+    actors load or are idle and the actors predict while Spark is idle, so Spark gets
     the machine's cores (up to :data:`AUTO_EXECUTOR_CORES_MAX`): on 2 cores
     this read 1M rows of the example about 3 s faster (bench/RESULTS.md). On a
     cluster the executors share nodes with other work: 1.
@@ -39,8 +39,9 @@ def local_ray_cpus(
     """Logical CPUs for a local Ray that rayscore starts.
 
     RayDP's executors are Ray actors that hold their CPUs for the whole job,
-    even while idle. Reading (Spark), predicting (actors) and writing (Spark)
-    run one after another, so the local node advertises enough logical CPUs for
+    even while idle. Spark's reading overlaps only the actors' model loads;
+    predicting (actors) and writing (Spark) come after it, one after the other.
+    So the local node advertises enough logical CPUs for
     both the executors and the largest pool, plus one for Ray Data's own small
     tasks, and never fewer than the machine has.
 

@@ -125,8 +125,9 @@ def bad_data(workload, tmp_path_factory) -> dict:
     pq.write_table(table.set_column(table.schema.get_field_index("title_2"), "title_2", as_text),
                    root / "text.parquet")
     pq.write_table(table.drop_columns(["price"]), root / "no_price.parquet")
+    pq.write_table(table.slice(0, 0), root / "empty.parquet")
     return {"short": str(root / "short.parquet"), "text": str(root / "text.parquet"),
-            "no_price": str(root / "no_price.parquet")}
+            "no_price": str(root / "no_price.parquet"), "empty": str(root / "empty.parquet")}
 
 
 @pytest.mark.parametrize(
@@ -154,9 +155,13 @@ def bad_data(workload, tmp_path_factory) -> dict:
         ({"model": {"outputs": {"clicks": "c"}}},
          rayscore.ConfigError,
          "model.outputs: 'clicks' is not an output of the model (outputs: click, topics)"),
+        # Found by Spark's side while the pool starts: raised as itself, not as the read tasks' echo.
+        ({"input": {"path": "empty"}},
+         rayscore.InputError,
+         "the input has no rows; nothing to score"),
     ],
     ids=["missing-column", "input-without-column", "wrong-array-length", "string-column",
-         "missing-keep-column", "keep-column-clash", "unknown-output"],
+         "missing-keep-column", "keep-column-clash", "unknown-output", "empty-input"],
 )
 def test_bad_input_is_reported_before_scoring_and_nothing_is_written(rs, workload, bad_data, tmp_path,
                                                                      change, error, message):
