@@ -38,6 +38,7 @@ log = logging.getLogger("rayscore")
 
 SAMPLE_ROWS = 1000
 READ_TASKS_PER_ACTOR = 2  # partitions fetched at once per actor: one scored, one arriving
+POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load (copy) the model
 
 
 @dataclass
@@ -94,16 +95,15 @@ def _check_sample(df: Any, plan: Plan) -> None:
             raise first_bad_row(sample, plan, exc) from None
 
 
-def plan_job(cfg: Config, spec: ModelSpec, df: Any, *, check_sample: bool = True) -> Plan:
-    """Bind the config's model to the DataFrame's columns; check a sample of rows (``check_sample``)."""
+def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> Plan:
+    """Bind the config's model to the DataFrame's columns; check a sample of rows."""
     plan = make_plan(
         spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
         keep_columns=cfg.output.keep_columns, key_columns=cfg.output.keys,
         quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
         max_retries=cfg.predict.max_retries,
     )
-    if check_sample:
-        _check_sample(df, plan)
+    _check_sample(df, plan)
     return plan
 
 
@@ -141,14 +141,14 @@ def _plan_tensors(plan: Plan) -> ModelSpec:
 
 
 def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock,
-           spark_cpus: float, *, check_sample: bool = False) -> _Scored:
+           spark_cpus: float) -> _Scored:
     """Spark → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame.
 
-    The pool starts (and its actors load the model) while Spark checks a
-    sample (``check_sample``), counts and prepares the input in a background
-    thread; the first block is scored as soon as Spark is done. Stages in the
-    report: ``read_convert`` until the input is ready in Spark, ``predict``
-    from then until the last block is scored (``load`` overlaps the first).
+    The pool starts (and its actors load the model) while Spark counts and
+    prepares the input in a background thread; the first block is scored as
+    soon as Spark is done. Stages in the report: ``read_convert`` until the
+    input is ready in Spark, ``predict`` from then until the last block is
+    scored (``load`` overlaps the first).
     """
     import ray  # noqa: PLC0415
 
@@ -160,12 +160,16 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     # before two on one, so fewer model copies per node's memory and cache
     # (test_cluster.py checks it).
     ray.data.DataContext.get_current().raise_original_map_exception = True
+    # Score only once the whole minimal pool has loaded the model (while Spark
+    # prepares the input meanwhile): else the first actor up can take every
+    # block of a short job while the others are still loading or copying the
+    # model to their node, and "2 actors" would mean one.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = POOL_START_TIMEOUT_S
     selected = df.select(*plan.read_columns)
     source = SparkInput(
         selected,
         readers=READ_TASKS_PER_ACTOR * pool.max_actors,
         block_rows=lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size),
-        before=(lambda: _check_sample(df, plan)) if check_sample else None,
     )
     ledger = None
     started = time.perf_counter()
@@ -275,6 +279,7 @@ def _prepare(df: Any, model: ModelConfig, keep_columns: Sequence[str],
     ref, spec = inspect_model(model)
     plan = make_plan(spec, arrow_schema(df), inputs=model.inputs, outputs=model.outputs,
                      keep_columns=keep_columns, max_retries=max_retries)
+    _check_sample(df, plan)
     return ref, spec, plan
 
 
@@ -315,7 +320,7 @@ def predict(
                                             "gpus_per_actor": gpus_per_actor}, "predict")
     ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries)
     spark_cpus = _spark_cpus(df.sparkSession)
-    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus, check_sample=True)
+    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus)
     hold_for_session(scored.blocks)  # Spark may read the DataFrame (or ones made from it) any time later
     return scored.dataframe
 
@@ -380,7 +385,7 @@ def _run_once(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, 
               spark_cpus: float) -> RunResult:
     """Score everything in one pass, then write (staged, counted, committed)."""
     spark = df.sparkSession
-    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, check_sample=True)
+    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus)
     result = new_result(cfg, ref, spec, plan)
     result.rows_in = scored.rows_in
     result.add_loads(scored.loads)
@@ -439,8 +444,7 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         spark = session.spark
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
-            # A resumable run checks its sample once, here; one pass checks it while the pool starts.
-            plan = plan_job(cfg, spec, df, check_sample=cfg.output.mode == "resume")
+            plan = plan_job(cfg, spec, df)  # before the pool starts: bad rows cost no model load
             check_output_free(cfg.output, spark)
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)

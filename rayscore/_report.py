@@ -30,8 +30,8 @@ class RunResult:
     predicting); ``actor_peak_rss`` is the largest peak.
 
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
-    up), ``read_convert`` (the input's schema, then Spark's sample check, count
-    and pass that keeps the input as Arrow on its executors' disks), ``load``
+    up), ``read_convert`` (the input's schema and sample check, then Spark's
+    count and pass that keeps the input as Arrow on its executors' disks), ``load``
     (the slowest actor's model load; the pool starts with ``read_convert`` and
     loads meanwhile), ``predict`` (from the input being ready in Spark until
     the last batch is scored), ``write`` (back into Spark and written, counted

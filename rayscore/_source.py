@@ -198,8 +198,7 @@ class SparkInput:
     """A Spark DataFrame handed to Ray Data while Spark is still preparing it.
 
     ``dataset`` is a lazy Ray Dataset. :meth:`start` runs Spark's side in a
-    background thread: ``before`` (the sample check), a count, then one pass
-    of Spark over the input that keeps it as Arrow bytes on the executors'
+    background thread: a count, then one pass of Spark over the input that keeps it as Arrow bytes on the executors'
     disks (``DISK_ONLY``: memory stays flat however large the input is). The
     caller starts the actor pool meanwhile, so models load while Spark reads;
     read tasks wait until Spark is done, then fetch one partition at a time
@@ -209,13 +208,11 @@ class SparkInput:
     copy and, per partition in flight, one Arrow copy in Ray's object store.
     """
 
-    def __init__(self, df: Any, *, readers: int, block_rows: Callable[[int], int],
-                 before: Callable[[], None] | None = None) -> None:
+    def __init__(self, df: Any, *, readers: int, block_rows: Callable[[int], int]) -> None:
         import ray  # noqa: PLC0415
 
         self._df = df
         self._block_rows = block_rows
-        self._before = before
         self._group = f"rayscore-prepare-{uuid.uuid4().hex[:12]}"
         self._handoff = ray.remote(num_cpus=0)(_Handoff).remote()
         self._thread: threading.Thread | None = None
@@ -237,8 +234,6 @@ class SparkInput:
         sc = self._df.sparkSession.sparkContext
         try:
             sc.setJobGroup(self._group, "rayscore: preparing the input for Ray", True)
-            if self._before is not None:
-                self._before()
             with translate_errors("reading the input into Ray", InputError):
                 rows = self._df.count()
                 if rows == 0:
