@@ -198,9 +198,10 @@ class SparkInput:
     """A Spark DataFrame handed to Ray Data while Spark is still preparing it.
 
     ``dataset`` is a lazy Ray Dataset. :meth:`start` runs Spark's side in a
-    background thread: a count, then one pass of Spark over the input that keeps it as Arrow bytes on the executors'
-    disks (``DISK_ONLY``: memory stays flat however large the input is). The
-    caller starts the actor pool meanwhile, so models load while Spark reads;
+    background thread: a count, then one pass of Spark over the input that
+    keeps it as Arrow bytes on the executors' disks (``DISK_ONLY``: memory
+    stays flat however large the input is). The caller starts the actor pool
+    meanwhile, so models load while Spark reads;
     read tasks wait until Spark is done, then fetch one partition at a time
     from the executor that holds it (RayDP's fetch function) and hand it on
     in blocks of ``block_rows(rows)`` rows, with Ray Data's backpressure. A
