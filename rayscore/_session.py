@@ -187,13 +187,13 @@ def _driver_logging_dir() -> str:
     ``/tmp/ray/session_latest/logs``; RayDP sets it for its app master but not
     for the driver. Ray does not replace a dangling ``session_latest`` link
     (one whose session directory was cleaned away), and the agent then kills
-    the JVM at start ("Error create log dir"). Empty if Ray does not say.
+    the JVM at start ("Error create log dir"). Read from Ray's node object, as
+    RayDP does for its app master; empty if this process has no Ray node.
     """
     import ray  # noqa: PLC0415
 
-    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
-    logs = node.get_logs_dir_path() if node is not None else None
-    return f"-Dray.logging.dir={logs}" if logs else ""
+    node = ray._private.worker._global_node
+    return f"-Dray.logging.dir={node.get_logs_dir_path()}" if node is not None else ""
 
 
 @contextmanager

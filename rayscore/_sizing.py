@@ -13,10 +13,11 @@ def spark_executor_cores(configured: int | None, *, local: bool, physical_cpus: 
     """Cores per Spark executor: ``spark.executor_cores``, else a default.
 
     On the embedded default (a local Ray) Spark reads and writes while the
-    actors load or are idle and the actors predict while Spark is idle, so Spark gets
-    the machine's cores (up to :data:`AUTO_EXECUTOR_CORES_MAX`): on 2 cores
-    this read 1M rows of the example about 3 s faster (bench/RESULTS.md). On a
-    cluster the executors share nodes with other work: 1.
+    actors load or are idle and the actors predict while Spark is idle, so
+    Spark gets the machine's cores (up to :data:`AUTO_EXECUTOR_CORES_MAX`): on
+    2 cores this read 1M rows of the example about 3 s faster
+    (bench/RESULTS.md). On a cluster the executors share nodes with other
+    work: 1.
 
     >>> spark_executor_cores(None, local=True, physical_cpus=2)
     2
@@ -41,9 +42,9 @@ def local_ray_cpus(
     RayDP's executors are Ray actors that hold their CPUs for the whole job,
     even while idle. Spark's reading overlaps only the actors' model loads;
     predicting (actors) and writing (Spark) come after it, one after the other.
-    So the local node advertises enough logical CPUs for
-    both the executors and the largest pool, plus one for Ray Data's own small
-    tasks, and never fewer than the machine has.
+    So the local node advertises enough logical CPUs for both the executors
+    and the largest pool, plus one for Ray Data's own small tasks, and never
+    fewer than the machine has.
 
     >>> local_ray_cpus(2, spark_executors=1, executor_cores=1, max_actors=2, cpus_per_actor=1)
     4
