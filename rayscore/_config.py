@@ -64,6 +64,8 @@ class InputConfig(_Frozen):
     table: str | None = None
     query: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # auto: Ray reads a plain parquet scan's files itself (pyarrow); spark: always through Spark (RayDP).
+    reader: Literal["auto", "spark"] = "auto"
 
     _options = field_validator("options")(classmethod(lambda cls, v: _scalars(v)))
 

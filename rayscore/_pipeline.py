@@ -30,7 +30,7 @@ from ._session import Session
 from ._sink import REPORT_NAME, check_output_free, hold_for_session, to_spark, write_output
 from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
-from ._source import SparkInput, arrow_schema, read_input
+from ._source import ParquetFiles, SparkInput, arrow_schema, first_rows, parquet_files, read_input
 
 __all__ = ["run", "predict", "inspect_model"]
 
@@ -49,6 +49,7 @@ class _Scored:
     loads: dict[str, Any] = field(default_factory=dict)
     rows_quarantined: int = 0
     blocks: list[Any] = field(default_factory=list, repr=False)  # what Spark reads: keep until written
+    reader: str = "spark"  # who read the input: "parquet" (Ray, the files themselves) or "spark"
 
 
 def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
@@ -78,17 +79,24 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
     return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
 
 
-def _check_sample(df: Any, plan: Plan) -> None:
+def _check_sample(df: Any, plan: Plan, reader: str) -> None:
     """Convert the first rows exactly as the actors will, so bad shapes fail before scoring.
 
-    In quarantine mode bad rows are expected, so only the columns' types are checked.
+    The rows come from where the actors will read them: the parquet files
+    themselves for a plain parquet scan (no Spark job), else Spark. In
+    quarantine mode bad rows are expected, so only the columns' types are
+    checked.
     """
     if plan.quarantine:
         return
+    files = parquet_files(df.select(*plan.read_columns), reader)
     with translate_errors("reading a sample of the input", InputError):
-        batches = df.select(*plan.read_columns).limit(SAMPLE_ROWS)._collect_as_arrow()
-    if batches:
-        sample = pa.Table.from_batches(batches)
+        if files:
+            sample = first_rows(files, list(plan.read_columns), SAMPLE_ROWS)
+        else:
+            batches = df.select(*plan.read_columns).limit(SAMPLE_ROWS)._collect_as_arrow()
+            sample = pa.Table.from_batches(batches) if batches else None
+    if sample is not None and sample.num_rows:
         try:
             to_tensors(sample, plan.bindings, reject_nan=plan.reject_nan)
         except InputError as exc:
@@ -103,7 +111,7 @@ def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> Plan:
         quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
         max_retries=cfg.predict.max_retries,
     )
-    _check_sample(df, plan)
+    _check_sample(df, plan, cfg.input.reader)
     return plan
 
 
@@ -141,7 +149,7 @@ def _plan_tensors(plan: Plan) -> ModelSpec:
 
 
 def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock,
-           spark_cpus: float) -> _Scored:
+           spark_cpus: float, reader: str = "auto") -> _Scored:
     """Spark → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame.
 
     The pool starts (and its actors load the model) while Spark counts and
@@ -166,11 +174,14 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     # model to their node, and "2 actors" would mean one.
     ray.data.DataContext.get_current().wait_for_min_actors_s = POOL_START_TIMEOUT_S
     selected = df.select(*plan.read_columns)
-    source = SparkInput(
-        selected,
-        readers=READ_TASKS_PER_ACTOR * pool.max_actors,
-        block_rows=lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size),
-    )
+    files = parquet_files(selected, reader)
+    readers = READ_TASKS_PER_ACTOR * pool.max_actors
+    block_rows = lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size)  # noqa: E731
+    source: SparkInput | ParquetFiles
+    if files:
+        source = ParquetFiles(files, arrow_schema(selected), readers=readers, block_rows=block_rows)
+    else:
+        source = SparkInput(selected, readers=readers, block_rows=block_rows)
     ledger = None
     started = time.perf_counter()
     try:
@@ -221,7 +232,8 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     with clock.stage("write"), translate_errors("back into Spark", PredictError):
         scored, blocks = to_spark(out, spark)
         scored = with_model_identity(scored, plan, model)
-    return _Scored(scored, rows_in, rows_out, loads, quarantined, blocks)
+    return _Scored(scored, rows_in, rows_out, loads, quarantined, blocks,
+                   reader="parquet" if isinstance(source, ParquetFiles) else "spark")
 
 
 def _stop_pool(ledger: Any) -> None:
@@ -275,11 +287,11 @@ def _count_quarantined(out: Any) -> int:
 
 
 def _prepare(df: Any, model: ModelConfig, keep_columns: Sequence[str],
-             max_retries: int) -> tuple[ModelRef, ModelSpec, Plan]:
+             max_retries: int, reader: str) -> tuple[ModelRef, ModelSpec, Plan]:
     ref, spec = inspect_model(model)
     plan = make_plan(spec, arrow_schema(df), inputs=model.inputs, outputs=model.outputs,
                      keep_columns=keep_columns, max_retries=max_retries)
-    _check_sample(df, plan)
+    _check_sample(df, plan, reader)
     return ref, spec, plan
 
 
@@ -294,6 +306,7 @@ def predict(
     actors: int | Mapping[str, int] = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
+    reader: str = "auto",
 ) -> Any:
     """Score a Spark DataFrame with a Keras model on a pool of Ray actors.
 
@@ -305,6 +318,11 @@ def predict(
     Each actor loads the model once, from ``model`` (a path every node can
     read); the model is never serialised. Memory per actor: one model copy
     plus a few batches.
+
+    When ``df`` is a plain parquet scan (at most a selection of columns on a
+    ``spark.read.parquet`` of files every node mounts), Ray's read tasks read
+    its files with pyarrow and Spark only writes; ``reader="spark"`` makes
+    Spark read it as it would any other DataFrame.
 
     Example:
         >>> with rayscore.session() as s:                       # doctest: +SKIP
@@ -318,9 +336,11 @@ def predict(
     predict_cfg = _validate(PredictConfig, {"batch_size": batch_size, "actors": actors,
                                             "cpus_per_actor": cpus_per_actor,
                                             "gpus_per_actor": gpus_per_actor}, "predict")
-    ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries)
+    if reader not in ("auto", "spark"):
+        raise ConfigError(f"reader must be 'auto' or 'spark', got {reader!r}")
+    ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries, reader)
     spark_cpus = _spark_cpus(df.sparkSession)
-    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus)
+    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus, reader)
     hold_for_session(scored.blocks)  # Spark may read the DataFrame (or ones made from it) any time later
     return scored.dataframe
 
@@ -385,8 +405,9 @@ def _run_once(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, 
               spark_cpus: float) -> RunResult:
     """Score everything in one pass, then write (staged, counted, committed)."""
     spark = df.sparkSession
-    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus)
+    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, cfg.input.reader)
     result = new_result(cfg, ref, spec, plan)
+    result.input_reader = scored.reader
     result.rows_in = scored.rows_in
     result.add_loads(scored.loads)
     result.rows_quarantined = scored.rows_quarantined

@@ -29,12 +29,18 @@ class RunResult:
     resident memory before the load and its peak (bytes, loading then
     predicting); ``actor_peak_rss`` is the largest peak.
 
+    ``input_reader`` says who read the input: ``parquet`` (a plain parquet
+    scan, whose files Ray's read tasks read with pyarrow) or ``spark`` (any
+    other DataFrame, or ``input.reader: spark``: Spark reads it and RayDP
+    hands it to Ray).
+
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
-    up), ``read_convert`` (the input's schema and sample check, then Spark's
-    count and pass that keeps the input as Arrow on its executors' disks), ``load``
-    (the slowest actor's model load; the pool starts with ``read_convert`` and
-    loads meanwhile), ``predict`` (from the input being ready in Spark until
-    the last batch is scored), ``write`` (back into Spark and written, counted
+    up), ``read_convert`` (the input's schema and sample check, then, when
+    Spark reads the input, its count and pass that keeps the input as Arrow
+    on its executors' disks), ``load`` (the slowest actor's model load; the
+    pool starts with Spark's pass and loads meanwhile), ``predict`` (from the
+    input being ready until the last batch is scored; with the ``parquet``
+    reader it includes reading the files and the load), ``write`` (back into Spark and written, counted
     and committed). All but ``load`` add up to the job's time.
     """
 
@@ -57,6 +63,7 @@ class RunResult:
     actor_peak_rss: int = 0
     actor_memory: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 0
+    input_reader: str = ""
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)

@@ -2,29 +2,36 @@
 
 Reading is lazy: :func:`read_input` builds the DataFrame and its schema (a
 metadata read for parquet/orc, a schema-inference pass for csv/json), nothing
-more. :class:`SparkInput` hands it to Ray Data: Spark prepares it in the
-background while the actor pool starts.
+more. Two ways into Ray Data: :func:`parquet_files` finds a DataFrame that
+is a plain scan of parquet files, which :class:`ParquetFiles` lets Ray read
+itself; any other DataFrame goes through :class:`SparkInput`, which Spark
+prepares in the background while the actor pool starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
 from ._config import InputConfig
 from ._errors import InputError, translate_errors
 
-__all__ = ["read_input", "arrow_schema", "SparkInput", "Prepared"]
+log = logging.getLogger("rayscore")
+
+__all__ = ["read_input", "arrow_schema", "SparkInput", "Prepared", "ParquetFiles", "parquet_files", "first_rows"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -168,30 +175,24 @@ def _reader(handoff: Any, first: int, stride: int) -> Any:
     return read
 
 
-def _datasource(handoff: Any, readers: int) -> Any:
-    """A Ray Data datasource of ``readers`` read tasks over the partitions Spark is preparing.
-
-    The number of partitions is known only once Spark has prepared them, so
-    read task ``i`` takes partitions ``i, i + readers, ...``; a read task with
-    none yields nothing.
-    """
+def _datasource(name: str, readers: list[tuple[Callable[[], Iterator[pa.Table]], int | None]]) -> Any:
+    """A Ray Data datasource of one read task per ``(read function, rows or None)`` in ``readers``."""
     from ray.data import Datasource, ReadTask  # noqa: PLC0415
     from ray.data.block import BlockMetadata  # noqa: PLC0415
 
-    class SparkPartitions(Datasource):
+    class Source(Datasource):
         def get_name(self) -> str:
-            return "SparkPartitions"
+            return name
 
         def estimate_inmemory_data_size(self) -> int | None:
             return None
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                            data_context: Any = None) -> list[Any]:
-            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
-            return [ReadTask(_reader(handoff, i, readers), meta, per_task_row_limit=per_task_row_limit)
-                    for i in range(readers)]
+            return [ReadTask(read, BlockMetadata(num_rows=rows, size_bytes=None, input_files=None, exec_stats=None),
+                             per_task_row_limit=per_task_row_limit) for read, rows in readers]
 
-    return SparkPartitions()
+    return Source()
 
 
 class SparkInput:
@@ -204,7 +205,8 @@ class SparkInput:
     meanwhile, so models load while Spark reads;
     read tasks wait until Spark is done, then fetch one partition at a time
     from the executor that holds it (RayDP's fetch function) and hand it on
-    in blocks of ``block_rows(rows)`` rows, with Ray Data's backpressure. A
+    ``block_rows(rows)`` rows at a time (Ray Data joins small ones up to its
+    target block size), with Ray Data's backpressure. A
     lost block is fetched again from Spark's copy (lineage). Cost: one disk
     copy and, per partition in flight, one Arrow copy in Ray's object store.
     """
@@ -222,7 +224,10 @@ class SparkInput:
         self._rdd_id: int | None = None
         self.rows = 0
         self.prepared_at = 0.0  # time.perf_counter() when the first partition could be read
-        self.dataset = ray.data.read_datasource(_datasource(self._handoff, readers), override_num_blocks=readers)
+        # Read task i takes partitions i, i + readers, ... (their number is known only once
+        # Spark has prepared them); one with none yields nothing.
+        tasks = [(_reader(self._handoff, i, readers), None) for i in range(readers)]
+        self.dataset = ray.data.read_datasource(_datasource("SparkPartitions", tasks), override_num_blocks=readers)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._prepare, name="rayscore-prepare", daemon=True)
@@ -280,3 +285,168 @@ class SparkInput:
             writer.releaseRecoverableRDD(self._rdd_id)
             self._rdd_id = None
         ray.kill(self._handoff)
+
+
+# --------------------------------------------------------------------------- plain parquet scans
+
+
+def parquet_files(df: Any, reader: str = "auto") -> list[str] | None:
+    """The local paths of the parquet files ``df`` reads, if Ray can read them in Spark's stead.
+
+    That is when ``df``'s optimized plan is a parquet scan with at most a
+    selection of its columns on top (no filter, limit, join, expression or
+    rename; no partition column among those selected), its files are on a
+    filesystem every node mounts (``file:``, as Spark's executors need it
+    too), and the first file's Arrow types are those Spark gives the
+    columns (no user schema that casts). Anything else, and everything with
+    ``reader="spark"`` (``input.reader``), returns None: Spark reads it.
+    Cost: a walk of the plan and one footer read.
+    """
+    if reader == "spark":
+        return None
+    try:
+        node = df._jdf.queryExecution().optimizedPlan()
+        if _simple_name(node) == "Project":
+            items = node.projectList()
+            if any(_simple_name(items.apply(i)) != "AttributeReference" for i in range(items.size())):
+                return None
+            node = node.child()
+        if _simple_name(node) != "LogicalRelation":
+            return None
+        relation = node.relation()
+        if _simple_name(relation) != "HadoopFsRelation" or _simple_name(relation.fileFormat()) != "ParquetFileFormat":
+            return None
+        partition_columns = set(relation.partitionSchema().fieldNames())
+        if partition_columns & set(df.columns):
+            return None
+        uris = list(df._jdf.inputFiles())
+    except Exception as exc:  # noqa: BLE001 - a plan we do not know: Spark reads it
+        log.debug("not a plain parquet scan (%s); Spark reads the input", exc)
+        return None
+    local = [_local_path(uri) for uri in uris]
+    if not local or None in local:
+        return None
+    paths = sorted(p for p in local if p is not None)
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    try:
+        on_disk = pq.read_schema(paths[0])
+    except Exception:  # noqa: BLE001 - Spark reads what pyarrow cannot
+        return None
+    wanted = arrow_schema(df)
+    for f in wanted:
+        if f.name not in on_disk.names or not _same_type(on_disk.field(f.name).type, f.type):
+            return None
+    return paths
+
+
+def _simple_name(obj: Any) -> str:
+    return str(obj.getClass().getSimpleName())
+
+
+def _local_path(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") and not parsed.netloc:
+        return unquote(parsed.path)
+    return None
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Equal Arrow types, whatever their list fields are named ("element" in parquet, "item" in Arrow)."""
+    if pa.types.is_list(a) or pa.types.is_large_list(a):
+        return type(a) is type(b) and _same_type(a.value_type, b.value_type)
+    if pa.types.is_struct(a):
+        return (pa.types.is_struct(b) and a.num_fields == b.num_fields
+                and all(x.name == y.name and _same_type(x.type, y.type) for x, y in zip(a, b)))
+    return a.equals(b)
+
+
+def first_rows(files: list[str], columns: list[str], rows: int) -> pa.Table | None:
+    """The first ``rows`` rows of the first of ``files`` that has any (``columns`` only)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    for path in files:
+        with pq.ParquetFile(path) as f:
+            for batch in f.iter_batches(batch_size=rows, columns=columns):
+                if batch.num_rows:
+                    return pa.Table.from_batches([batch])
+    return None
+
+
+def _row_group_reader(pieces: list[tuple[str, int]], columns: list[str], block_rows: int) -> Any:
+    """Read task over parquet row groups ``pieces`` (file, index), in blocks of up to ``block_rows`` rows."""
+
+    def read() -> Iterator[pa.Table]:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        by_file: dict[str, list[int]] = {}
+        for path, group in pieces:
+            by_file.setdefault(path, []).append(group)
+        for path, groups in by_file.items():
+            with pq.ParquetFile(path) as f:
+                for batch in f.iter_batches(batch_size=block_rows, row_groups=groups, columns=columns):
+                    yield pa.Table.from_batches([batch])
+
+    return read
+
+
+class ParquetFiles:
+    """A plain parquet scan read by Ray itself: pyarrow in Ray Data's read tasks.
+
+    What Spark would do for such a DataFrame (decode the files, turn rows into
+    Arrow, keep a copy on disk) is done by pyarrow in the read tasks instead,
+    streaming, with Ray Data's backpressure; Spark keeps no copy and the first
+    block can be scored at once. Each of ``readers`` read tasks takes every
+    ``readers``-th row group of the files (so one big file is read in
+    parallel too) and yields ``block_rows(rows)`` rows at a time (Ray Data
+    joins small ones up to its target block size). The row count comes from
+    the files' footers, read once here; they must hold ``schema``'s columns
+    with its types. Cost: per block in flight, one Arrow copy in Ray's object
+    store. Same interface as :class:`SparkInput`.
+    """
+
+    def __init__(self, files: list[str], schema: pa.Schema, *, readers: int,
+                 block_rows: Callable[[int], int]) -> None:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+        import ray  # noqa: PLC0415
+
+        columns = schema.names
+
+        def groups(path: str) -> list[tuple[str, int, int]]:
+            meta = pq.read_metadata(path)
+            if meta.num_rows:
+                on_disk = meta.schema.to_arrow_schema()
+                for want in schema:
+                    got = on_disk.field(want.name).type if want.name in on_disk.names else None
+                    if got is None or not _same_type(got, want.type):
+                        raise InputError(f"input: column {want.name!r} is {got or 'missing'} in {path}, "
+                                         f"but {want.type} in the input's schema")
+            return [(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+
+        with translate_errors("input.path", InputError), ThreadPoolExecutor(max_workers=8) as pool:  # footers only
+            pieces = [g for found in pool.map(groups, files) for g in found if g[2]]
+        self.rows = sum(n for _, _, n in pieces)
+        if self.rows == 0:
+            raise InputError("the input has no rows; nothing to score")
+        rows_per_block = block_rows(self.rows)
+        readers = max(1, min(readers, len(pieces)))
+        self.prepared_at = 0.0
+
+        tasks = []
+        for i in range(readers):
+            mine = pieces[i::readers]
+            tasks.append((_row_group_reader([(p, g) for p, g, _ in mine], columns, rows_per_block),
+                          sum(n for _, _, n in mine)))
+        self.dataset = ray.data.read_datasource(_datasource("ParquetRowGroups", tasks), override_num_blocks=readers)
+
+    def start(self) -> None:
+        self.prepared_at = time.perf_counter()
+
+    def wait(self) -> int:
+        return self.rows
+
+    def cancel(self) -> BaseException | None:
+        return None
+
+    def release(self) -> None:
+        pass

@@ -59,6 +59,7 @@ def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tm
     assert result.output == str(out)
     assert result.output_columns == ["id", "click_prob", "topic_probs"]
     assert result.output_shapes == {"click": [1], "topics": [5]}
+    assert result.input_reader == "parquet"  # a plain parquet scan: Ray reads the files itself
     assert set(result.seconds) == {"startup", "read_convert", "load", "predict", "write"}
     assert all(v >= 0 for v in result.seconds.values())
     assert (out / "_SUCCESS").exists()
@@ -66,8 +67,26 @@ def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tm
     assert report["rows_in"] == report["rows_out"] == ROWS
     assert report["model_uri"] == workload["keras"]
     assert report["model_loads"] == 2
+    assert report["input_reader"] == "parquet"
     assert_matches_model(read_parquet_dir(out), workload, click="click_prob", topics="topic_probs")
     assert leftovers(tmp_path) == ["scores.parquet"]
+
+
+def test_input_reader_spark_reads_the_same_parquet_through_spark_and_raydp(rs, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = rayscore.run(job(workload, out, input={"reader": "spark"}), session=rs)
+    assert result.input_reader == "spark"
+    assert (result.rows_in, result.rows_out, result.model_loads) == (ROWS, ROWS, 2)
+    assert_matches_model(read_parquet_dir(out), workload)
+
+
+def test_a_filtered_parquet_dataframe_is_read_by_spark_and_scores_only_its_rows(rs, workload, tmp_path):
+    """Ray reads the files only for a plain scan: a filter on top must go through Spark."""
+    df = rs.spark.read.parquet(workload["data"]).filter("id % 2 = 0")
+    scored = rayscore.predict(df, model=workload["keras"], keep_columns=["id"], actors=2)
+    rows = scored.orderBy("id").select("id", "click").collect()
+    assert [r.id for r in rows] == list(range(0, ROWS, 2))
+    np.testing.assert_allclose([r.click for r in rows], workload["click"][::2], atol=1e-5, rtol=0)
 
 
 def test_autoscaling_pool_h5_model_sql_source_and_renamed_columns(rs, workload, tmp_path):
