@@ -15,7 +15,10 @@ multi-input model, ``--rows`` rows in parquet), then runs one after another:
    the session is up;
 3. **rayscore**: ``rayscore.run`` on the embedded default (local Ray + RayDP
    Spark), parquet in, parquet out, timed after start-up
-   (``read_convert + predict + write``).
+   (``read_convert + predict + write``). The input is a plain parquet scan,
+   so Ray's read tasks read its files (``input_reader: parquet``);
+4. **rayscore, input.reader: spark**: the same job with Spark reading the
+   input and RayDP handing it to Ray (the way any other DataFrame goes).
 
 It checks that all three give the same predictions (by ``id``, max abs
 difference <= 1e-5) and prints rows/s, seconds, the peak memory of each way's
@@ -112,27 +115,33 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     workload = e2e._in_child(e2e.make_workload, workdir, rows)
     cores = os.cpu_count() or 1
 
-    print("1/3 the limit (one process, model.predict) ...", flush=True)
+    print("1/4 the limit (one process, model.predict) ...", flush=True)
     with e2e.PeakMemory() as mem:
         limit = e2e._in_child(e2e.run_limit, workload, workdir)
     limit.peak_rss_bytes = max(limit.peak_rss_bytes, mem.peak_bytes)
 
-    print(f"2/3 Spark local[{cores}] + predict_batch_udf ...", flush=True)
+    print(f"2/4 Spark local[{cores}] + predict_batch_udf ...", flush=True)
     with e2e.PeakMemory() as mem:
         udf = e2e._in_child(run_udf, workload, workdir, cores)
     udf.peak_rss_bytes = mem.peak_bytes
 
-    print("3/3 rayscore.run (local Ray + RayDP Spark) ...", flush=True)
-    config = e2e.rayscore_config(workload, os.path.join(workdir, "scores.parquet"), args.actors, args.batch_size)
-    with e2e.PeakMemory() as mem:
-        scored = e2e._in_child(e2e.run_rayscore, config)
-    scored.peak_rss_bytes = mem.peak_bytes
+    runs = {}
+    for step, reader in ((3, "auto"), (4, "spark")):
+        print(f"{step}/4 rayscore.run (local Ray + RayDP Spark), input.reader: {reader} ...", flush=True)
+        config = e2e.rayscore_config(workload, os.path.join(workdir, f"scores-{reader}.parquet"), args.actors,
+                                     args.batch_size)
+        config["input"]["reader"] = reader
+        with e2e.PeakMemory() as mem:
+            runs[reader] = e2e._in_child(e2e.run_rayscore, config)
+        runs[reader].peak_rss_bytes = mem.peak_bytes
+    scored = runs["auto"]
 
-    checks = {"predict_batch_udf": check_udf(limit, udf), "rayscore": e2e.check_predictions(limit, scored)}
+    checks = {"predict_batch_udf": check_udf(limit, udf),
+              **{f"rayscore ({run.result['input_reader']} reader)": e2e.check_predictions(limit, run)
+                 for run in runs.values()}}
     r_limit = rows / limit.seconds
     r_udf = rows / udf.seconds
     r_rs = rows / scored.after_startup_seconds
-    s = scored.seconds
     print()
     print(f"# {rows:,} rows, {cores} cores; rayscore: {args.actors} actor(s), batch {args.batch_size}")
     print(f"{'way':<22}{'rows/s':>10}{'seconds':>9}{'peak GiB':>10}  detail")
@@ -140,11 +149,15 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
           f"  read {limit.read_seconds:.1f} s, predict {limit.predict_seconds:.1f} s")
     print(f"{'predict_batch_udf':<22}{r_udf:>10,.0f}{udf.seconds:>9.1f}{udf.peak_rss_bytes / 2**30:>10.2f}"
           f"  after a {udf.startup_seconds:.1f} s Spark start; read, score, write")
-    print(f"{'rayscore':<22}{r_rs:>10,.0f}{scored.after_startup_seconds:>9.1f}{scored.peak_rss_bytes / 2**30:>10.2f}"
-          f"  startup {s.get('startup', 0):.1f} s; read_convert {s.get('read_convert', 0):.1f}, "
-          f"predict {s.get('predict', 0):.1f} (load {s.get('load', 0):.1f}), write {s.get('write', 0):.1f}")
-    print(f"rayscore / limit: {r_rs / r_limit:.2f} (target >= 0.5); "
-          f"rayscore / predict_batch_udf: {r_rs / r_udf:.2f} (target >= 3)")
+    for run in runs.values():
+        s = run.seconds
+        name = f"rayscore ({run.result['input_reader']})"
+        print(f"{name:<22}{rows / run.after_startup_seconds:>10,.0f}{run.after_startup_seconds:>9.1f}"
+              f"{run.peak_rss_bytes / 2**30:>10.2f}"
+              f"  startup {s.get('startup', 0):.1f} s; read_convert {s.get('read_convert', 0):.1f}, "
+              f"predict {s.get('predict', 0):.1f} (load {s.get('load', 0):.1f}), write {s.get('write', 0):.1f}")
+    print(f"rayscore (parquet) / limit: {r_rs / r_limit:.2f} (target >= 0.5); "
+          f"rayscore (parquet) / predict_batch_udf: {r_rs / r_udf:.2f} (target >= 3)")
     for name, check in checks.items():
         print(f"{name} vs limit: {check.rows_compared:,} rows compared, missing {check.missing_ids}, "
               f"extra {check.extra_ids}, max abs diff "

@@ -39,6 +39,8 @@ log = logging.getLogger("rayscore")
 SAMPLE_ROWS = 1000
 READ_TASKS_PER_ACTOR = 2  # partitions fetched at once per actor: one scored, one arriving
 POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load (copy) the model
+# Ray's object store bytes the job's blocks may hold per actor: read ahead and predictions in flight.
+BLOCK_BYTES_PER_ACTOR = 512 * 2**20
 
 
 @dataclass
@@ -173,6 +175,11 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     # block of a short job while the others are still loading or copying the
     # model to their node, and "2 actors" would mean one.
     ray.data.DataContext.get_current().wait_for_min_actors_s = POOL_START_TIMEOUT_S
+    # Ray Data lets reads run ahead of the pool into up to half of Ray's object
+    # store: gigabytes, so memory would grow with the input. A few blocks per
+    # actor keep every actor busy (bench/compare.py --memory).
+    ray.data.DataContext.get_current().execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=pool.max_actors * BLOCK_BYTES_PER_ACTOR)
     selected = df.select(*plan.read_columns)
     files = parquet_files(selected, reader)
     readers = READ_TASKS_PER_ACTOR * pool.max_actors

@@ -31,6 +31,8 @@ from ._errors import InputError, translate_errors
 
 log = logging.getLogger("rayscore")
 
+READ_BATCH_BYTES = 64 * 2**20  # the most a parquet read task decodes at once (Ray Data joins batches into blocks)
+
 __all__ = ["read_input", "arrow_schema", "SparkInput", "Prepared", "ParquetFiles", "parquet_files", "first_rows"]
 
 
@@ -398,8 +400,9 @@ class ParquetFiles:
     streaming, with Ray Data's backpressure; Spark keeps no copy and the first
     block can be scored at once. Each of ``readers`` read tasks takes every
     ``readers``-th row group of the files (so one big file is read in
-    parallel too) and yields ``block_rows(rows)`` rows at a time (Ray Data
-    joins small ones up to its target block size). The row count comes from
+    parallel too) and yields ``block_rows(rows)`` rows at a time, or fewer
+    to stay within :data:`READ_BATCH_BYTES` (Ray Data joins small ones up to
+    its target block size). The row count comes from
     the files' footers, read once here; they must hold ``schema``'s columns
     with its types. Cost: per block in flight, one Arrow copy in Ray's object
     store. Same interface as :class:`SparkInput`.
@@ -412,7 +415,7 @@ class ParquetFiles:
 
         columns = schema.names
 
-        def groups(path: str) -> list[tuple[str, int, int]]:
+        def groups(path: str) -> list[tuple[str, int, int, int]]:
             meta = pq.read_metadata(path)
             if meta.num_rows:
                 on_disk = meta.schema.to_arrow_schema()
@@ -421,22 +424,25 @@ class ParquetFiles:
                     if got is None or not _same_type(got, want.type):
                         raise InputError(f"input: column {want.name!r} is {got or 'missing'} in {path}, "
                                          f"but {want.type} in the input's schema")
-            return [(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+            return [(path, i, meta.row_group(i).num_rows, meta.row_group(i).total_byte_size)
+                    for i in range(meta.num_row_groups)]
 
         with translate_errors("input.path", InputError), ThreadPoolExecutor(max_workers=8) as pool:  # footers only
             pieces = [g for found in pool.map(groups, files) for g in found if g[2]]
-        self.rows = sum(n for _, _, n in pieces)
+        self.rows = sum(n for _, _, n, _ in pieces)
         if self.rows == 0:
             raise InputError("the input has no rows; nothing to score")
-        rows_per_block = block_rows(self.rows)
+        # A batch this reader decodes is held whole: bound it in bytes, not only in rows.
+        row_bytes = max(1, sum(b for _, _, _, b in pieces) // self.rows)  # uncompressed, as in the footers
+        rows_per_block = max(1, min(block_rows(self.rows), READ_BATCH_BYTES // row_bytes))
         readers = max(1, min(readers, len(pieces)))
         self.prepared_at = 0.0
 
         tasks = []
         for i in range(readers):
             mine = pieces[i::readers]
-            tasks.append((_row_group_reader([(p, g) for p, g, _ in mine], columns, rows_per_block),
-                          sum(n for _, _, n in mine)))
+            tasks.append((_row_group_reader([(p, g) for p, g, _, _ in mine], columns, rows_per_block),
+                          sum(n for _, _, n, _ in mine)))
         self.dataset = ray.data.read_datasource(_datasource("ParquetRowGroups", tasks), override_num_blocks=readers)
 
     def start(self) -> None:

@@ -308,6 +308,13 @@ def test_predict_not_a_mapping() -> None:
 # --------------------------------------------------------------------------- formats
 
 
+def test_input_reader() -> None:
+    assert load_config(cfg()).input.reader == "auto"
+    assert load_config(cfg(input={"path": "x", "reader": "spark"})).input.reader == "spark"
+    assert error_of(cfg(input={"path": "x", "reader": "pyarrow"})) == \
+        "input.reader must be one of 'auto' or 'spark', got 'pyarrow'"
+
+
 def test_unknown_input_format() -> None:
     msg = error_of(cfg(input={"format": "avro", "path": "x"}))
     assert msg.startswith("input.format must be one of ")
