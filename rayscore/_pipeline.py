@@ -152,13 +152,17 @@ def _plan_tensors(plan: Plan) -> ModelSpec:
 
 def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock,
            spark_cpus: float, reader: str = "auto") -> _Scored:
-    """Spark → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame.
+    """Spark DataFrame → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame.
 
-    The pool starts (and its actors load the model) while Spark counts and
-    prepares the input in a background thread; the first block is scored as
-    soon as Spark is done. Stages in the report: ``read_convert`` until the
-    input is ready in Spark, ``predict`` from then until the last block is
-    scored (``load`` overlaps the first).
+    A plain parquet scan is read by Ray's read tasks from its files
+    (:class:`ParquetFiles`): the pool starts, loads, and scores blocks as they
+    are read. Any other DataFrame (or ``reader="spark"``) goes through
+    :class:`SparkInput`: the pool starts (and its actors load the model) while
+    Spark counts and prepares the input in a background thread, and the first
+    block is scored once Spark is done. Stages in the report:
+    ``read_convert`` until the input is ready (Spark's side; nothing for
+    parquet), ``predict`` from then until the last block is scored (``load``
+    overlaps one or the other).
     """
     import ray  # noqa: PLC0415
 

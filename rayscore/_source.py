@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ._config import InputConfig
 from ._errors import InputError, translate_errors
@@ -204,13 +205,13 @@ class SparkInput:
     background thread: a count, then one pass of Spark over the input that
     keeps it as Arrow bytes on the executors' disks (``DISK_ONLY``: memory
     stays flat however large the input is). The caller starts the actor pool
-    meanwhile, so models load while Spark reads;
-    read tasks wait until Spark is done, then fetch one partition at a time
-    from the executor that holds it (RayDP's fetch function) and hand it on
-    ``block_rows(rows)`` rows at a time (Ray Data joins small ones up to its
-    target block size), with Ray Data's backpressure. A
-    lost block is fetched again from Spark's copy (lineage). Cost: one disk
-    copy and, per partition in flight, one Arrow copy in Ray's object store.
+    meanwhile, so models load while Spark reads; read tasks wait until Spark
+    is done, then fetch one partition at a time from the executor that holds
+    it (RayDP's fetch function) and hand it on ``block_rows(rows)`` rows at a
+    time (Ray Data joins small ones up to its target block size), with Ray
+    Data's backpressure. A lost block is fetched again from Spark's copy
+    (lineage). Cost: one disk copy and, per partition in flight, one Arrow
+    copy in Ray's object store.
     """
 
     def __init__(self, df: Any, *, readers: int, block_rows: Callable[[int], int]) -> None:
@@ -329,8 +330,6 @@ def parquet_files(df: Any, reader: str = "auto") -> list[str] | None:
     if not local or None in local:
         return None
     paths = sorted(p for p in local if p is not None)
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
     try:
         on_disk = pq.read_schema(paths[0])
     except Exception:  # noqa: BLE001 - Spark reads what pyarrow cannot
@@ -365,8 +364,6 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
 
 def first_rows(files: list[str], columns: list[str], rows: int) -> pa.Table | None:
     """The first ``rows`` rows of the first of ``files`` that has any (``columns`` only)."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
     for path in files:
         with pq.ParquetFile(path) as f:
             for batch in f.iter_batches(batch_size=rows, columns=columns):
@@ -379,8 +376,6 @@ def _row_group_reader(pieces: list[tuple[str, int]], columns: list[str], block_r
     """Read task over parquet row groups ``pieces`` (file, index), in blocks of up to ``block_rows`` rows."""
 
     def read() -> Iterator[pa.Table]:
-        import pyarrow.parquet as pq  # noqa: PLC0415
-
         by_file: dict[str, list[int]] = {}
         for path, group in pieces:
             by_file.setdefault(path, []).append(group)
@@ -402,15 +397,14 @@ class ParquetFiles:
     ``readers``-th row group of the files (so one big file is read in
     parallel too) and yields ``block_rows(rows)`` rows at a time, or fewer
     to stay within :data:`READ_BATCH_BYTES` (Ray Data joins small ones up to
-    its target block size). The row count comes from
-    the files' footers, read once here; they must hold ``schema``'s columns
-    with its types. Cost: per block in flight, one Arrow copy in Ray's object
-    store. Same interface as :class:`SparkInput`.
+    its target block size). The row count comes from the files' footers,
+    read once here; they must hold ``schema``'s columns with its types.
+    Cost: per block in flight, one Arrow copy in Ray's object store. Same
+    interface as :class:`SparkInput`.
     """
 
     def __init__(self, files: list[str], schema: pa.Schema, *, readers: int,
                  block_rows: Callable[[int], int]) -> None:
-        import pyarrow.parquet as pq  # noqa: PLC0415
         import ray  # noqa: PLC0415
 
         columns = schema.names
