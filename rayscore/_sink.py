@@ -17,7 +17,8 @@ from typing import Any
 from ._config import OutputConfig
 from ._errors import OutputError, translate_errors
 
-__all__ = ["check_output_free", "write_output", "staging_path", "REPORT_NAME", "HadoopFS", "to_spark"]
+__all__ = ["check_output_free", "write_output", "count_written", "staging_path", "REPORT_NAME", "HadoopFS",
+           "to_spark"]
 
 REPORT_NAME = "_rayscore_report.json"
 
@@ -127,8 +128,8 @@ def check_output_free(cfg: OutputConfig, spark: Any | None = None) -> None:
             raise OutputError(f"output.table: table {cfg.table!r} exists (set output.mode: overwrite to replace it)")
         return
     path = cfg.path or ""
-    if "://" not in path or path.startswith("file://"):
-        local = path[len("file://"):] if path.startswith("file://") else path
+    local = local_dir(path)
+    if local is not None:
         if os.path.isfile(local):
             raise OutputError(f"output.path: {local} is a file, not a directory")
         if cfg.mode == "error" and os.path.exists(local):
@@ -177,7 +178,7 @@ def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, re
         fs = HadoopFS(spark, path)
         try:
             _writer(sdf, cfg).format(cfg.format).mode("error").save(staging)
-            written = spark.read.format(cfg.format).options(**_read_options(cfg)).load(staging).count()
+            written = count_written(spark, cfg, staging)
             if written != expected_rows:
                 raise OutputError(
                     f"output: wrote {written} rows for {expected_rows} input rows; nothing committed"
@@ -188,6 +189,31 @@ def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, re
             if fs.exists(staging):
                 fs.delete(staging)
     return written
+
+
+def count_written(spark: Any, cfg: OutputConfig, staging: str) -> int:
+    """Rows in the files Spark wrote to ``staging``.
+
+    Local parquet is counted from its files' footers (no Spark job: a Spark
+    count on a cold reader costs 1-2 s); anything else is read back by Spark.
+    """
+    local = local_dir(staging)
+    if cfg.format == "parquet" and local is not None:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        rows = 0
+        for root, dirs, names in os.walk(local):
+            dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]  # as Spark skips them
+            rows += sum(pq.read_metadata(os.path.join(root, n)).num_rows for n in names if not n.startswith(("_", ".")))
+        return rows
+    return int(spark.read.format(cfg.format).options(**_read_options(cfg)).load(staging).count())
+
+
+def local_dir(path: str) -> str | None:
+    """``path`` as a local path, or None if it is on another filesystem (``s3a://``, ``hdfs://``, …)."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if "://" in path or path.startswith("file:") else path
 
 
 def _read_options(cfg: OutputConfig) -> dict[str, str]:

@@ -36,8 +36,8 @@ from ._pipeline import SAMPLE_ROWS, check_pool, inspect_model, max_actors_hint, 
 from ._placement import PoolPlan, format_bytes
 from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
-from ._sink import check_output_free
-from ._source import arrow_schema, read_input
+from ._sink import check_output_free, local_dir
+from ._source import arrow_schema, parquet_files, read_input
 
 __all__ = ["Validation", "validate", "plan_problems", "SMOKE_ROWS"]
 
@@ -146,7 +146,10 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
             if plan is not None:
                 found.passed(_describe_plan(plan))
                 if not getattr(plan, "quarantine", False):
-                    found.passed(f"sample: the first {SAMPLE_ROWS} rows convert to the model's inputs")
+                    files = parquet_files(df.select(*plan.read_columns), cfg.input.reader)
+                    by = f"Ray, from the input's {len(files)} parquet file(s)" if files else "Spark"
+                    found.passed(f"sample: the first {SAMPLE_ROWS} rows convert to the model's inputs "
+                                 f"(read by {by})")
                 ok, line = found.attempt(_run_model, df, plan, ref)
                 if ok:
                     found.passed(line)
@@ -171,8 +174,7 @@ def _outputs(cfg: Config) -> list[tuple[str, OutputConfig]]:
 
 def _is_local(out: OutputConfig) -> bool:
     """Whether check_output_free can check ``out`` without Spark (a local path)."""
-    path = out.path or ""
-    return out.format != "table" and ("://" not in path or path.startswith("file://"))
+    return out.format != "table" and local_dir(out.path or "") is not None
 
 
 def _plan(found: _Findings, cfg: Config, spec: ModelSpec, df: Any) -> Plan | None:

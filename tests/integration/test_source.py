@@ -83,12 +83,13 @@ def test_a_file_whose_column_differs_from_the_schema_is_one_line_naming_column_a
     data = tmp_path / "mixed"
     data.mkdir()
     pq.write_table(table.slice(0, 100), data / "part-0.parquet")
-    pq.write_table(table.slice(100, 100).set_column(1, "price", table.column("price").slice(100, 100).cast("float64")),
-                   data / "part-1.parquet")
+    doubles = table.column("price").slice(100, 100).cast("float64")
+    pq.write_table(table.slice(100, 100).set_column(1, "price", doubles), data / "part-1.parquet")
     files = [str(data / "part-0.parquet"), str(data / "part-1.parquet")]
     schema = pa.schema([("id", pa.int64()), ("price", pa.float32())])
     with pytest.raises(InputError) as caught:
         ParquetFiles(files, schema, readers=2, block_rows=lambda rows: 100)
-    assert str(caught.value) == f"input: column 'price' is double in {data}/part-1.parquet, but float in the input's schema"
-    with pytest.raises(InputError, match=r"^input: column 'size' is missing in .*part-0.parquet, but int32 in the input"):
+    assert str(caught.value) == \
+        f"input: column 'price' is double in {data}/part-1.parquet, but float in the input's schema"
+    with pytest.raises(InputError, match=r"^input: column 'size' is missing in .*part-0.parquet, but int32 in the"):
         ParquetFiles(files, schema.append(pa.field("size", pa.int32())), readers=2, block_rows=lambda rows: 100)
