@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,26 +165,46 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     parquet), ``predict`` from then until the last block is scored (``load``
     overlaps one or the other).
     """
+    pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
+    with _job_data_context(pool.max_actors * BLOCK_BYTES_PER_ACTOR):
+        return _score_on(df, plan, model, predict, clock, pool, reader)
+
+
+@contextmanager
+def _job_data_context(object_store_memory: float) -> Iterator[None]:
+    """Ray Data's settings for one job, put back afterwards (its DataContext is process-wide).
+
+    Datasets copy the current DataContext when they are made, so these hold
+    for every dataset the job makes inside the block.
+    """
     import ray  # noqa: PLC0415
 
-    pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
-    # Datasets copy the current DataContext when made: set it first.
+    ctx = ray.data.DataContext.get_current()
+    options = ctx.execution_options
+    before = (ctx.raise_original_map_exception, ctx.wait_for_min_actors_s, options.resource_limits)
     # Let a RayscoreError raised in an actor (bad rows, say) reach us as itself,
     # not as Ray Data's UserCodeException whose pickled copy loses the cause.
-    # Ray Data places pool actors with its default SPREAD strategy: one per node
-    # before two on one, so fewer model copies per node's memory and cache
-    # (test_cluster.py checks it).
-    ray.data.DataContext.get_current().raise_original_map_exception = True
-    # Score only once the whole minimal pool has loaded the model (while Spark
-    # prepares the input meanwhile): else the first actor up can take every
-    # block of a short job while the others are still loading or copying the
-    # model to their node, and "2 actors" would mean one.
-    ray.data.DataContext.get_current().wait_for_min_actors_s = POOL_START_TIMEOUT_S
+    ctx.raise_original_map_exception = True
+    # Score only once the whole minimal pool has loaded the model: else the
+    # first actor up can take every block of a short job while the others are
+    # still loading or copying the model to their node, and "2 actors" would
+    # mean one.
+    ctx.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     # Ray Data lets reads run ahead of the pool into up to half of Ray's object
     # store: gigabytes, so memory would grow with the input. A few blocks per
     # actor keep every actor busy (bench/compare.py --memory).
-    ray.data.DataContext.get_current().execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
-        object_store_memory=pool.max_actors * BLOCK_BYTES_PER_ACTOR)
+    options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=object_store_memory)
+    try:
+        yield
+    finally:
+        ctx.raise_original_map_exception, ctx.wait_for_min_actors_s, options.resource_limits = before
+
+
+def _score_on(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock, pool: PoolPlan,
+              reader: str) -> _Scored:
+    """:func:`_score` once the pool is sized, inside the job's Ray Data settings."""
+    import ray  # noqa: PLC0415
+
     selected = df.select(*plan.read_columns)
     files = parquet_files(selected, reader)
     readers = READ_TASKS_PER_ACTOR * pool.max_actors
@@ -201,6 +222,9 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
         try:
             # One expression: a Dataset kept in a local would stay alive with a raised
             # error's traceback and keep the pool's actors (and their CPUs) with it.
+            # Ray Data places pool actors with its default SPREAD strategy: one per
+            # node before two on one, so fewer model copies per node's memory and
+            # cache (test_cluster.py checks it).
             with translate_errors("predict", PredictError):
                 out = source.dataset.map_batches(
                     Predictor,

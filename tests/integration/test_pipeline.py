@@ -38,8 +38,17 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def test_predict_api_returns_spark_dataframe_matching_model_predict(rs, workload, tmp_path):
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = (ctx.raise_original_map_exception, ctx.wait_for_min_actors_s, ctx.execution_options.resource_limits)
     df = rs.spark.read.parquet(workload["data"])
     scored = rayscore.predict(df, model=workload["keras"], keep_columns=["id"], batch_size=700, actors=2)
+    # The job's Ray Data settings are put back: the driver's own datasets do not inherit them.
+    ctx = DataContext.get_current()
+    assert (ctx.raise_original_map_exception, ctx.wait_for_min_actors_s,
+            ctx.execution_options.resource_limits) == before
+    assert ctx.execution_options.resource_limits.object_store_memory == float("inf")  # Ray Data's default
     assert scored.columns == ["id", "click", "topics"]
     assert dict(scored.dtypes) == {"id": "bigint", "click": "float", "topics": "array<float>"}
     assert scored.count() == ROWS
