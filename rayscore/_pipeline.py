@@ -82,17 +82,16 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
     return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
 
 
-def _check_sample(df: Any, plan: Plan, reader: str) -> None:
+def _check_sample(df: Any, plan: Plan, files: list[str] | None) -> None:
     """Convert the first rows exactly as the actors will, so bad shapes fail before scoring.
 
-    The rows come from where the actors will read them: the parquet files
-    themselves for a plain parquet scan (no Spark job), else Spark. In
-    quarantine mode bad rows are expected, so only the columns' types are
-    checked.
+    The rows come from where the actors will read them: ``files``, the
+    input's parquet files when Ray reads them itself (no Spark job), else
+    Spark. In quarantine mode bad rows are expected, so only the columns'
+    types are checked.
     """
     if plan.quarantine:
         return
-    files = parquet_files(df.select(*plan.read_columns), reader)
     with translate_errors("reading a sample of the input", InputError):
         if files:
             sample = first_rows(files, list(plan.read_columns), SAMPLE_ROWS)
@@ -106,16 +105,26 @@ def _check_sample(df: Any, plan: Plan, reader: str) -> None:
             raise first_bad_row(sample, plan, exc) from None
 
 
-def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> Plan:
-    """Bind the config's model to the DataFrame's columns; check a sample of rows."""
+def _files_checked(df: Any, plan: Plan, reader: str) -> list[str] | None:
+    """Which way the input goes (its parquet files, or None: Spark), once its first rows pass the checks."""
+    files = parquet_files(df.select(*plan.read_columns), reader)
+    _check_sample(df, plan, files)
+    return files
+
+
+def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> tuple[Plan, list[str] | None]:
+    """Bind the config's model to the DataFrame's columns; check a sample of rows.
+
+    Returns the plan and the input's parquet files if Ray reads them itself
+    (:func:`parquet_files`), else None: Spark reads the input.
+    """
     plan = make_plan(
         spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
         keep_columns=cfg.output.keep_columns, key_columns=cfg.output.keys,
         quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
         max_retries=cfg.predict.max_retries,
     )
-    _check_sample(df, plan, cfg.input.reader)
-    return plan
+    return plan, _files_checked(df, plan, cfg.input.reader)
 
 
 def check_pool(spark_cpus: float, predict: PredictConfig, model: ModelRef, tensors: ModelSpec,
@@ -152,12 +161,12 @@ def _plan_tensors(plan: Plan) -> ModelSpec:
 
 
 def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock,
-           spark_cpus: float, reader: str = "auto") -> _Scored:
+           spark_cpus: float, files: list[str] | None = None) -> _Scored:
     """Spark DataFrame → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame.
 
-    A plain parquet scan is read by Ray's read tasks from its files
-    (:class:`ParquetFiles`): the pool starts, loads, and scores blocks as they
-    are read. Any other DataFrame (or ``reader="spark"``) goes through
+    With ``files`` (a plain parquet scan's, from :func:`parquet_files`) Ray's
+    read tasks read them (:class:`ParquetFiles`): the pool starts, loads, and
+    scores blocks as they are read. Without, ``df`` goes through
     :class:`SparkInput`: the pool starts (and its actors load the model) while
     Spark counts and prepares the input in a background thread, and the first
     block is scored once Spark is done. Stages in the report:
@@ -167,7 +176,7 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     """
     pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
     with _job_data_context(pool.max_actors * BLOCK_BYTES_PER_ACTOR):
-        return _score_on(df, plan, model, predict, clock, pool, reader)
+        return _score_on(df, plan, model, predict, clock, pool, files)
 
 
 @contextmanager
@@ -201,12 +210,11 @@ def _job_data_context(object_store_memory: float) -> Iterator[None]:
 
 
 def _score_on(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock, pool: PoolPlan,
-              reader: str) -> _Scored:
+              files: list[str] | None) -> _Scored:
     """:func:`_score` once the pool is sized, inside the job's Ray Data settings."""
     import ray  # noqa: PLC0415
 
     selected = df.select(*plan.read_columns)
-    files = parquet_files(selected, reader)
     readers = READ_TASKS_PER_ACTOR * pool.max_actors
     block_rows = lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size)  # noqa: E731
     source: SparkInput | ParquetFiles
@@ -322,12 +330,11 @@ def _count_quarantined(out: Any) -> int:
 
 
 def _prepare(df: Any, model: ModelConfig, keep_columns: Sequence[str],
-             max_retries: int, reader: str) -> tuple[ModelRef, ModelSpec, Plan]:
+             max_retries: int, reader: str) -> tuple[ModelRef, ModelSpec, Plan, list[str] | None]:
     ref, spec = inspect_model(model)
     plan = make_plan(spec, arrow_schema(df), inputs=model.inputs, outputs=model.outputs,
                      keep_columns=keep_columns, max_retries=max_retries)
-    _check_sample(df, plan, reader)
-    return ref, spec, plan
+    return ref, spec, plan, _files_checked(df, plan, reader)
 
 
 def predict(
@@ -373,9 +380,9 @@ def predict(
                                             "gpus_per_actor": gpus_per_actor}, "predict")
     if reader not in ("auto", "spark"):
         raise ConfigError(f"reader must be 'auto' or 'spark', got {reader!r}")
-    ref, _spec, plan = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries, reader)
+    ref, _spec, plan, files = _prepare(df, model_cfg, tuple(keep_columns), predict_cfg.max_retries, reader)
     spark_cpus = _spark_cpus(df.sparkSession)
-    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus, reader)
+    scored = _score(df, plan, ref, predict_cfg, StageClock(), spark_cpus, files)
     hold_for_session(scored.blocks)  # Spark may read the DataFrame (or ones made from it) any time later
     return scored.dataframe
 
@@ -436,11 +443,11 @@ def errors_output(cfg: Config) -> OutputConfig:
     return OutputConfig(format=fmt, path=cfg.output.errors_path, mode=mode, options=cfg.output.options)
 
 
-def _run_once(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, clock: StageClock,
-              spark_cpus: float) -> RunResult:
+def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: ModelRef, spec: ModelSpec,
+              clock: StageClock, spark_cpus: float) -> RunResult:
     """Score everything in one pass, then write (staged, counted, committed)."""
     spark = df.sparkSession
-    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, cfg.input.reader)
+    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, files)
     result = new_result(cfg, ref, spec, plan)
     result.input_reader = scored.reader
     result.rows_in = scored.rows_in
@@ -500,7 +507,7 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         spark = session.spark
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
-            plan = plan_job(cfg, spec, df)  # before the pool starts: bad rows cost no model load
+            plan, files = plan_job(cfg, spec, df)  # before the pool starts: bad rows cost no model load
             check_output_free(cfg.output, spark)
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)
@@ -508,7 +515,7 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
             from ._resume import run_resumable  # noqa: PLC0415
 
             return run_resumable(cfg, df, plan, ref, spec, clock, session.spark_cpus)
-        return _run_once(cfg, df, plan, ref, spec, clock, session.spark_cpus)
+        return _run_once(cfg, df, plan, files, ref, spec, clock, session.spark_cpus)
     finally:
         if own:
             session.stop()

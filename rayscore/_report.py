@@ -40,8 +40,9 @@ class RunResult:
     on its executors' disks), ``load`` (the slowest actor's model load; the
     pool starts with Spark's pass and loads meanwhile), ``predict`` (from the
     input being ready until the last batch is scored; with the ``parquet``
-    reader it includes reading the files and the load), ``write`` (back into Spark and written, counted
-    and committed). All but ``load`` add up to the job's time.
+    reader it includes reading the files and the load), ``write`` (back into
+    Spark and written, counted and committed). All but ``load`` add up to the
+    job's time.
     """
 
     rows_in: int = 0

@@ -128,7 +128,7 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
     quarantined = 0
     for shard in todo:
         part = keyed.filter(F.col(SHARD_COLUMN) == shard).drop(SHARD_COLUMN)
-        scored = _score(part, plan, ref, cfg.predict, clock, spark_cpus, cfg.input.reader)
+        scored = _score(part, plan, ref, cfg.predict, clock, spark_cpus)  # a filter of the input: Spark reads it
         result.input_reader = scored.reader
         result.add_loads(scored.loads)
         good, bad = split_quarantined(scored, plan)

@@ -204,7 +204,8 @@ def count_written(spark: Any, cfg: OutputConfig, staging: str) -> int:
         rows = 0
         for root, dirs, names in os.walk(local):
             dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]  # as Spark skips them
-            rows += sum(pq.read_metadata(os.path.join(root, n)).num_rows for n in names if not n.startswith(("_", ".")))
+            data = [n for n in names if not n.startswith(("_", "."))]
+            rows += sum(pq.read_metadata(os.path.join(root, n)).num_rows for n in data)
         return rows
     return int(spark.read.format(cfg.format).options(**_read_options(cfg)).load(staging).count())
 

@@ -37,7 +37,7 @@ from ._placement import PoolPlan, format_bytes
 from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
 from ._sink import check_output_free, local_dir
-from ._source import arrow_schema, parquet_files, read_input
+from ._source import arrow_schema, read_input
 
 __all__ = ["Validation", "validate", "plan_problems", "SMOKE_ROWS"]
 
@@ -142,11 +142,11 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
         if ok:
             found.passed(f"input: {_describe_source(cfg)} read, {len(df.columns)} columns")
         if ok and spec is not None and ref is not None:
-            plan = _plan(found, cfg, spec, df)
-            if plan is not None:
+            planned = _plan(found, cfg, spec, df)
+            if planned is not None:
+                plan, files = planned
                 found.passed(_describe_plan(plan))
                 if not getattr(plan, "quarantine", False):
-                    files = parquet_files(df.select(*plan.read_columns), cfg.input.reader)
                     by = f"Ray, from the input's {len(files)} parquet file(s)" if files else "Spark"
                     found.passed(f"sample: the first {SAMPLE_ROWS} rows convert to the model's inputs "
                                  f"(read by {by})")
@@ -177,8 +177,8 @@ def _is_local(out: OutputConfig) -> bool:
     return out.format != "table" and local_dir(out.path or "") is not None
 
 
-def _plan(found: _Findings, cfg: Config, spec: ModelSpec, df: Any) -> Plan | None:
-    """``run``'s plan and sample check; on failure, every column problem, not only the first."""
+def _plan(found: _Findings, cfg: Config, spec: ModelSpec, df: Any) -> tuple[Plan, list[str] | None] | None:
+    """``run``'s plan, input files and sample check; on failure, every column problem, not only the first."""
     try:
         return plan_job(cfg, spec, df)
     except RayscoreError as exc:
