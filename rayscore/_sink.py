@@ -16,6 +16,7 @@ from typing import Any
 
 from ._config import OutputConfig
 from ._errors import OutputError, translate_errors
+from ._source import data_files
 
 __all__ = ["check_output_free", "write_output", "count_written", "staging_path", "REPORT_NAME", "HadoopFS",
            "to_spark"]
@@ -201,12 +202,7 @@ def count_written(spark: Any, cfg: OutputConfig, staging: str) -> int:
     if cfg.format == "parquet" and local is not None:
         import pyarrow.parquet as pq  # noqa: PLC0415
 
-        rows = 0
-        for root, dirs, names in os.walk(local):
-            dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]  # as Spark skips them
-            data = [n for n in names if not n.startswith(("_", "."))]
-            rows += sum(pq.read_metadata(os.path.join(root, n)).num_rows for n in data)
-        return rows
+        return sum(pq.read_metadata(f).num_rows for f in data_files(local))
     return int(spark.read.format(cfg.format).options(**_read_options(cfg)).load(staging).count())
 
 

@@ -34,7 +34,8 @@ log = logging.getLogger("rayscore")
 
 READ_BATCH_BYTES = 64 * 2**20  # the most a parquet read task decodes at once (Ray Data joins batches into blocks)
 
-__all__ = ["read_input", "arrow_schema", "SparkInput", "Prepared", "ParquetFiles", "parquet_files", "first_rows"]
+__all__ = ["read_input", "arrow_schema", "data_files", "SparkInput", "Prepared", "ParquetFiles", "parquet_files",
+           "first_rows"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -60,14 +61,28 @@ def read_input(spark: Any, cfg: InputConfig) -> Any:
 
 
 def has_data_files(path: str) -> bool:
-    """Whether a local file or directory holds a file Spark would read (it skips names starting with _ or .)."""
+    """Whether a local file or directory holds a file Spark would read."""
+    return next(data_files(path), None) is not None
+
+
+def data_files(path: str) -> Iterator[str]:
+    """The files of a local file or directory that Spark's file listing reads.
+
+    Like Spark's ``InMemoryFileIndex``, it skips files and directories whose
+    names start with ``.``, or with ``_`` unless they hold ``=`` (partition
+    directories): ``_SUCCESS``, ``_temporary``, ``.crc`` files. A path that
+    is not a directory is its own one file.
+    """
     if not os.path.isdir(path):
-        return True
-    for _root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_")) or (d.startswith("_") and "=" in d)]
-        if any(not f.startswith((".", "_")) for f in files):
-            return True
-    return False
+        yield path
+        return
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not _spark_skips(d)]
+        yield from (os.path.join(root, n) for n in names if not _spark_skips(n))
+
+
+def _spark_skips(name: str) -> bool:
+    return name.startswith(".") or (name.startswith("_") and "=" not in name)
 
 
 _POSITION = re.compile(r"\.?\s*;?\s*\(?\bline (\d+),? pos (\d+)\)?;?")
