@@ -349,11 +349,7 @@ def parquet_files(df: Any, reader: str = "auto") -> list[str] | None:
         on_disk = pq.read_schema(paths[0])
     except Exception:  # noqa: BLE001 - Spark reads what pyarrow cannot
         return None
-    wanted = arrow_schema(df)
-    for f in wanted:
-        if f.name not in on_disk.names or not _same_type(on_disk.field(f.name).type, f.type):
-            return None
-    return paths
+    return None if _type_mismatch(on_disk, arrow_schema(df)) else paths
 
 
 def _simple_name(obj: Any) -> str:
@@ -364,6 +360,16 @@ def _local_path(uri: str) -> str | None:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file") and not parsed.netloc:
         return unquote(parsed.path)
+    return None
+
+
+def _type_mismatch(on_disk: pa.Schema, wanted: pa.Schema) -> tuple[str, pa.DataType | None, pa.DataType] | None:
+    """The first column of ``wanted`` that ``on_disk`` lacks or has with another type: (name, its type there or
+    None, the wanted type); None if every column matches."""
+    for want in wanted:
+        got = on_disk.field(want.name).type if want.name in on_disk.names else None
+        if got is None or not _same_type(got, want.type):
+            return want.name, got, want.type
     return None
 
 
@@ -426,13 +432,11 @@ class ParquetFiles:
 
         def groups(path: str) -> list[tuple[str, int, int, int]]:
             meta = pq.read_metadata(path)
-            if meta.num_rows:
-                on_disk = meta.schema.to_arrow_schema()
-                for want in schema:
-                    got = on_disk.field(want.name).type if want.name in on_disk.names else None
-                    if got is None or not _same_type(got, want.type):
-                        raise InputError(f"input: column {want.name!r} is {got or 'missing'} in {path}, "
-                                         f"but {want.type} in the input's schema")
+            bad = _type_mismatch(meta.schema.to_arrow_schema(), schema) if meta.num_rows else None
+            if bad:
+                name, got, want = bad
+                raise InputError(f"input: column {name!r} is {got or 'missing'} in {path}, "
+                                 f"but {want} in the input's schema")
             return [(path, i, meta.row_group(i).num_rows, meta.row_group(i).total_byte_size)
                     for i in range(meta.num_row_groups)]
 
