@@ -161,12 +161,24 @@ class RayscoreRun:
 
     @property
     def after_startup_seconds(self) -> float:
+        """From Ray and Spark being up until the output is committed.
+
+        What the pool scored while Spark started (``scored_ahead``) is not in
+        it: see :attr:`job_seconds` for the whole job.
+        """
+        if "total" in self.seconds:
+            return self.seconds["total"] - self.seconds.get("startup", 0.0)
         return sum(self.seconds.get(s, 0.0) for s in ("read_convert", "predict", "write"))
 
     @property
+    def job_seconds(self) -> float:
+        """From run() being called until the output is committed: start-up included, stopping not."""
+        return self.seconds.get("total", self.seconds.get("startup", 0.0) + self.after_startup_seconds)
+
+    @property
     def unstaged_seconds(self) -> float:
-        """run() time outside every stage: model inspect, sample and output checks, stopping."""
-        return self.wall_seconds - self.seconds.get("startup", 0.0) - self.after_startup_seconds
+        """run() time outside the job: stopping Ray and Spark (and, before ``total`` existed, the checks)."""
+        return self.wall_seconds - self.job_seconds
 
 
 @dataclass

@@ -158,6 +158,14 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
               f"predict {s.get('predict', 0):.1f} (load {s.get('load', 0):.1f}), write {s.get('write', 0):.1f}")
     print(f"rayscore (parquet) / limit: {r_rs / r_limit:.2f} (target >= 0.5); "
           f"rayscore (parquet) / predict_batch_udf: {r_rs / r_udf:.2f} (target >= 3)")
+    for run in runs.values():
+        s = run.seconds
+        print(f"rayscore ({run.result['input_reader']}): first prediction {s.get('first_prediction', 0):.1f} s after "
+              f"run() began (target <= 15), Ray + Spark up at {s.get('startup', 0):.1f} s; whole job "
+              f"{run.job_seconds:.1f} s = {rows / run.job_seconds:,.0f} rows/s with start-up"
+              + (", scored while Spark started" if run.result.get("scored_ahead") else ""))
+    print(f"with start-up: limit {rows / (limit.seconds + limit.load_seconds):,.0f} rows/s (model load "
+          f"{limit.load_seconds:.1f} s), predict_batch_udf {rows / (udf.seconds + udf.startup_seconds):,.0f} rows/s")
     for name, check in checks.items():
         print(f"{name} vs limit: {check.rows_compared:,} rows compared, missing {check.missing_ids}, "
               f"extra {check.extra_ids}, max abs diff "

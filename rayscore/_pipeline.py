@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from ._config import Config, ModelConfig, OutputConfig, PredictConfig, format_validation_error, load_config
 from ._convert import Plan, make_plan, to_tensors
-from ._errors import ConfigError, InputError, PredictError, translate_errors
+from ._errors import ConfigError, InputError, PredictError, RayscoreError, translate_errors
 from ._cache import cache_root, cached_model
 from ._model import ModelSpec, TensorSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
 from ._storage import is_remote
@@ -31,7 +32,7 @@ from ._session import Session
 from ._sink import REPORT_NAME, check_output_free, hold_for_session, to_spark, write_output
 from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
-from ._source import ParquetFiles, SparkInput, arrow_schema, first_rows, parquet_files, read_input
+from ._source import ParquetFiles, SparkInput, arrow_schema, first_rows, footer_input, parquet_files, read_input
 
 __all__ = ["run", "predict", "inspect_model"]
 
@@ -40,6 +41,7 @@ log = logging.getLogger("rayscore")
 SAMPLE_ROWS = 1000
 READ_TASKS_PER_ACTOR = 2  # partitions fetched at once per actor: one scored, one arriving
 POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load (copy) the model
+POOL_CANCEL_TIMEOUT_S = 60  # for a cancelled pool's Ray Data job to end once its actors are killed
 # Ray's object store bytes the job's blocks may hold per actor: read ahead and predictions in flight.
 BLOCK_BYTES_PER_ACTOR = 512 * 2**20
 
@@ -118,13 +120,17 @@ def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> tuple[Plan, list[str] | N
     Returns the plan and the input's parquet files if Ray reads them itself
     (:func:`parquet_files`), else None: Spark reads the input.
     """
-    plan = make_plan(
-        spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
+    plan = _bind(cfg, spec, arrow_schema(df))
+    return plan, _files_checked(df, plan, cfg.input.reader)
+
+
+def _bind(cfg: Config, spec: ModelSpec, schema: pa.Schema) -> Plan:
+    return make_plan(
+        spec, schema, inputs=cfg.model.inputs, outputs=cfg.model.outputs,
         keep_columns=cfg.output.keep_columns, key_columns=cfg.output.keys,
         quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
         max_retries=cfg.predict.max_retries,
     )
-    return plan, _files_checked(df, plan, cfg.input.reader)
 
 
 def check_pool(spark_cpus: float, predict: PredictConfig, model: ModelRef, tensors: ModelSpec,
@@ -175,16 +181,32 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
     overlaps one or the other).
     """
     pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
+    selected = df.select(*plan.read_columns)
     with _job_data_context(pool.max_actors * BLOCK_BYTES_PER_ACTOR):
-        return _score_on(df, plan, model, predict, clock, pool, files)
+        source = _source(selected, plan, predict, pool, files)
+        pooled = _in_pool(source, plan, model, predict, pool)
+    return _back_to_spark(pooled, df.sparkSession, plan, model, clock)
+
+
+def _source(selected: Any, plan: Plan, predict: PredictConfig, pool: PoolPlan,
+            files: list[str] | None, schema: pa.Schema | None = None) -> SparkInput | ParquetFiles:
+    """Where the pool's blocks come from: ``files`` read by Ray, else ``selected`` prepared by Spark."""
+    readers = READ_TASKS_PER_ACTOR * pool.max_actors
+    block_rows = lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size)  # noqa: E731
+    if files:
+        schema = schema if schema is not None else arrow_schema(selected)
+        columns = pa.schema([schema.field(c) for c in plan.read_columns])
+        return ParquetFiles(files, columns, readers=readers, block_rows=block_rows)
+    return SparkInput(selected, readers=readers, block_rows=block_rows)
 
 
 @contextmanager
-def _job_data_context(object_store_memory: float) -> Iterator[None]:
+def _job_data_context(object_store_memory: float, cpus: float | None = None) -> Iterator[None]:
     """Ray Data's settings for one job, put back afterwards (its DataContext is process-wide).
 
     Datasets copy the current DataContext when they are made, so these hold
-    for every dataset the job makes inside the block.
+    for every dataset the job makes inside the block. ``cpus`` caps the
+    CPUs the job's tasks and actors take (room kept for Spark's executors).
     """
     import ray  # noqa: PLC0415
 
@@ -202,30 +224,39 @@ def _job_data_context(object_store_memory: float) -> Iterator[None]:
     # Ray Data lets reads run ahead of the pool into up to half of Ray's object
     # store: gigabytes, so memory would grow with the input. A few blocks per
     # actor keep every actor busy (bench/compare.py --memory).
-    options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=object_store_memory)
+    options.resource_limits = ray.data.ExecutionResources.for_limits(cpu=cpus, object_store_memory=object_store_memory)
     try:
         yield
     finally:
         ctx.raise_original_map_exception, ctx.wait_for_min_actors_s, options.resource_limits = before
 
 
-def _score_on(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: StageClock, pool: PoolPlan,
-              files: list[str] | None) -> _Scored:
-    """:func:`_score` once the pool is sized, inside the job's Ray Data settings."""
+@dataclass
+class _Pooled:
+    """What the pool made: predictions in Ray's object store, not yet in Spark."""
+
+    out: Any  # a materialized Ray Dataset
+    rows_in: int
+    loads: dict[str, Any]
+    rows_quarantined: int
+    seconds: dict[str, float]  # read_convert, predict, load
+    reader: str
+
+
+def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, predict: PredictConfig,
+             pool: PoolPlan, ledger: Any = None) -> _Pooled:
+    """Score every block of ``source`` on the actor pool; stop the pool's actors, also on failure.
+
+    Run inside :func:`_job_data_context`. ``ledger`` (a :class:`LoadLedger`)
+    is made here unless the caller needs it, to cancel the job from another
+    thread; it is killed here either way.
+    """
     import ray  # noqa: PLC0415
 
-    selected = df.select(*plan.read_columns)
-    readers = READ_TASKS_PER_ACTOR * pool.max_actors
-    block_rows = lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size)  # noqa: E731
-    source: SparkInput | ParquetFiles
-    if files:
-        source = ParquetFiles(files, arrow_schema(selected), readers=readers, block_rows=block_rows)
-    else:
-        source = SparkInput(selected, readers=readers, block_rows=block_rows)
-    ledger = None
     started = time.perf_counter()
     try:
-        ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
+        if ledger is None:
+            ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
         source.start()
         try:
             # One expression: a Dataset kept in a local would stay alive with a raised
@@ -257,26 +288,116 @@ def _score_on(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, cloc
         with translate_errors("predict", PredictError):
             loads = summarize_loads(ray.get(ledger.loads.remote()))
             loads["working_batch_size"] = ray.get(ledger.working_batch_size.remote())
+            first_scored = ray.get(ledger.first_scored.remote())
         loads["pool"] = {"min": pool.min_actors, "max": pool.max_actors, "memory_per_actor": pool.memory_per_actor}
+        loads["first_scored"] = first_scored
     finally:
         if ledger is not None:
             _stop_pool(ledger)
             ray.kill(ledger)
         source.release()  # Spark's copy of the input; the predictions are in Ray's object store now
     prepared = (source.prepared_at or started) - started
-    clock.add("read_convert", prepared)
-    clock.add("predict", time.perf_counter() - started - prepared)
-    clock.add("load", loads["load_seconds_max"])
+    seconds = {"read_convert": prepared, "predict": time.perf_counter() - started - prepared,
+               "load": loads["load_seconds_max"]}
     rows_out = out.count()
     if rows_out != rows_in:
         raise PredictError(f"the actor pool returned {rows_out} rows for {rows_in} input rows")
     quarantined = _count_quarantined(out) if plan.quarantine else 0
-    spark = df.sparkSession
-    with clock.stage("write"), translate_errors("back into Spark", PredictError):
-        scored, blocks = to_spark(out, spark)
-        scored = with_model_identity(scored, plan, model)
-    return _Scored(scored, rows_in, rows_out, loads, quarantined, blocks,
+    return _Pooled(out, rows_in, loads, quarantined, seconds,
                    reader="parquet" if isinstance(source, ParquetFiles) else "spark")
+
+
+def _back_to_spark(pooled: _Pooled, spark: Any, plan: Plan, model: ModelRef, clock: StageClock) -> _Scored:
+    """The pool's predictions as a Spark DataFrame (RayDP reads the blocks where they are)."""
+    for stage, seconds in pooled.seconds.items():
+        clock.add(stage, seconds)
+    if pooled.loads.get("first_scored") is not None:
+        clock.seconds.setdefault("first_prediction", clock.since_start(pooled.loads["first_scored"]))
+    with clock.stage("write"), translate_errors("back into Spark", PredictError):
+        scored, blocks = to_spark(pooled.out, spark)
+        scored = with_model_identity(scored, plan, model)
+    return _Scored(scored, pooled.rows_in, pooled.rows_in, pooled.loads, pooled.rows_quarantined, blocks,
+                   reader=pooled.reader)
+
+
+class _ScoreAhead:
+    """Score a plain local parquet input while Spark starts, from a plan made without Spark.
+
+    Otherwise Spark's start (about 10 s on 2 cores) and its schema inference
+    come before the first batch. Made once Ray is up, from the files and
+    footer schema :func:`footer_input` finds; a daemon thread runs the pool
+    on them (:class:`ParquetFiles`), its Ray Data job capped to the CPUs
+    that Spark's executors will not hold. Once Spark has the job's
+    DataFrame, the plan and files it gives must be these (:meth:`agrees`),
+    else the job is cancelled (:meth:`cancel`) and scored the usual way.
+    Cost: none beyond the usual job; a cancelled one loaded the model for
+    nothing.
+    """
+
+    def __init__(self, plan: Plan, files: list[str], schema: pa.Schema, model: ModelRef, predict: PredictConfig,
+                 pool: PoolPlan, cpus: float) -> None:
+        import ray  # noqa: PLC0415
+
+        self.plan, self.files = plan, files
+        self._ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
+        self._pooled: _Pooled | None = None
+        self._error: BaseException | None = None
+
+        def score() -> None:
+            try:
+                with _job_data_context(pool.max_actors * BLOCK_BYTES_PER_ACTOR, cpus=cpus):
+                    source = _source(None, plan, predict, pool, files, schema)
+                    self._pooled = _in_pool(source, plan, model, predict, pool, self._ledger)
+            except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
+                self._error = exc
+
+        self._thread = threading.Thread(target=score, name="rayscore-score-ahead", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, cfg: Config, spec: ModelSpec, model: ModelRef, spark_cpus: float) -> _ScoreAhead | None:
+        """Start scoring if the input's files can be planned without Spark, else None."""
+        import ray  # noqa: PLC0415
+
+        found = footer_input(cfg.input) if cfg.output.mode != "resume" else None
+        if found is None:
+            return None
+        files, schema = found
+        try:
+            plan = _bind(cfg, spec, schema)
+            _check_sample(None, plan, files)
+        except RayscoreError as exc:  # Spark's view of the input decides, and names what is wrong
+            log.debug("not scoring ahead of Spark: %s", exc)
+            return None
+        pool = check_pool(spark_cpus, cfg.predict, model, _plan_tensors(plan))
+        # Ray Data would take every free CPU for read tasks, and Spark's executors
+        # could not start; the pool and one read task at a time fit beside them.
+        needed = pool.max_actors * cfg.predict.cpus_per_actor + 1
+        cpus = max(ray.cluster_resources().get("CPU", 0.0) - spark_cpus, needed)
+        return cls(plan, files, schema, model, cfg.predict, pool, cpus)
+
+    def agrees(self, plan: Plan, files: list[str] | None) -> bool:
+        """Whether Spark's DataFrame gives this job: the same plan, read by Ray from the same files."""
+        return plan == self.plan and files == self.files
+
+    def result(self) -> _Pooled:
+        """Wait for the pool to finish; raise what it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._pooled is not None
+        return self._pooled
+
+    def cancel(self) -> None:
+        """Stop the pool (actors not yet loaded stop before loading) and wait for the thread."""
+        import ray  # noqa: PLC0415
+
+        try:
+            ray.get(self._ledger.cancel.remote(), timeout=30)
+            _stop_pool(self._ledger)
+        except Exception as exc:  # noqa: BLE001 - the job already ended and killed its ledger
+            log.debug("cancelling the job scored ahead: %s", exc)
+        self._thread.join(timeout=POOL_CANCEL_TIMEOUT_S)
 
 
 def _stop_pool(ledger: Any) -> None:
@@ -444,12 +565,16 @@ def errors_output(cfg: Config) -> OutputConfig:
 
 
 def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: ModelRef, spec: ModelSpec,
-              clock: StageClock, spark_cpus: float) -> RunResult:
-    """Score everything in one pass, then write (staged, counted, committed)."""
+              clock: StageClock, spark_cpus: float, ahead: _ScoreAhead | None = None) -> RunResult:
+    """Score everything in one pass (or take what ``ahead`` scored), then write (staged, counted, committed)."""
     spark = df.sparkSession
-    scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, files)
+    if ahead is not None:
+        scored = _back_to_spark(ahead.result(), spark, plan, ref, clock)
+    else:
+        scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, files)
     result = new_result(cfg, ref, spec, plan)
     result.input_reader = scored.reader
+    result.scored_ahead = ahead is not None
     result.rows_in = scored.rows_in
     result.add_loads(scored.loads)
     result.rows_quarantined = scored.rows_quarantined
@@ -461,6 +586,7 @@ def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: Mo
         result.rows_out = expected
         result.seconds = dict(clock.seconds)
         result.seconds["write"] = round(result.seconds.get("write", 0.0) + time.perf_counter() - write_started, 3)
+        result.seconds["total"] = clock.since_start()
         if cfg.output.path:
             result.report_path = f"{cfg.output.path.rstrip('/')}/{REPORT_NAME}"
         return result.to_json()
@@ -469,6 +595,7 @@ def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: Mo
         if bad is not None:
             write_output(spark, bad, errors_output(cfg), scored.rows_quarantined, report)
         result.rows_out = write_output(spark, good, cfg.output, expected, report)
+    clock.seconds["total"] = clock.since_start()
     result.seconds = dict(clock.seconds)
     return result
 
@@ -488,26 +615,36 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         True
     """
     cfg = load_config(config)
+    clock = StageClock()
     ref, spec = inspect_model(cfg.model)  # fails fast on a bad model, before any cluster
     check_output_free(cfg.output)
     if cfg.predict.on_bad_rows == "quarantine":
         check_output_free(errors_output(cfg))
-    clock = StageClock()
     own = session is None
     if own:
         session = Session(cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict),
                           cpus_per_actor=cfg.predict.cpus_per_actor)
     assert session is not None
+    ahead: _ScoreAhead | None = None
     try:
         if own:
-            session.start()
+            session.start_ray()
+            ahead = _ScoreAhead.start(cfg, spec, ref, session.spark_cpus)
+            session.start_spark()
             clock.add("startup", session.startup_seconds)
         else:
             clock.add("startup", 0.0)
         spark = session.spark
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
-            plan, files = plan_job(cfg, spec, df)  # before the pool starts: bad rows cost no model load
+            if ahead is not None:
+                plan = _bind(cfg, spec, arrow_schema(df))
+                if not ahead.agrees(plan, parquet_files(df.select(*plan.read_columns), cfg.input.reader)):
+                    log.info("Spark reads the input otherwise than its files' footers say: scoring it anew")
+                    ahead.cancel()
+                    ahead = None
+            if ahead is None:
+                plan, files = plan_job(cfg, spec, df)  # before the pool starts: bad rows cost no model load
             check_output_free(cfg.output, spark)
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)
@@ -515,7 +652,11 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
             from ._resume import run_resumable  # noqa: PLC0415
 
             return run_resumable(cfg, df, plan, ref, spec, clock, session.spark_cpus)
-        return _run_once(cfg, df, plan, files, ref, spec, clock, session.spark_cpus)
+        result = _run_once(cfg, df, plan, None if ahead else files, ref, spec, clock, session.spark_cpus, ahead)
+        ahead = None
+        return result
     finally:
+        if ahead is not None:
+            ahead.cancel()
         if own:
             session.stop()

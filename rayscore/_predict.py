@@ -193,7 +193,8 @@ class Predictor:
         if ledger is not None:
             import ray  # noqa: PLC0415
 
-            ledger.joined.remote(ray.get_runtime_context().current_actor)
+            if ray.get(ledger.joined.remote(ray.get_runtime_context().current_actor)):
+                raise PredictError("the job was cancelled before this actor loaded the model")
         self._limit = BatchLimit()
         rss_before = _peak_rss()
         path, copied = local_copy(model)
@@ -215,6 +216,7 @@ class Predictor:
                 **devices,
             }))
         self._reported_rss = 0
+        self._scored = False
         self._report_rss()
 
     def _report_rss(self) -> None:
@@ -229,6 +231,9 @@ class Predictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         before = self._limit.rows
         table = predict_table(self._model, self._plan, batch, self._limit)
+        if self._ledger is not None and not self._scored:
+            self._scored = True
+            self._ledger.scored.remote(time.time())
         if self._limit.rows != before and self._ledger is not None:
             import ray  # noqa: PLC0415
 
@@ -277,10 +282,26 @@ class LoadLedger:
         self._working: dict[int, int] = {}
         self._peaks: dict[int, int] = {}
         self._actors: list[Any] = []
+        self._cancelled = False
+        self._first_scored: float | None = None
 
-    def joined(self, actor: Any) -> None:
-        """A predictor started (before its model loads): the driver can stop it if the job fails."""
+    def joined(self, actor: Any) -> bool:
+        """A predictor started (before its model loads): the driver can stop it if the job fails.
+
+        Returns whether the job was cancelled: the predictor then stops before loading.
+        """
         self._actors.append(actor)
+        return self._cancelled
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def scored(self, at: float) -> None:
+        """A predictor scored its first batch at ``at`` (``time.time()``)."""
+        self._first_scored = at if self._first_scored is None else min(at, self._first_scored)
+
+    def first_scored(self) -> float | None:
+        return self._first_scored
 
     def actors(self) -> list[Any]:
         return list(self._actors)

@@ -41,8 +41,16 @@ class RunResult:
     pool starts with Spark's pass and loads meanwhile), ``predict`` (from the
     input being ready until the last batch is scored; with the ``parquet``
     reader it includes reading the files and the load), ``write`` (back into
-    Spark and written, counted and committed). All but ``load`` add up to the
-    job's time.
+    Spark and written, counted and committed). Two entries are moments, not
+    stages, counted from the job's start: ``first_prediction`` (the first
+    batch scored) and ``total`` (the output committed).
+
+    ``scored_ahead``: the input is a plain local parquet path (``input.format:
+    parquet``, no options), so the pool started as soon as Ray was up,
+    planned from the files' footers, and scored while Spark started;
+    ``predict`` and ``load`` then overlap ``startup`` and ``read_convert``
+    (Spark's schema, checked against the footers'). Otherwise all but
+    ``load`` add up to the job's time.
     """
 
     rows_in: int = 0
@@ -65,6 +73,7 @@ class RunResult:
     actor_memory: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 0
     input_reader: str = ""
+    scored_ahead: bool = False
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -108,6 +117,11 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._began = time.time()
+
+    def since_start(self, at: float | None = None) -> float:
+        """Seconds from this clock's making (the job's start) until ``at`` (a ``time.time()``; default now)."""
+        return round((time.time() if at is None else at) - self._began, 3)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -154,6 +154,7 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
             f"output: the shards hold {result.rows_out} rows (+{result.rows_quarantined} quarantined) "
             f"for {result.rows_in} input rows; the job is not complete"
         )
+    clock.seconds["total"] = clock.since_start()
     result.seconds = dict(clock.seconds)
     result.report_path = f"{path}/{REPORT_NAME}"
     with translate_errors("output.path", OutputError):

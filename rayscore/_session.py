@@ -60,21 +60,35 @@ class Session:
         self._started_spark = False
         self.spark: Any = None
         self.startup_seconds = 0.0
+        self._started_at = 0.0
 
     # ------------------------------------------------------------------ start
     def start(self) -> Session:
-        t0 = time.perf_counter()
+        """Start (or join) Ray, then RayDP's Spark on it; on failure stop what was started."""
+        self.start_ray()
+        self.start_spark()
+        return self
+
+    def start_ray(self) -> None:
+        """The first half of :meth:`start`: Ray alone, so that work can begin while Spark starts."""
+        self._started_at = time.perf_counter()
         # Spark's Python workers (used by to_spark) must run this interpreter.
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         try:
             self._start_ray()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_spark(self) -> None:
+        """The second half of :meth:`start`; ``startup_seconds`` then counts both halves."""
+        try:
             self._start_spark()
         except BaseException:
             self.stop()
             raise
-        self.startup_seconds = time.perf_counter() - t0
-        return self
+        self.startup_seconds = time.perf_counter() - self._started_at
 
     def _start_ray(self) -> None:
         import ray  # noqa: PLC0415

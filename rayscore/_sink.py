@@ -17,6 +17,7 @@ from typing import Any
 from ._config import OutputConfig
 from ._errors import OutputError, translate_errors
 from ._source import data_files
+from ._storage import local_dir
 
 __all__ = ["check_output_free", "write_output", "count_written", "staging_path", "REPORT_NAME", "HadoopFS",
            "to_spark"]
@@ -204,13 +205,6 @@ def count_written(spark: Any, cfg: OutputConfig, staging: str) -> int:
 
         return sum(pq.read_metadata(f).num_rows for f in data_files(local))
     return int(spark.read.format(cfg.format).options(**_read_options(cfg)).load(staging).count())
-
-
-def local_dir(path: str) -> str | None:
-    """``path`` as a local path, or None if it is on another filesystem (``s3a://``, ``hdfs://``, …)."""
-    if path.startswith("file://"):
-        return path[len("file://"):]
-    return None if "://" in path or path.startswith("file:") else path
 
 
 def _read_options(cfg: OutputConfig) -> dict[str, str]:

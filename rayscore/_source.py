@@ -29,13 +29,14 @@ import pyarrow.parquet as pq
 
 from ._config import InputConfig
 from ._errors import InputError, translate_errors
+from ._storage import local_dir
 
 log = logging.getLogger("rayscore")
 
 READ_BATCH_BYTES = 64 * 2**20  # the most a parquet read task decodes at once (Ray Data joins batches into blocks)
 
 __all__ = ["read_input", "arrow_schema", "data_files", "SparkInput", "Prepared", "ParquetFiles", "parquet_files",
-           "first_rows"]
+           "footer_input", "first_rows"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -350,6 +351,28 @@ def parquet_files(df: Any, reader: str = "auto") -> list[str] | None:
     except Exception:  # noqa: BLE001 - Spark reads what pyarrow cannot
         return None
     return None if _type_mismatch(on_disk, arrow_schema(df)) else paths
+
+
+def footer_input(cfg: InputConfig) -> tuple[list[str], pa.Schema] | None:
+    """The input's parquet files and the first one's schema, found without Spark; None if only Spark can say.
+
+    For a plain local parquet path (``input.format: parquet``, no
+    ``input.options``, ``input.reader: auto``, no glob), listed as Spark lists
+    it (:func:`data_files`), so that scoring can start before Spark is up. It
+    is a guess: once Spark has the DataFrame, :func:`parquet_files` must give
+    the same files and types, else Spark's view wins. Cost: a directory walk
+    and one footer read.
+    """
+    if cfg.format != "parquet" or cfg.reader != "auto" or cfg.options or cfg.path is None:
+        return None
+    path = local_dir(cfg.path)
+    if path is None or any(c in path for c in "*?[{") or not os.path.exists(path):
+        return None
+    files = sorted(os.path.abspath(f) for f in data_files(path))
+    try:
+        return (files, pq.read_schema(files[0])) if files else None
+    except Exception:  # noqa: BLE001 - not parquet to pyarrow: Spark reads it, or says what is wrong
+        return None
 
 
 def _simple_name(obj: Any) -> str:

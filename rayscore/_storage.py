@@ -23,7 +23,7 @@ from typing import Any
 
 from ._errors import ModelError
 
-__all__ = ["RemoteFile", "is_remote", "open_filesystem", "list_model", "copy_model", "version_of", "basename"]
+__all__ = ["RemoteFile", "is_remote", "open_filesystem", "list_model", "copy_model", "version_of", "basename", "local_dir"]
 
 _ALIASES = {
     "s3": {"endpoint_url": "endpoint_override", "endpoint": "endpoint_override", "key": "access_key",
@@ -45,6 +45,13 @@ class RemoteFile:
 def is_remote(uri: str) -> bool:
     """Whether ``uri`` names an object store rather than a local (or mounted) path."""
     return "://" in uri and not uri.startswith("file://")
+
+
+def local_dir(path: str) -> str | None:
+    """A config's ``path`` as a local path, or None if it is on another filesystem (``s3a://``, ``hdfs://``, …)."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if "://" in path or path.startswith("file:") else path
 
 
 def basename(uri: str) -> str:

@@ -36,7 +36,8 @@ from ._pipeline import SAMPLE_ROWS, check_pool, inspect_model, max_actors_hint, 
 from ._placement import PoolPlan, format_bytes
 from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
-from ._sink import check_output_free, local_dir
+from ._sink import check_output_free
+from ._storage import local_dir
 from ._source import arrow_schema, read_input
 
 __all__ = ["Validation", "validate", "plan_problems", "SMOKE_ROWS"]

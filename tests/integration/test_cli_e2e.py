@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -60,9 +63,57 @@ def test_cli_runs_the_embedded_default_and_stops_what_it_started(workload, tmp_p
     report = json.loads(done.stdout)
     assert report["rows_in"] == report["rows_out"] == 6000
     assert report["model_loads"] == 2
+    # A plain local parquet path: the pool scored it from the footers' plan while Spark started.
+    assert (report["input_reader"], report["scored_ahead"]) == ("parquet", True)
+    assert 0 < report["seconds"]["first_prediction"] < report["seconds"]["total"]
     assert json.loads((out / "_rayscore_report.json").read_text())["rows_out"] == 6000
     assert_matches_model(read_parquet_dir(out), workload)
     assert ray_daemons() == before  # its local Ray is gone again
+
+
+def test_cli_scores_anew_through_spark_when_spark_reads_the_files_otherwise(workload, tmp_path):
+    """Footers with ``uint32`` ids, which Spark reads as ``bigint``: the job scored ahead is cancelled.
+
+    The plan made from the footers no longer holds once Spark has the
+    DataFrame, so its pool is stopped and the input is scored the usual way.
+    """
+    before = ray_daemons()
+    table = workload["table"]
+    data = tmp_path / "features.parquet"
+    pq.write_table(table.set_column(0, "id", table.column("id").cast(pa.uint32())), data)
+    out = tmp_path / "scores.parquet"
+    done = rayscore_cli(config_for(workload, out, input={"path": str(data)}), tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["input_reader"], report["scored_ahead"]) == ("spark", False)
+    assert report["rows_in"] == report["rows_out"] == 6000
+    assert report["model_loads"] == 2  # the cancelled pool's loads are not this job's
+    scored = read_parquet_dir(out)
+    assert scored.schema.field("id").type == pa.int64()  # as Spark reads it
+    assert_matches_model(scored, workload)
+    assert ray_daemons() == before
+
+
+def test_cli_a_bad_row_scored_ahead_of_spark_fails_the_run_in_one_line(workload, tmp_path):
+    """The error of the pool that scores while Spark starts reaches the user as any other: exit 2, nothing left."""
+    before = ray_daemons()
+    table = workload["table"]
+    how = table.column("hour_of_week").combine_chunks()
+    lengths = np.full(len(table), 168, dtype=np.int32)
+    lengths[5000] = 167  # far past the sample of the first rows
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    ragged = pa.ListArray.from_arrays(pa.array(offsets), how.flatten().slice(0, int(offsets[-1])))
+    data = tmp_path / "ragged.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("hour_of_week"), "hour_of_week", ragged), data)
+    out = tmp_path / "scores.parquet"
+    done = rayscore_cli(config_for(workload, out, input={"path": str(data)}), tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert "column 'hour_of_week' is ragged: rows hold 167 to 168 values" in done.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "ragged.parquet"]
+    assert ray_daemons() == before
 
 
 def test_cli_starts_spark_when_rays_session_latest_link_dangles(workload, tmp_path):

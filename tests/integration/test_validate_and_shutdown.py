@@ -368,10 +368,14 @@ def test_cli_validate_a_bad_job_exits_2_with_one_line_per_problem(workload, tmp_
 
 
 def map_worker_started(cli: Cli) -> bool:
-    """Whether a predictor actor (Ray Data's MapWorker) of this run exists, or the run ended."""
+    """Whether a predictor actor (Ray Data's MapWorker) of this run and Spark's JVMs exist, or the run ended.
+
+    The pool may start before Spark (it scores a parquet path while Spark starts).
+    """
     if cli.proc.poll() is not None:
         return True
-    return any(_cmdline(p).startswith("ray::") and "MapWorker" in _cmdline(p) for p in cli.descendants())
+    return (any(_cmdline(p).startswith("ray::") and "MapWorker" in _cmdline(p) for p in cli.descendants())
+            and "java" in cli.ray_processes().values())
 
 
 @pytest.mark.parametrize(("signum", "group"), [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayscore._config import OutputConfig
-from rayscore._sink import count_written, local_dir
+from rayscore._sink import count_written
 
 
 def test_local_parquet_is_counted_from_the_footers_of_the_files_spark_reads(tmp_path: Path) -> None:
@@ -24,11 +24,3 @@ def test_local_parquet_is_counted_from_the_footers_of_the_files_spark_reads(tmp_
     assert count_written(None, cfg, str(out)) == 12
     assert count_written(None, cfg, f"file://{out}") == 12
 
-
-def test_local_dir_tells_local_paths_from_other_filesystems() -> None:
-    assert local_dir("/data/scores") == "/data/scores"
-    assert local_dir("scores") == "scores"
-    assert local_dir("file:///data/scores") == "/data/scores"
-    assert local_dir("s3a://bucket/scores") is None
-    assert local_dir("hdfs://nn:8020/scores") is None
-    assert local_dir("file:/data/scores") is None  # Hadoop's spelling: left to Hadoop's FileSystem

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from rayscore import ModelError
-from rayscore._storage import RemoteFile, basename, explain, is_remote, list_model, open_filesystem, version_of
+from rayscore._storage import RemoteFile, basename, explain, is_remote, list_model, local_dir, open_filesystem, version_of
 
 
 @pytest.mark.parametrize("uri, remote", [("s3://b/m.keras", True), ("gs://b/m", True), ("hdfs://nn:8020/m", True),
@@ -71,3 +71,12 @@ def test_storage_errors_say_what_kind_they_are() -> None:
                                                         "credentials")
     other = OSError("something else\nwith a second line")
     assert str(explain("s3://b/m", other)) == "model.uri: cannot read s3://b/m: something else"
+
+
+def test_local_dir_tells_local_paths_from_other_filesystems() -> None:
+    assert local_dir("/data/scores") == "/data/scores"
+    assert local_dir("scores") == "scores"
+    assert local_dir("file:///data/scores") == "/data/scores"
+    assert local_dir("s3a://bucket/scores") is None
+    assert local_dir("hdfs://nn:8020/scores") is None
+    assert local_dir("file:/data/scores") is None  # Hadoop's spelling: left to Hadoop's FileSystem
