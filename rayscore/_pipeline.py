@@ -292,7 +292,7 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
         loads["pool"] = {"min": pool.min_actors, "max": pool.max_actors, "memory_per_actor": pool.memory_per_actor}
         loads["first_scored"] = first_scored
     finally:
-        if ledger is not None:
+        if ledger is not None and ray.is_initialized():  # not once a failed run's Ray was shut down
             _stop_pool(ledger)
             ray.kill(ledger)
         source.release()  # Spark's copy of the input; the predictions are in Ray's object store now
@@ -656,7 +656,9 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         ahead = None
         return result
     finally:
-        if ahead is not None:
+        # Stopping a Ray that this run started ends the pool with it (the quick way after
+        # Ctrl-C to the process group, which leaves no Ray to ask); a Ray of the caller's stays.
+        if ahead is not None and not session.owns_ray:
             ahead.cancel()
         if own:
             session.stop()

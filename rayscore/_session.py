@@ -184,6 +184,11 @@ class Session:
             ray.shutdown()
 
     @property
+    def owns_ray(self) -> bool:
+        """Whether :meth:`stop` shuts Ray down (this session started it), ending every actor on it."""
+        return self._started_ray
+
+    @property
     def spark_cpus(self) -> float:
         return float(self.spark_config.executors * self.executor_cores)
 

@@ -69,7 +69,9 @@ def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tm
     assert result.output_columns == ["id", "click_prob", "topic_probs"]
     assert result.output_shapes == {"click": [1], "topics": [5]}
     assert result.input_reader == "parquet"  # a plain parquet scan: Ray reads the files itself
-    assert set(result.seconds) == {"startup", "read_convert", "load", "predict", "write"}
+    assert set(result.seconds) == {"startup", "read_convert", "load", "predict", "write", "first_prediction", "total"}
+    assert 0 < result.seconds["first_prediction"] < result.seconds["total"]
+    assert result.scored_ahead is False  # Spark was up already (a session passed in)
     assert all(v >= 0 for v in result.seconds.values())
     assert (out / "_SUCCESS").exists()
     report = json.loads((out / "_rayscore_report.json").read_text())
