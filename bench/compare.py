@@ -129,7 +129,7 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     for step, reader in ((3, "auto"), (4, "spark")):
         print(f"{step}/4 rayscore.run (local Ray + RayDP Spark), input.reader: {reader} ...", flush=True)
         config = e2e.rayscore_config(workload, os.path.join(workdir, f"scores-{reader}.parquet"), args.actors,
-                                     args.batch_size)
+                                     args.batch_size, spark=_spark(args))
         config["input"]["reader"] = reader
         with e2e.PeakMemory() as mem:
             runs[reader] = e2e._in_child(e2e.run_rayscore, config)
@@ -143,7 +143,8 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     r_udf = rows / udf.seconds
     r_rs = rows / scored.after_startup_seconds
     print()
-    print(f"# {rows:,} rows, {cores} cores; rayscore: {args.actors} actor(s), batch {args.batch_size}")
+    print(f"# {rows:,} rows, {cores} cores; rayscore: {args.actors} actor(s), batch {args.batch_size}, "
+          f"Spark executor cores {args.executor_cores or 'default'}")
     print(f"{'way':<22}{'rows/s':>10}{'seconds':>9}{'peak GiB':>10}  detail")
     print(f"{'limit (model.predict)':<22}{r_limit:>10,.0f}{limit.seconds:>9.1f}{limit.peak_rss_bytes / 2**30:>10.2f}"
           f"  read {limit.read_seconds:.1f} s, predict {limit.predict_seconds:.1f} s")
@@ -173,6 +174,10 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     return 0 if all(c.ok for c in checks.values()) else 1
 
 
+def _spark(args: argparse.Namespace) -> dict:
+    return {"executor_cores": args.executor_cores} if args.executor_cores else {}
+
+
 def memory(args: argparse.Namespace, workdir: str) -> int:
     peaks: list[tuple[int, int, float]] = []
     for rows in args.rows:
@@ -180,7 +185,8 @@ def memory(args: argparse.Namespace, workdir: str) -> int:
         os.makedirs(sub, exist_ok=True)
         print(f"making the workload ({rows:,} rows) ...", flush=True)
         workload = e2e._in_child(e2e.make_workload, sub, rows)
-        config = e2e.rayscore_config(workload, os.path.join(sub, "scores.parquet"), args.actors, args.batch_size)
+        config = e2e.rayscore_config(workload, os.path.join(sub, "scores.parquet"), args.actors, args.batch_size,
+                                     spark=_spark(args))
         print(f"rayscore.run over {rows:,} rows ...", flush=True)
         with e2e.PeakMemory(0.5, pss=True) as mem:
             scored = e2e._in_child(e2e.run_rayscore, config)
@@ -200,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="rayscore's peak memory at each --rows")
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--executor-cores", type=int, default=None,
+                        help="spark.executor_cores (default: rayscore's, the machine's cores on a local Ray)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     args.json = False
