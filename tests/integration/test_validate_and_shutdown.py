@@ -411,3 +411,25 @@ def test_signal_while_scoring_stops_everything_and_commits_nothing(workload, tmp
         cli.assert_nothing_left(own_before, started)
     finally:
         cli.cleanup()
+
+
+def test_spark_failing_to_start_while_the_pool_scores_ahead_stops_everything(workload, tmp_path):
+    """The pool starts scoring a parquet path once Ray is up; then Spark's driver JVM cannot start.
+
+    The run fails in one line naming Spark, and nothing it started is left:
+    no predictor, no Ray, no JVM, no output.
+    """
+    own_before = own_ray_processes()
+    out = tmp_path / "scores.parquet"
+    write_job(tmp_path, job(workload, out, spark={"configs": {"spark.driver.memory": "not-a-size"}}))
+    cli = Cli(tmp_path, "run", "job.yaml")
+    try:
+        code, stdout, stderr = cli.finish(timeout=300)
+        assert code == 1, stderr
+        assert stdout == ""
+        assert stderr.count("\n") == 1
+        assert stderr.startswith("rayscore: error: spark: [JAVA_GATEWAY_EXITED] Java gateway process exited"), stderr
+        assert listing(tmp_path) == ["job.yaml"]
+        cli.assert_nothing_left(own_before)
+    finally:
+        cli.cleanup()
