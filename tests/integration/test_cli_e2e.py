@@ -54,8 +54,15 @@ def config_for(workload: dict, out: Path, **sections) -> dict:
     return cfg
 
 
+def native_library_copies() -> set[str]:
+    """Ray's Java runtime's copies of its native library (``/tmp/ray/<epoch ms>/``), by name."""
+    root = Path("/tmp/ray")
+    return {p.name for p in root.iterdir() if p.name.isdigit()} if root.is_dir() else set()
+
+
 def test_cli_runs_the_embedded_default_and_stops_what_it_started(workload, tmp_path):
     before = ray_daemons()
+    copies = native_library_copies()
     out = tmp_path / "scores.parquet"
     done = rayscore_cli(config_for(workload, out), tmp_path, "--json")
     assert done.returncode == 0, done.stderr
@@ -69,6 +76,7 @@ def test_cli_runs_the_embedded_default_and_stops_what_it_started(workload, tmp_p
     assert json.loads((out / "_rayscore_report.json").read_text())["rows_out"] == 6000
     assert_matches_model(read_parquet_dir(out), workload)
     assert ray_daemons() == before  # its local Ray is gone again
+    assert native_library_copies() <= copies  # nor left 40 MB per JVM in /tmp/ray
 
 
 def test_cli_scores_anew_through_spark_when_spark_reads_the_files_otherwise(workload, tmp_path):

@@ -1,0 +1,37 @@
+"""What a session cleans up after Ray's Java runtime, without a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayscore._session import remove_native_library_copies
+
+
+def native_copy(root: Path, millis: int, *extra: str) -> Path:
+    folder = root / str(millis)
+    folder.mkdir()
+    for name in ("libcore_worker_library_java.so", "file_lock", *extra):
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def test_only_this_sessions_copies_of_rays_java_library_are_removed(tmp_path: Path) -> None:
+    since, until = 1_800_000_000.0, 1_800_000_060.0  # seconds, as time.time() gives them
+    mine = [native_copy(tmp_path, 1_800_000_000_000), native_copy(tmp_path, 1_800_000_059_999)]
+    lock_only = tmp_path / "1800000030000"
+    lock_only.mkdir()
+    (lock_only / "file_lock").write_bytes(b"")  # a copy being made: its lock first
+    before = native_copy(tmp_path, 1_799_999_999_999)  # another run's, just before
+    after = native_copy(tmp_path, 1_800_000_060_001)  # and just after
+    other = native_copy(tmp_path, 1_800_000_030_001, "something_else")  # not only the copy: not ours
+    session = tmp_path / "session_2027-01-15_08-00-00_000000_1"
+    session.mkdir()
+    (tmp_path / "1800000031000").write_text("a file, not a folder")
+
+    assert remove_native_library_copies(since, until, root=str(tmp_path)) == 3
+    assert not any(p.exists() for p in [*mine, lock_only])
+    assert all(p.exists() for p in (before, after, other, session, tmp_path / "1800000031000"))
+
+
+def test_a_missing_folder_is_nothing_to_remove(tmp_path: Path) -> None:
+    assert remove_native_library_copies(0, 2e9, root=str(tmp_path / "missing")) == 0
