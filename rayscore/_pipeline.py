@@ -107,21 +107,22 @@ def _check_sample(df: Any, plan: Plan, files: list[str] | None) -> None:
             raise first_bad_row(sample, plan, exc) from None
 
 
-def _files_checked(df: Any, plan: Plan, reader: str) -> list[str] | None:
+def _files_checked(df: Any, plan: Plan, reader: str, sample: bool = True) -> list[str] | None:
     """Which way the input goes (its parquet files, or None: Spark), once its first rows pass the checks."""
     files = parquet_files(df.select(*plan.read_columns), reader)
-    _check_sample(df, plan, files)
+    if sample:
+        _check_sample(df, plan, files)
     return files
 
 
-def plan_job(cfg: Config, spec: ModelSpec, df: Any) -> tuple[Plan, list[str] | None]:
-    """Bind the config's model to the DataFrame's columns; check a sample of rows.
+def plan_job(cfg: Config, spec: ModelSpec, df: Any, *, sample: bool = True) -> tuple[Plan, list[str] | None]:
+    """Bind the config's model to the DataFrame's columns; check a sample of rows (unless ``sample=False``).
 
     Returns the plan and the input's parquet files if Ray reads them itself
     (:func:`parquet_files`), else None: Spark reads the input.
     """
     plan = _bind(cfg, spec, arrow_schema(df))
-    return plan, _files_checked(df, plan, cfg.input.reader)
+    return plan, _files_checked(df, plan, cfg.input.reader, sample)
 
 
 def _bind(cfg: Config, spec: ModelSpec, schema: pa.Schema) -> Plan:
@@ -637,14 +638,14 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         spark = session.spark
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
-            if ahead is not None:
-                plan = _bind(cfg, spec, arrow_schema(df))
-                if not ahead.agrees(plan, parquet_files(df.select(*plan.read_columns), cfg.input.reader)):
-                    log.info("Spark reads the input otherwise than its files' footers say: scoring it anew")
-                    ahead.cancel()
-                    ahead = None
-            if ahead is None:
-                plan, files = plan_job(cfg, spec, df)  # before the pool starts: bad rows cost no model load
+            # The sample is checked before a pool starts (bad rows cost no model load);
+            # the pool scoring ahead checked the same rows of the same files.
+            plan, files = plan_job(cfg, spec, df, sample=ahead is None)
+            if ahead is not None and not ahead.agrees(plan, files):
+                log.info("Spark reads the input otherwise than its files' footers say: scoring it anew")
+                ahead.cancel()
+                ahead = None
+                _check_sample(df, plan, files)
             check_output_free(cfg.output, spark)
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)
@@ -652,7 +653,7 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
             from ._resume import run_resumable  # noqa: PLC0415
 
             return run_resumable(cfg, df, plan, ref, spec, clock, session.spark_cpus)
-        result = _run_once(cfg, df, plan, None if ahead else files, ref, spec, clock, session.spark_cpus, ahead)
+        result = _run_once(cfg, df, plan, files, ref, spec, clock, session.spark_cpus, ahead)
         ahead = None
         return result
     finally:
