@@ -608,7 +608,9 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
     the predictions with Spark's writer and commits them together with a JSON
     run report (``_rayscore_report.json`` inside the output directory). Stops
     what it started, also on error or Ctrl-C. Pass an open ``session`` to
-    reuse it (its ray/spark settings win over the config's).
+    reuse it (its ray/spark settings win over the config's). Without one,
+    a parquet path on local disk is scored from as soon as Ray is up, while
+    Spark starts (:class:`_ScoreAhead`; ``RunResult.scored_ahead``).
 
     Example:
         >>> result = rayscore.run("configs/example.yaml")      # doctest: +SKIP
