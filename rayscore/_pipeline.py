@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +29,7 @@ from ._storage import is_remote
 from ._predict import REASON, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
 from ._session import Session
-from ._sink import REPORT_NAME, check_output_free, hold_for_session, to_spark, write_output
+from ._sink import REPORT_NAME, StagedWrite, blocks_to_spark, check_output_free, hold_for_session, to_spark, write_output
 from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
 from ._source import ParquetFiles, SparkInput, arrow_schema, first_rows, footer_input, parquet_files, read_input
@@ -44,6 +44,8 @@ POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load
 POOL_CANCEL_TIMEOUT_S = 60  # for a cancelled pool's Ray Data job to end once its actors are killed
 # Ray's object store bytes the job's blocks may hold per actor: read ahead and predictions in flight.
 BLOCK_BYTES_PER_ACTOR = 512 * 2**20
+# Predictions per actor that may wait in Ray's object store for Spark to write them before the pool waits.
+UNWRITTEN_BYTES_PER_ACTOR = 1024 * 2**20
 
 
 @dataclass
@@ -234,9 +236,9 @@ def _job_data_context(object_store_memory: float, cpus: float | None = None) -> 
 
 @dataclass
 class _Pooled:
-    """What the pool made: predictions in Ray's object store, not yet in Spark."""
+    """What the pool made: predictions in Ray's object store, not yet in Spark (or handed to a writer)."""
 
-    out: Any  # a materialized Ray Dataset
+    out: Any  # a materialized Ray Dataset; None when each block went to a _Blocks as it came
     rows_in: int
     loads: dict[str, Any]
     rows_quarantined: int
@@ -245,12 +247,14 @@ class _Pooled:
 
 
 def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, predict: PredictConfig,
-             pool: PoolPlan, ledger: Any = None) -> _Pooled:
+             pool: PoolPlan, ledger: Any = None, blocks: _Blocks | None = None) -> _Pooled:
     """Score every block of ``source`` on the actor pool; stop the pool's actors, also on failure.
 
     Run inside :func:`_job_data_context`. ``ledger`` (a :class:`LoadLedger`)
     is made here unless the caller needs it, to cancel the job from another
-    thread; it is killed here either way.
+    thread; it is killed here either way. With ``blocks``, each block of
+    predictions is handed to it as soon as it is scored (``_Pooled.out`` is
+    then None); without, they are all kept in a materialised Dataset.
     """
     import ray  # noqa: PLC0415
 
@@ -266,7 +270,7 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
             # node before two on one, so fewer model copies per node's memory and
             # cache (test_cluster.py checks it).
             with translate_errors("predict", PredictError):
-                out = source.dataset.map_batches(
+                out = _hand_over(source.dataset.map_batches(
                     Predictor,
                     fn_constructor_kwargs={"model": model, "plan": plan, "ledger": ledger},
                     batch_size=predict.batch_size,
@@ -276,7 +280,7 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
                     memory=pool.memory_per_actor,  # so Ray never packs more model copies than a node holds
                     num_gpus=predict.gpus_per_actor or None,
                     zero_copy_batch=True,
-                ).materialize()
+                ), blocks)
         except BaseException as exc:
             _stop_pool(ledger)  # now, before Spark's side is waited for
             spark_error = source.cancel()
@@ -300,20 +304,80 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
     prepared = (source.prepared_at or started) - started
     seconds = {"read_convert": prepared, "predict": time.perf_counter() - started - prepared,
                "load": loads["load_seconds_max"]}
-    rows_out = out.count()
+    rows_out = out.count() if out is not None else blocks.rows if blocks is not None else 0
     if rows_out != rows_in:
         raise PredictError(f"the actor pool returned {rows_out} rows for {rows_in} input rows")
-    quarantined = _count_quarantined(out) if plan.quarantine else 0
+    quarantined = _count_quarantined(_block_refs(out)) if plan.quarantine and out is not None else 0
     return _Pooled(out, rows_in, loads, quarantined, seconds,
                    reader="parquet" if isinstance(source, ParquetFiles) else "spark")
 
 
+def _hand_over(scored: Any, blocks: _Blocks | None) -> Any:
+    """``scored`` (a Ray Dataset) materialised, or run with each block put into ``blocks`` as it comes (None)."""
+    if blocks is None:
+        return scored.materialize()
+    for bundle in scored.iter_internal_ref_bundles():
+        for ref, meta in zip(bundle.block_refs, bundle.metadata):
+            if meta.num_rows:  # Ray Data may leave empty, column-less blocks
+                blocks.put(ref, meta.num_rows, meta.size_bytes or 0)
+    return None
+
+
+def _block_refs(ds: Any) -> list[Any]:
+    return [ref for bundle in ds.iter_internal_ref_bundles() for ref in bundle.block_refs]
+
+
+class _Blocks:
+    """Blocks of predictions on their way from the pool to Spark's writer (Ray object refs).
+
+    The pool's thread puts each block as Ray Data hands it over; the writer
+    takes all that has arrived as one wave (one Spark write job), so waves
+    grow when Spark writes slower than the pool scores. Once ``max_bytes``
+    of blocks wait untaken (Spark not up yet, or slower than the pool), the
+    pool waits: Ray's object store holds a bounded part of the predictions,
+    not all of them, and each wave's blocks are freed once written.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._refs: list[Any] = []
+        self._bytes = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self.rows = 0  # put so far
+
+    def put(self, ref: Any, rows: int, nbytes: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._ended or not self._refs or self._bytes < self._max_bytes)
+            if self._ended:
+                raise PredictError("the predictions' writer stopped; scoring stopped with it")
+            self._refs.append(ref)
+            self._bytes += nbytes
+            self.rows += rows
+            self._cond.notify_all()
+
+    def end(self, error: BaseException | None = None) -> None:
+        """No more blocks: the pool is done, or failed with ``error``, or the writer gave up."""
+        with self._cond:
+            self._ended = True
+            self._error = self._error or error
+            self._cond.notify_all()
+
+    def take(self) -> list[Any]:
+        """The blocks put since the last take (waits for one); [] once the pool is done; raises its error."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._refs or self._ended)
+            if self._error is not None:
+                raise self._error
+            refs, self._refs, self._bytes = self._refs, [], 0
+            self._cond.notify_all()
+            return refs
+
+
 def _back_to_spark(pooled: _Pooled, spark: Any, plan: Plan, model: ModelRef, clock: StageClock) -> _Scored:
     """The pool's predictions as a Spark DataFrame (RayDP reads the blocks where they are)."""
-    for stage, seconds in pooled.seconds.items():
-        clock.add(stage, seconds)
-    if pooled.loads.get("first_scored") is not None:
-        clock.seconds.setdefault("first_prediction", clock.since_start(pooled.loads["first_scored"]))
+    _clock_pool(clock, pooled)
     with clock.stage("write"), translate_errors("back into Spark", PredictError):
         scored, blocks = to_spark(pooled.out, spark)
         scored = with_model_identity(scored, plan, model)
@@ -321,7 +385,83 @@ def _back_to_spark(pooled: _Pooled, spark: Any, plan: Plan, model: ModelRef, clo
                    reader=pooled.reader)
 
 
-class _ScoreAhead:
+def _clock_pool(clock: StageClock, pooled: _Pooled) -> None:
+    """The pool's stages and its first prediction into the job's clock."""
+    for stage, seconds in pooled.seconds.items():
+        clock.add(stage, seconds)
+    if pooled.loads.get("first_scored") is not None:
+        clock.seconds.setdefault("first_prediction", clock.since_start(pooled.loads["first_scored"]))
+
+
+class _PoolThread:
+    """The actor pool scoring in a daemon thread, while this one starts Spark or writes.
+
+    With ``blocks`` the pool hands each block of predictions over as soon as
+    it is scored (:func:`_write_as_scored` writes them meanwhile); without,
+    :meth:`result` holds them all, materialised. ``cpus`` caps the CPUs of
+    the job's Ray Data tasks and actors (None: no cap). :meth:`cancel`
+    stops it from any thread.
+    """
+
+    def __init__(self, make_source: Callable[[], SparkInput | ParquetFiles], plan: Plan, model: ModelRef,
+                 predict: PredictConfig, pool: PoolPlan, cpus: float | None, blocks: _Blocks | None) -> None:
+        import ray  # noqa: PLC0415
+
+        self.blocks = blocks
+        self._ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
+        self._pooled: _Pooled | None = None
+        self._error: BaseException | None = None
+
+        def score() -> None:
+            try:
+                with _job_data_context(pool.max_actors * BLOCK_BYTES_PER_ACTOR, cpus=cpus):
+                    self._pooled = _in_pool(make_source(), plan, model, predict, pool, self._ledger, blocks)
+            except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
+                self._error = exc
+            finally:
+                if blocks is not None:
+                    blocks.end(self._error)
+
+        self._thread = threading.Thread(target=score, name="rayscore-pool", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_dataframe(cls, df: Any, plan: Plan, files: list[str] | None, model: ModelRef, predict: PredictConfig,
+                      spark_cpus: float, output: OutputConfig) -> _PoolThread:
+        """The pool scoring ``df`` (or its ``files``) as :func:`_score` does, its blocks handed over for ``output``."""
+        pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
+        selected = df.select(*plan.read_columns)
+        return cls(lambda: _source(selected, plan, predict, pool, files), plan, model, predict, pool, None,
+                   _unwritten_blocks(output, pool.max_actors))
+
+    def result(self) -> _Pooled:
+        """Wait for the pool to finish; raise what it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._pooled is not None
+        return self._pooled
+
+    def cancel(self) -> None:
+        """Stop the pool (actors not yet loaded stop before loading) and wait for the thread."""
+        import ray  # noqa: PLC0415
+
+        if self.blocks is not None:
+            self.blocks.end()
+        try:
+            ray.get(self._ledger.cancel.remote(), timeout=30)
+            _stop_pool(self._ledger)
+        except Exception as exc:  # noqa: BLE001 - the job already ended and killed its ledger
+            log.debug("cancelling the pool: %s", exc)
+        self._thread.join(timeout=POOL_CANCEL_TIMEOUT_S)
+
+
+def _unwritten_blocks(cfg: OutputConfig, pool_actors: int) -> _Blocks | None:
+    """Where the pool puts its blocks for :func:`_write_as_scored`: a path output (tables are written at once)."""
+    return _Blocks(pool_actors * UNWRITTEN_BYTES_PER_ACTOR) if cfg.format != "table" else None
+
+
+class _ScoreAhead(_PoolThread):
     """Score a plain local parquet input while Spark starts, from a plan made without Spark.
 
     Otherwise Spark's start (about 10 s on 2 cores) and its schema inference
@@ -336,24 +476,10 @@ class _ScoreAhead:
     """
 
     def __init__(self, plan: Plan, files: list[str], schema: pa.Schema, model: ModelRef, predict: PredictConfig,
-                 pool: PoolPlan, cpus: float) -> None:
-        import ray  # noqa: PLC0415
-
+                 pool: PoolPlan, cpus: float, blocks: _Blocks | None) -> None:
         self.plan, self.files = plan, files
-        self._ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
-        self._pooled: _Pooled | None = None
-        self._error: BaseException | None = None
-
-        def score() -> None:
-            try:
-                with _job_data_context(pool.max_actors * BLOCK_BYTES_PER_ACTOR, cpus=cpus):
-                    source = _source(None, plan, predict, pool, files, schema)
-                    self._pooled = _in_pool(source, plan, model, predict, pool, self._ledger)
-            except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
-                self._error = exc
-
-        self._thread = threading.Thread(target=score, name="rayscore-score-ahead", daemon=True)
-        self._thread.start()
+        super().__init__(lambda: _source(None, plan, predict, pool, files, schema), plan, model, predict, pool,
+                         cpus, blocks)
 
     @classmethod
     def start(cls, cfg: Config, spec: ModelSpec, model: ModelRef, spark_cpus: float) -> _ScoreAhead | None:
@@ -375,30 +501,11 @@ class _ScoreAhead:
         # could not start; the pool and one read task at a time fit beside them.
         needed = pool.max_actors * cfg.predict.cpus_per_actor + 1
         cpus = max(ray.cluster_resources().get("CPU", 0.0) - spark_cpus, needed)
-        return cls(plan, files, schema, model, cfg.predict, pool, cpus)
+        return cls(plan, files, schema, model, cfg.predict, pool, cpus, _unwritten_blocks(cfg.output, pool.max_actors))
 
     def agrees(self, plan: Plan, files: list[str] | None) -> bool:
         """Whether Spark's DataFrame gives this job: the same plan, read by Ray from the same files."""
         return plan == self.plan and files == self.files
-
-    def result(self) -> _Pooled:
-        """Wait for the pool to finish; raise what it raised."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._pooled is not None
-        return self._pooled
-
-    def cancel(self) -> None:
-        """Stop the pool (actors not yet loaded stop before loading) and wait for the thread."""
-        import ray  # noqa: PLC0415
-
-        try:
-            ray.get(self._ledger.cancel.remote(), timeout=30)
-            _stop_pool(self._ledger)
-        except Exception as exc:  # noqa: BLE001 - the job already ended and killed its ledger
-            log.debug("cancelling the job scored ahead: %s", exc)
-        self._thread.join(timeout=POOL_CANCEL_TIMEOUT_S)
 
 
 def _stop_pool(ledger: Any) -> None:
@@ -437,8 +544,8 @@ def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
         else sdf[c] for c in sdf.columns])
 
 
-def _count_quarantined(out: Any) -> int:
-    """Rows with a problem, counted where the blocks are (no copy to the driver)."""
+def _count_quarantined(refs: list[Any]) -> int:
+    """Rows with a problem in the blocks ``refs``, counted where the blocks are (no copy to the driver)."""
     import ray  # noqa: PLC0415
 
     @ray.remote(num_cpus=0)
@@ -447,7 +554,6 @@ def _count_quarantined(out: Any) -> int:
             return 0
         return block.num_rows - block.column(REASON).null_count
 
-    refs = [ref for bundle in out.iter_internal_ref_bundles() for ref in bundle.block_refs]
     return int(sum(ray.get([count.remote(ref) for ref in refs])))
 
 
@@ -546,11 +652,10 @@ def new_result(cfg: Config, ref: ModelRef, spec: ModelSpec, plan: Plan) -> RunRe
     )
 
 
-def split_quarantined(scored: _Scored, plan: Plan) -> tuple[Any, Any]:
-    """(scored rows, error rows) as Spark DataFrames: outputs beside keep_columns; keys beside a reason."""
+def split_quarantined(sdf: Any, plan: Plan) -> tuple[Any, Any]:
+    """(scored rows, error rows) of ``sdf`` as Spark DataFrames: outputs beside keep_columns; keys beside a reason."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    sdf = scored.dataframe
     if not plan.quarantine:
         return sdf, None
     good = sdf.filter(F.col(REASON).isNull()).select(*plan.keep_columns, *plan.output_columns)
@@ -566,22 +671,19 @@ def errors_output(cfg: Config) -> OutputConfig:
 
 
 def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: ModelRef, spec: ModelSpec,
-              clock: StageClock, spark_cpus: float, ahead: _ScoreAhead | None = None) -> RunResult:
-    """Score everything in one pass (or take what ``ahead`` scored), then write (staged, counted, committed)."""
+              clock: StageClock, spark_cpus: float, ahead: _ScoreAhead | None = None,
+              cancel_on_interrupt: bool = True) -> RunResult:
+    """Score everything in one pass (or take what ``ahead`` scores) and write it (staged, counted, committed).
+
+    A path output is written while the pool scores (:func:`_write_as_scored`);
+    a table once all is scored. ``cancel_on_interrupt``: stop the pool here on
+    Ctrl-C or SIGTERM too (not when the caller's stop of Ray will).
+    """
     spark = df.sparkSession
-    if ahead is not None:
-        scored = _back_to_spark(ahead.result(), spark, plan, ref, clock)
-    else:
-        scored = _score(df, plan, ref, cfg.predict, clock, spark_cpus, files)
     result = new_result(cfg, ref, spec, plan)
-    result.input_reader = scored.reader
     result.scored_ahead = ahead is not None
-    result.rows_in = scored.rows_in
-    result.add_loads(scored.loads)
-    result.rows_quarantined = scored.rows_quarantined
-    good, bad = split_quarantined(scored, plan)
-    expected = scored.rows_in - scored.rows_quarantined
-    write_started = time.perf_counter()
+    write_started = 0.0
+    expected = 0
 
     def report(written: int) -> str:
         result.rows_out = expected
@@ -592,13 +694,89 @@ def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: Mo
             result.report_path = f"{cfg.output.path.rstrip('/')}/{REPORT_NAME}"
         return result.to_json()
 
-    with clock.stage("write"):
-        if bad is not None:
-            write_output(spark, bad, errors_output(cfg), scored.rows_quarantined, report)
-        result.rows_out = write_output(spark, good, cfg.output, expected, report)
+    if cfg.output.format == "table":
+        scored = (_back_to_spark(ahead.result(), spark, plan, ref, clock) if ahead is not None
+                  else _score(df, plan, ref, cfg.predict, clock, spark_cpus, files))
+        _fold(result, scored.reader, scored.rows_in, scored.loads, scored.rows_quarantined)
+        good, bad = split_quarantined(scored.dataframe, plan)
+        expected = scored.rows_in - scored.rows_quarantined
+        write_started = time.perf_counter()
+        result.write_jobs = 1
+        with clock.stage("write"):
+            if bad is not None:
+                write_output(spark, bad, errors_output(cfg), scored.rows_quarantined, report)
+            result.rows_out = write_output(spark, good, cfg.output, expected, report)
+    else:
+        job = ahead or _PoolThread.for_dataframe(df, plan, files, ref, cfg.predict, spark_cpus, cfg.output)
+        outputs = [StagedWrite(spark, cfg.output)]
+        if plan.quarantine:
+            outputs.append(StagedWrite(spark, errors_output(cfg)))
+        try:
+            pooled, quarantined, result.write_jobs = _write_as_scored(job, spark, plan, ref, clock, outputs)
+            _clock_pool(clock, pooled)
+            _fold(result, pooled.reader, pooled.rows_in, pooled.loads, quarantined)
+            expected = pooled.rows_in - quarantined
+            write_started = time.perf_counter()
+            with clock.stage("write"):
+                if plan.quarantine:
+                    outputs[1].commit(quarantined, report)
+                result.rows_out = outputs[0].commit(expected, report)
+        except BaseException as exc:
+            if cancel_on_interrupt or isinstance(exc, Exception):
+                job.cancel()
+            raise
+        finally:
+            for out in outputs:
+                out.discard()
     clock.seconds["total"] = clock.since_start()
     result.seconds = dict(clock.seconds)
     return result
+
+
+def _fold(result: RunResult, reader: str, rows_in: int, loads: dict[str, Any], quarantined: int) -> None:
+    result.input_reader = reader
+    result.rows_in = rows_in
+    result.add_loads(loads)
+    result.rows_quarantined = quarantined
+
+
+def _write_as_scored(job: _PoolThread, spark: Any, plan: Plan, model: ModelRef, clock: StageClock,
+                     outputs: list[StagedWrite]) -> tuple[_Pooled, int, int]:
+    """Write the pool's predictions with Spark while it scores; return the pool's result, rows quarantined, waves.
+
+    Each wave is what the pool scored while the previous one was written:
+    one Spark job appends it to ``outputs[0]`` (good rows) and
+    ``outputs[1]`` (quarantined ones, if any); its blocks are freed once
+    written. Cost: one Spark write job per wave; the object store holds
+    the predictions not yet written, up to the pool's bound
+    (:class:`_Blocks`), instead of all of them.
+    """
+    import ray  # noqa: PLC0415
+
+    assert job.blocks is not None
+    schema: pa.Schema | None = None
+    quarantined = waves = 0
+    while wave := job.blocks.take():
+        waves += 1
+        began = time.perf_counter()
+        with clock.stage("write"), translate_errors("back into Spark", PredictError):
+            if schema is None:
+                schema = ray.get(ray.remote(num_cpus=0)(_schema_of).remote(wave[0]))
+            sdf, ipc = blocks_to_spark(wave, schema, spark)
+            if plan.quarantine:
+                quarantined += _count_quarantined(wave)
+            good, bad = split_quarantined(with_model_identity(sdf, plan, model), plan)
+            outputs[0].append(good)
+            if bad is not None:
+                outputs[1].append(bad)
+        log.debug("wrote %d blocks of predictions in %.1f s (%.1f s after the job began)",
+                  len(wave), time.perf_counter() - began, clock.since_start())
+        del wave, ipc  # Spark has written them: free the blocks and their IPC copies
+    return job.result(), quarantined, waves
+
+
+def _schema_of(block: pa.Table) -> pa.Schema:
+    return block.schema
 
 
 def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session: Session | None = None) -> RunResult:
@@ -655,7 +833,8 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
             from ._resume import run_resumable  # noqa: PLC0415
 
             return run_resumable(cfg, df, plan, ref, spec, clock, session.spark_cpus)
-        result = _run_once(cfg, df, plan, files, ref, spec, clock, session.spark_cpus, ahead)
+        result = _run_once(cfg, df, plan, files, ref, spec, clock, session.spark_cpus, ahead,
+                           cancel_on_interrupt=not session.owns_ray)
         ahead = None
         return result
     finally:

@@ -41,9 +41,14 @@ class RunResult:
     pool starts with Spark's pass and loads meanwhile), ``predict`` (from the
     input being ready until the last batch is scored; with the ``parquet``
     reader it includes reading the files and the load), ``write`` (back into
-    Spark and written, counted and committed). Two entries are moments, not
-    stages, counted from the job's start: ``first_prediction`` (the first
-    batch scored) and ``total`` (the output committed).
+    Spark and written, counted and committed; a path output is written in
+    waves while the pool scores, so ``write`` then overlaps ``predict``).
+    ``write_jobs`` counts the Spark jobs that wrote predictions: one per
+    wave (what the pool scored while the previous wave was written), one
+    per shard scored with ``mode: resume``, one for a table. Two entries
+    are moments, not stages, counted from the job's start:
+    ``first_prediction`` (the first batch scored) and ``total`` (the
+    output committed).
 
     ``scored_ahead``: the input is a plain local parquet path (``input.format:
     parquet``, no options), so the pool started as soon as Ray was up,
@@ -74,6 +79,7 @@ class RunResult:
     batch_size: int = 0
     input_reader: str = ""
     scored_ahead: bool = False
+    write_jobs: int = 0
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)

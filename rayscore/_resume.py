@@ -131,7 +131,7 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
         scored = _score(part, plan, ref, cfg.predict, clock, spark_cpus)  # a filter of the input: Spark reads it
         result.input_reader = scored.reader
         result.add_loads(scored.loads)
-        good, bad = split_quarantined(scored, plan)
+        good, bad = split_quarantined(scored.dataframe, plan)
         good_rows = scored.rows_in - scored.rows_quarantined
         marker = json.dumps({"shard": shard, "rows": good_rows, "quarantined": scored.rows_quarantined,
                              "model": manifest["model"], "input": manifest["input"]})
@@ -147,6 +147,7 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
         rows_out += good_rows
         quarantined += scored.rows_quarantined
         result.shards["scored"] += 1
+        result.write_jobs += 1
     result.rows_out = rows_out
     result.rows_quarantined = quarantined + sum(_marker(fs, path, s).get("quarantined", 0) for s in done)
     if result.rows_out + result.rows_quarantined != result.rows_in:

@@ -14,13 +14,15 @@ import os
 import uuid
 from typing import Any
 
+import pyarrow as pa
+
 from ._config import OutputConfig
 from ._errors import OutputError, translate_errors
 from ._source import data_files
 from ._storage import local_dir
 
 __all__ = ["check_output_free", "write_output", "count_written", "staging_path", "REPORT_NAME", "HadoopFS",
-           "to_spark"]
+           "StagedWrite", "to_spark", "blocks_to_spark"]
 
 REPORT_NAME = "_rayscore_report.json"
 
@@ -28,34 +30,44 @@ REPORT_NAME = "_rayscore_report.json"
 def to_spark(ds: Any, spark: Any) -> tuple[Any, list[Any]]:
     """A materialised Ray Dataset of predictions as a Spark DataFrame read by Spark's JVM, and its blocks.
 
+    The blocks go to :func:`blocks_to_spark`, which says what it costs and
+    how long the returned refs must be kept.
+    """
+    schema = ds.schema()
+    schema = getattr(schema, "base_schema", schema)
+    blocks = [ref for bundle in ds.iter_internal_ref_bundles()
+              for ref, meta in zip(bundle.block_refs, bundle.metadata)
+              if meta.num_rows]  # Ray Data may leave empty, column-less blocks
+    return blocks_to_spark(blocks, schema, spark)
+
+
+def blocks_to_spark(blocks: list[Any], schema: pa.Schema, spark: Any) -> tuple[Any, list[Any]]:
+    """Ray object refs of Arrow tables (all of ``schema``) as a Spark DataFrame, and the refs Spark reads.
+
     Each block is written once as Arrow IPC bytes (a zero-CPU Ray task beside
     the block); Spark's executors read those objects straight from Ray's
     object store and turn them into rows (RayDP's ``RayDatasetRDD``), with no
     Python worker and no pandas in between (``Dataset.to_spark`` goes through
-    ``mapInPandas``). Cost: one IPC copy of the predictions in the object store.
+    ``mapInPandas``). Cost: one IPC copy of the blocks in the object store.
 
     Spark refers to those objects by id only: the caller keeps the returned
     refs for as long as Spark may read the DataFrame, and drops them after
     (the objects are then freed; RayDP's own ``to_spark`` pins them until
     Spark stops).
     """
-    import pyarrow as pa  # noqa: PLC0415
     import ray  # noqa: PLC0415
     from raydp.spark.dataset import ray_dataset_to_spark_dataframe  # noqa: PLC0415
 
-    @ray.remote(num_cpus=0)
-    def arrow_ipc(block: pa.Table) -> bytes:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, block.schema) as writer:
-            writer.write_table(block)
-        return sink.getvalue().to_pybytes()
-
-    schema = ds.schema()
-    schema = getattr(schema, "base_schema", schema)
-    refs = [arrow_ipc.remote(ref) for bundle in ds.iter_internal_ref_bundles()
-            for ref, meta in zip(bundle.block_refs, bundle.metadata)
-            if meta.num_rows]  # Ray Data may leave empty, column-less blocks
+    ipc = ray.remote(num_cpus=0)(_arrow_ipc)
+    refs = [ipc.remote(block) for block in blocks]
     return ray_dataset_to_spark_dataframe(spark, schema, refs), refs
+
+
+def _arrow_ipc(block: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, block.schema) as writer:
+        writer.write_table(block)
+    return sink.getvalue().to_pybytes()
 
 
 _session_blocks: list[Any] = []
@@ -164,6 +176,46 @@ def staging_path(path: str) -> str:
     return f"{parent}/.{name}.rayscore-staging-{uuid.uuid4().hex[:12]}"
 
 
+class StagedWrite:
+    """A path output written by one or more Spark jobs into a hidden staging directory, committed at once.
+
+    :meth:`append` adds a DataFrame's rows (one Spark write job, its own
+    part files); :meth:`commit` counts what all of them wrote, stores the
+    run report beside it and renames the directory onto ``cfg.path``;
+    :meth:`discard` removes whatever was not committed. Until the commit,
+    nothing is at the target: a failed job leaves nothing looking complete.
+    """
+
+    def __init__(self, spark: Any, cfg: OutputConfig) -> None:
+        self.spark, self.cfg = spark, cfg
+        self.path = cfg.path or ""
+        self.staging = staging_path(self.path)
+        with translate_errors("output.path", OutputError):
+            self.fs = HadoopFS(spark, self.path)
+
+    def append(self, sdf: Any) -> None:
+        with translate_errors("output.path", OutputError):
+            _writer(sdf, self.cfg).format(self.cfg.format).mode("append").save(self.staging)
+
+    def commit(self, expected_rows: int, report: Any, report_name: str = REPORT_NAME) -> int:
+        """Check the staged rows are ``expected_rows``; store ``report(written)`` as ``report_name``; commit."""
+        with translate_errors("output.path", OutputError):
+            written = count_written(self.spark, self.cfg, self.staging)
+            if written != expected_rows:
+                raise OutputError(
+                    f"output: wrote {written} rows for {expected_rows} input rows; nothing committed"
+                )
+            self.fs.write_text(f"{self.staging}/{report_name}", report(written))
+            _commit(self.fs, self.staging, self.path, self.cfg.mode)
+        return written
+
+    def discard(self) -> None:
+        """Remove the staging directory if it is still there (not committed); safe to call twice."""
+        with translate_errors("output.path", OutputError):
+            if self.fs.exists(self.staging):
+                self.fs.delete(self.staging)
+
+
 def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any,
                  report_name: str = REPORT_NAME) -> int:
     """Write ``sdf`` per ``cfg``, check it holds ``expected_rows``, commit with the report.
@@ -174,23 +226,12 @@ def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, re
     """
     if cfg.format == "table":
         return _write_table(spark, sdf, cfg, expected_rows)
-    path = cfg.path or ""
-    staging = staging_path(path)
-    with translate_errors("output.path", OutputError):
-        fs = HadoopFS(spark, path)
-        try:
-            _writer(sdf, cfg).format(cfg.format).mode("error").save(staging)
-            written = count_written(spark, cfg, staging)
-            if written != expected_rows:
-                raise OutputError(
-                    f"output: wrote {written} rows for {expected_rows} input rows; nothing committed"
-                )
-            fs.write_text(f"{staging}/{report_name}", report(written))
-            _commit(fs, staging, path, cfg.mode)
-        finally:
-            if fs.exists(staging):
-                fs.delete(staging)
-    return written
+    staged = StagedWrite(spark, cfg)
+    try:
+        staged.append(sdf)
+        return staged.commit(expected_rows, report, report_name)
+    finally:
+        staged.discard()
 
 
 def count_written(spark: Any, cfg: OutputConfig, staging: str) -> int:

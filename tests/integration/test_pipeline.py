@@ -83,6 +83,23 @@ def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tm
     assert leftovers(tmp_path) == ["scores.parquet"]
 
 
+def test_a_path_output_is_written_in_waves_while_the_pool_scores(rs, workload, tmp_path, monkeypatch):
+    from rayscore import _pipeline
+
+    # At most one block may wait unwritten, so the pool waits for Spark after each:
+    # every block is a wave (a Spark job) of its own, written while the next is scored.
+    monkeypatch.setattr(_pipeline, "UNWRITTEN_BYTES_PER_ACTOR", 1)
+    out = tmp_path / "scores.parquet"
+    result = rayscore.run(job(workload, out, input={"reader": "spark"}), session=rs)
+    assert (result.rows_in, result.rows_out, result.model_loads) == (ROWS, ROWS, 2)
+    assert result.write_jobs >= 2  # the input comes in 2 blocks or more
+    parts = [p for p in out.iterdir() if p.name.startswith("part-")]
+    assert len({p.name.split("-", 2)[2] for p in parts}) == result.write_jobs  # one job id per wave
+    assert json.loads((out / "_rayscore_report.json").read_text())["write_jobs"] == result.write_jobs
+    assert_matches_model(read_parquet_dir(out), workload)
+    assert leftovers(tmp_path) == ["scores.parquet"]  # no staging directory left
+
+
 def test_input_reader_spark_reads_the_same_parquet_through_spark_and_raydp(rs, workload, tmp_path):
     out = tmp_path / "scores.parquet"
     result = rayscore.run(job(workload, out, input={"reader": "spark"}), session=rs)
