@@ -33,7 +33,7 @@ from ._storage import local_dir
 
 log = logging.getLogger("rayscore")
 
-READ_BATCH_BYTES = 64 * 2**20  # the most a parquet read task decodes at once (Ray Data joins batches into blocks)
+READ_BATCH_BYTES = 64 * 2**20  # the most a parquet read task gathers into one block (decoded bytes)
 
 __all__ = ["read_input", "arrow_schema", "data_files", "SparkInput", "Prepared", "ParquetFiles", "parquet_files",
            "footer_input", "first_rows"]
@@ -425,8 +425,19 @@ def _row_group_reader(pieces: list[tuple[str, int]], columns: list[str], block_r
             by_file.setdefault(path, []).append(group)
         for path, groups in by_file.items():
             with pq.ParquetFile(path) as f:
-                for batch in f.iter_batches(batch_size=block_rows, row_groups=groups, columns=columns):
-                    yield pa.Table.from_batches([batch])
+                pending: list[pa.RecordBatch] = []
+                rows = 0
+                # One row group per iter_batches: over many, pyarrow's reader keeps what it has
+                # decoded (2.5 GiB after 2M rows of the example; 40 MiB this way).
+                for group in groups:
+                    for batch in f.iter_batches(batch_size=block_rows, row_groups=[group], columns=columns):
+                        if pending and rows + batch.num_rows > block_rows:
+                            yield pa.Table.from_batches(pending)
+                            pending, rows = [], 0
+                        pending.append(batch)
+                        rows += batch.num_rows
+                if pending:  # a block does not span files: their schemas' metadata may differ
+                    yield pa.Table.from_batches(pending)
 
     return read
 
@@ -439,9 +450,9 @@ class ParquetFiles:
     streaming, with Ray Data's backpressure; Spark keeps no copy and the first
     block can be scored at once. Each of ``readers`` read tasks takes every
     ``readers``-th row group of the files (so one big file is read in
-    parallel too) and yields ``block_rows(rows)`` rows at a time, or fewer
-    to stay within :data:`READ_BATCH_BYTES` (Ray Data joins small ones up to
-    its target block size). The row count comes from the files' footers,
+    parallel too) and yields blocks of up to ``block_rows(rows)`` rows, or
+    fewer to stay within :data:`READ_BATCH_BYTES`, gathered from whole row
+    groups (one decoded at a time; a block does not span files). The row count comes from the files' footers,
     read once here; they must hold ``schema``'s columns with its types.
     Cost: per block in flight, one Arrow copy in Ray's object store. Same
     interface as :class:`SparkInput`.
