@@ -14,7 +14,9 @@ What it measures, one after another in one invocation:
    plus RayDP's Spark), parquet in, parquet out (``mode: overwrite``,
    ``keep_columns: [id]``). The seconds per stage come from the
    :class:`rayscore.RunResult` it returns; "end to end after start-up" is
-   ``read_convert + predict + write`` (``load`` overlaps ``predict``).
+   ``total - startup``, from Ray and Spark being up until the output is
+   committed (the stages overlap: ``load`` and, for a parquet path scored
+   ahead, ``predict`` overlap start-up; ``write`` overlaps ``predict``).
 
 Then it checks that rayscore's predictions equal the limit's on the same rows
 (joined by ``id``; max abs difference <= 1e-5 for ``click`` and ``topics``)

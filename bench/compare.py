@@ -14,8 +14,9 @@ multi-input model, ``--rows`` rows in parquet), then runs one after another:
    the model once, batch 4096) scores it, and Spark writes parquet; timed after
    the session is up;
 3. **rayscore**: ``rayscore.run`` on the embedded default (local Ray + RayDP
-   Spark), parquet in, parquet out, timed after start-up
-   (``read_convert + predict + write``). The input is a plain parquet scan,
+   Spark), parquet in, parquet out, timed after start-up (``total -
+   startup``: Ray and Spark up until the output is committed; the whole
+   job is printed beside it). The input is a plain parquet scan,
    so Ray's read tasks read its files (``input_reader: parquet``);
 4. **rayscore, input.reader: spark**: the same job with Spark reading the
    input and RayDP handing it to Ray (the way any other DataFrame goes).
