@@ -304,7 +304,7 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
     prepared = (source.prepared_at or started) - started
     seconds = {"read_convert": prepared, "predict": time.perf_counter() - started - prepared,
                "load": loads["load_seconds_max"]}
-    rows_out = out.count() if out is not None else blocks.rows if blocks is not None else 0
+    rows_out = blocks.rows if blocks is not None else out.count()
     if rows_out != rows_in:
         raise PredictError(f"the actor pool returned {rows_out} rows for {rows_in} input rows")
     quarantined = _count_quarantined(_block_refs(out)) if plan.quarantine and out is not None else 0
