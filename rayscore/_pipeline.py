@@ -241,7 +241,7 @@ class _Pooled:
     out: Any  # a materialized Ray Dataset; None when each block went to a _Blocks as it came
     rows_in: int
     loads: dict[str, Any]
-    rows_quarantined: int
+    rows_quarantined: int  # counted in ``out``; 0 when handed over (the writer counts them per wave)
     seconds: dict[str, float]  # read_convert, predict, load
     reader: str
 
