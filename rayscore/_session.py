@@ -38,6 +38,13 @@ JAVA_OPTIONS: tuple[str, ...] = (
     *(f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in _OPENS),
     "-Djdk.reflect.useDirectMethodHandle=false",
     "-Dio.netty.tryReflectionSetAccessible=true",
+    # Load the classpath's classes (Spark's, RayDP's and Ray's jars, from the installed
+    # wheels) without verifying their bytecode: class loading is most of what a JVM does
+    # at start, and each job starts four. On 2 cores the example job took 46-51 s instead
+    # of 54-55 s (bench/RESULTS.md). -XX:+BytecodeVerificationRemote in a JVM's
+    # extraJavaOptions (spark.configs) turns it back on.
+    "-XX:+UnlockDiagnosticVMOptions",
+    "-XX:-BytecodeVerificationRemote",
 )
 # For Spark's driver and RayDP's app master, which plan and coordinate but never
 # touch a row: compile with C1 only and collect with one thread. Their start then

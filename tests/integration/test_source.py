@@ -93,3 +93,65 @@ def test_a_file_whose_column_differs_from_the_schema_is_one_line_naming_column_a
         f"input: column 'price' is double in {data}/part-1.parquet, but float in the input's schema"
     with pytest.raises(InputError, match=r"^input: column 'size' is missing in .*part-0.parquet, but int32 in the"):
         ParquetFiles(files, schema.append(pa.field("size", pa.int32())), readers=2, block_rows=lambda rows: 100)
+
+
+def _varied_types(root):
+    """A parquet directory whose columns exercise Spark's footer conversion, written by pyarrow and by Spark."""
+    import datetime
+
+    table = pa.table({
+        "id": pa.array([1, 2], pa.int64()),
+        "small": pa.array([1, 2], pa.int8()),
+        "unsigned": pa.array([1, 2], pa.uint32()),  # Spark reads a UINT_32 as bigint
+        "ratio": pa.array([0.5, 1.5], pa.float64()),
+        "name": pa.array(["a", None], pa.string()),
+        "raw": pa.array([b"x", b"y"], pa.binary()),
+        "tokens": pa.array([[1, 2], [3]], pa.list_(pa.int32())),
+        "grid": pa.array([[[1.0]], [[2.0, 3.0]]], pa.list_(pa.list_(pa.float32()))),
+        "when": pa.array([datetime.datetime(2026, 1, 1), None], pa.timestamp("us", tz="UTC")),
+        "day": pa.array([datetime.date(2026, 1, 1), None], pa.date32()),
+        "amount": pa.array([1, 2], pa.decimal128(12, 2)).cast(pa.decimal128(12, 2)),
+        "point": pa.array([{"x": 1.0, "y": 2.0}, None], pa.struct([("x", pa.float64()), ("y", pa.float64())])),
+    })
+    root.mkdir()
+    pq.write_table(table, root / "part-0.parquet")
+    pq.write_table(table, root / "part-1.parquet")
+    return table
+
+
+def test_footer_schema_is_the_schema_spark_infers(rs, workload, tmp_path):
+    from rayscore._config import InputConfig
+    from rayscore._source import footer_schema, read_input
+
+    _varied_types(tmp_path / "varied")
+    spark_written = tmp_path / "by-spark"
+    rs.spark.read.parquet(str(tmp_path / "varied")).write.parquet(str(spark_written))  # Spark's metadata in the footer
+    for path in (str(tmp_path / "varied"), str(spark_written), workload["data"], f"file://{workload['data']}"):
+        cfg = InputConfig(format="parquet", path=path)
+        found = footer_schema(rs.spark, cfg)
+        assert found is not None, path
+        assert found == rs.spark.read.parquet(path).schema, path
+        assert read_input(rs.spark, cfg).schema == found
+    one_file = str(tmp_path / "varied" / "part-0.parquet")
+    assert footer_schema(rs.spark, InputConfig(format="parquet", path=one_file)) == rs.spark.read.parquet(one_file).schema
+
+
+def test_footer_schema_leaves_to_spark_what_its_inference_does_otherwise(rs, workload, partitioned, tmp_path):
+    from rayscore._config import InputConfig
+    from rayscore._source import footer_schema
+
+    data = workload["data"]
+    assert footer_schema(rs.spark, InputConfig(format="parquet", path=partitioned)) is None  # day=... directories
+    assert footer_schema(rs.spark, InputConfig(format="parquet", path=data, options={"mergeSchema": True})) is None
+    assert footer_schema(rs.spark, InputConfig(format="parquet", path=f"{data}/part-*.parquet")) is None
+    assert footer_schema(rs.spark, InputConfig(format="orc", path=data)) is None
+    with_summary = tmp_path / "summary"
+    with_summary.mkdir()
+    pq.write_table(workload["table"].slice(0, 10), with_summary / "part-0.parquet")
+    pq.write_metadata(workload["table"].schema, with_summary / "_common_metadata")
+    assert footer_schema(rs.spark, InputConfig(format="parquet", path=str(with_summary))) is None
+    rs.spark.conf.set("spark.sql.parquet.mergeSchema", "true")
+    try:
+        assert footer_schema(rs.spark, InputConfig(format="parquet", path=data)) is None
+    finally:
+        rs.spark.conf.unset("spark.sql.parquet.mergeSchema")
