@@ -17,7 +17,7 @@ multi-input model, ``--rows`` rows in parquet), then runs one after another:
    Spark), parquet in, parquet out, timed after start-up (``total -
    startup``: Ray and Spark up until the output is committed; the whole
    job is printed beside it). The input is a plain parquet scan,
-   so Ray's read tasks read its files (``input_reader: parquet``);
+   so the pool's actors read its files (``input_reader: parquet``);
 4. **rayscore, input.reader: spark**: the same job with Spark reading the
    input and RayDP handing it to Ray (the way any other DataFrame goes).
 

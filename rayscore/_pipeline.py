@@ -26,7 +26,7 @@ from ._errors import ConfigError, InputError, PredictError, RayscoreError, trans
 from ._cache import cache_root, cached_model
 from ._model import ModelSpec, TensorSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
 from ._storage import is_remote
-from ._predict import REASON, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
+from ._predict import REASON, FilePredictor, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
 from ._session import Session
 from ._sink import REPORT_NAME, StagedWrite, blocks_to_spark, check_output_free, hold_for_session, to_spark, write_output
@@ -41,7 +41,7 @@ log = logging.getLogger("rayscore")
 SAMPLE_ROWS = 1000
 READ_TASKS_PER_ACTOR = 2  # partitions fetched at once per actor: one scored, one arriving
 POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load (copy) the model
-POOL_CANCEL_TIMEOUT_S = 60  # for a cancelled pool's Ray Data job to end once its actors are killed
+POOL_CANCEL_TIMEOUT_S = 60  # for a cancelled pool's Ray Data job to end (its actors fail their next batch)
 # Ray's object store bytes the job's blocks may hold per actor: read ahead and predictions in flight.
 BLOCK_BYTES_PER_ACTOR = 512 * 2**20
 # Predictions per actor that may wait in Ray's object store for Spark to write them before the pool waits.
@@ -173,10 +173,10 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
            spark_cpus: float, files: list[str] | None = None) -> _Scored:
     """Spark DataFrame → Ray Dataset → actor pool → Ray Dataset of predictions → Spark DataFrame.
 
-    With ``files`` (a plain parquet scan's, from :func:`parquet_files`) Ray's
-    read tasks read them (:class:`ParquetFiles`): the pool starts, loads, and
-    scores blocks as they are read. Without, ``df`` goes through
-    :class:`SparkInput`: the pool starts (and its actors load the model) while
+    With ``files`` (a plain parquet scan's, from :func:`parquet_files`) the
+    pool's actors read them (:class:`ParquetFiles`): the pool starts, loads,
+    and each actor scores its row groups as it decodes them. Without, ``df``
+    goes through :class:`SparkInput`: the pool starts (and its actors load the model) while
     Spark counts and prepares the input in a background thread, and the first
     block is scored once Spark is done. Stages in the report:
     ``read_convert`` until the input is ready (Spark's side; nothing for
@@ -194,13 +194,12 @@ def _score(df: Any, plan: Plan, model: ModelRef, predict: PredictConfig, clock: 
 def _source(selected: Any, plan: Plan, predict: PredictConfig, pool: PoolPlan,
             files: list[str] | None, schema: pa.Schema | None = None) -> SparkInput | ParquetFiles:
     """Where the pool's blocks come from: ``files`` read by Ray, else ``selected`` prepared by Spark."""
-    readers = READ_TASKS_PER_ACTOR * pool.max_actors
-    block_rows = lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size)  # noqa: E731
     if files:
         schema = schema if schema is not None else arrow_schema(selected)
         columns = pa.schema([schema.field(c) for c in plan.read_columns])
-        return ParquetFiles(files, columns, readers=readers, block_rows=block_rows)
-    return SparkInput(selected, readers=readers, block_rows=block_rows)
+        return ParquetFiles(files, columns, actors=pool.max_actors, batch_rows=predict.batch_size)
+    return SparkInput(selected, readers=READ_TASKS_PER_ACTOR * pool.max_actors,
+                      block_rows=lambda rows: rows_per_block(rows, pool.max_actors, predict.batch_size))
 
 
 @contextmanager
@@ -269,13 +268,17 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
             # Ray Data places pool actors with its default SPREAD strategy: one per
             # node before two on one, so fewer model copies per node's memory and
             # cache (test_cluster.py checks it).
+            # Parquet pieces: each actor reads its own, one piece a call (one queued beside it).
+            files = isinstance(source, ParquetFiles)
+            kwargs = {"columns": source.columns, "batch_rows": predict.batch_size} if files else {}
             with translate_errors("predict", PredictError):
                 out = _hand_over(source.dataset.map_batches(
-                    Predictor,
-                    fn_constructor_kwargs={"model": model, "plan": plan, "ledger": ledger},
-                    batch_size=predict.batch_size,
+                    FilePredictor if files else Predictor,
+                    fn_constructor_kwargs={"model": model, "plan": plan, "ledger": ledger, **kwargs},
+                    batch_size=1 if files else predict.batch_size,
                     batch_format="pyarrow",
-                    compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+                    compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors,
+                                                       max_tasks_in_flight_per_actor=2 if files else None),
                     num_cpus=predict.cpus_per_actor,
                     memory=pool.memory_per_actor,  # so Ray never packs more model copies than a node holds
                     num_gpus=predict.gpus_per_actor or None,
@@ -443,17 +446,24 @@ class _PoolThread:
         return self._pooled
 
     def cancel(self) -> None:
-        """Stop the pool (actors not yet loaded stop before loading) and wait for the thread."""
+        """Stop the pool and wait for the thread: its actors fail their next batch, or stop before or after loading.
+
+        The job then fails as on a bad row, and its actors are stopped as
+        after any job (:func:`_in_pool`). Only if that takes longer than
+        :data:`POOL_CANCEL_TIMEOUT_S` are they killed while Ray Data runs.
+        """
         import ray  # noqa: PLC0415
 
         if self.blocks is not None:
             self.blocks.end()
         try:
             ray.get(self._ledger.cancel.remote(), timeout=30)
-            _stop_pool(self._ledger)
         except Exception as exc:  # noqa: BLE001 - the job already ended and killed its ledger
             log.debug("cancelling the pool: %s", exc)
         self._thread.join(timeout=POOL_CANCEL_TIMEOUT_S)
+        if self._thread.is_alive():
+            log.warning("the cancelled pool did not stop in %d s: killing its actors", POOL_CANCEL_TIMEOUT_S)
+            _stop_pool(self._ledger)
 
 
 def _unwritten_blocks(cfg: OutputConfig, pool_actors: int) -> _Blocks | None:
@@ -497,8 +507,8 @@ class _ScoreAhead(_PoolThread):
             log.debug("not scoring ahead of Spark: %s", exc)
             return None
         pool = check_pool(spark_cpus, cfg.predict, model, _plan_tensors(plan))
-        # Ray Data would take every free CPU for read tasks, and Spark's executors
-        # could not start; the pool and one read task at a time fit beside them.
+        # Ray Data would take every free CPU for its tasks, and Spark's executors
+        # could not start; the pool and one small task at a time fit beside them.
         needed = pool.max_actors * cfg.predict.cpus_per_actor + 1
         cpus = max(ray.cluster_resources().get("CPU", 0.0) - spark_cpus, needed)
         return cls(plan, files, schema, model, cfg.predict, pool, cpus, _unwritten_blocks(cfg.output, pool.max_actors))
@@ -590,7 +600,7 @@ def predict(
     plus a few batches.
 
     When ``df`` is a plain parquet scan (at most a selection of columns on a
-    ``spark.read.parquet`` of files every node mounts), Ray's read tasks read
+    ``spark.read.parquet`` of files every node mounts), the pool's actors read
     its files with pyarrow and Spark only writes; ``reader="spark"`` makes
     Spark read it as it would any other DataFrame.
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,10 @@ from ._cache import cache_root, cached_model
 from ._convert import Plan, output_type, row_problems, to_columns, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
+from ._source import Piece, read_piece
 
-__all__ = ["ModelRef", "Predictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row", "REASON"]
+__all__ = ["ModelRef", "Predictor", "FilePredictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row",
+           "REASON"]
 
 
 @dataclass(frozen=True)
@@ -202,9 +205,12 @@ class Predictor:
         self._model = loaders[model.loader].load(path, safe_mode=model.safe_mode, **model.options())
         _check_same_inputs(plan.bindings, self._model.spec, model.path)
         seconds = time.perf_counter() - t0
+        self._cancel_check: Any = None
         if ledger is not None:
             import ray  # noqa: PLC0415
 
+            if ray.get(ledger.cancelled.remote()):
+                raise PredictError("the job was cancelled while this actor loaded the model")
             ray.get(ledger.record.remote({
                 "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id(),
@@ -228,7 +234,25 @@ class Predictor:
             ray.get(self._ledger.peak_rss.remote(os.getpid(), peak))
             self._reported_rss = peak
 
+    def _stop_if_cancelled(self) -> None:
+        """Fail this batch if the job was cancelled (:meth:`LoadLedger.cancel`).
+
+        The ledger is asked once a batch without waiting for its answer: the
+        answer to the previous call's question is read if it has come. So a
+        cancelled job fails within a batch or two, as a user error would,
+        and Ray Data ends it; killing its running actors instead left Ray
+        Data waiting for them for ever.
+        """
+        if self._ledger is None:
+            return
+        import ray  # noqa: PLC0415
+
+        asked, self._cancel_check = self._cancel_check, self._ledger.cancelled.remote()
+        if asked is not None and ray.wait([asked], timeout=0)[0] and ray.get(asked):
+            raise PredictError("the job was cancelled")
+
     def __call__(self, batch: pa.Table) -> pa.Table:
+        self._stop_if_cancelled()
         before = self._limit.rows
         table = predict_table(self._model, self._plan, batch, self._limit)
         if self._ledger is not None and not self._scored:
@@ -240,6 +264,33 @@ class Predictor:
             ray.get(self._ledger.shrunk.remote(os.getpid(), self._limit.rows))
         self._report_rss()
         return table
+
+
+class FilePredictor(Predictor):
+    """A :class:`Predictor` that reads its own input: each row of a batch names a :class:`Piece` of a parquet file.
+
+    The actor decodes the piece ``batch_rows`` rows at a time with pyarrow
+    (:func:`read_piece`), the next batch in a thread while the model scores
+    this one, and yields each batch's predictions. The rows never pass
+    through Ray's object store, and no read task (nor a worker process for
+    one) stands between the files and the model. Memory beyond
+    :class:`Predictor`'s: two decoded batches.
+    """
+
+    def __init__(self, model: ModelRef, plan: Plan, ledger: Any = None, *, columns: list[str],
+                 batch_rows: int) -> None:
+        super().__init__(model, plan, ledger)
+        self._columns = columns
+        self._batch_rows = batch_rows
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayscore-read")
+
+    def __call__(self, pieces: pa.Table) -> Iterator[pa.Table]:  # type: ignore[override]
+        for piece in pieces.to_pylist():
+            batches = read_piece(Piece(**piece), self._columns, self._batch_rows)
+            ahead = self._reader.submit(next, batches, None)
+            while (batch := ahead.result()) is not None:
+                ahead = self._reader.submit(next, batches, None)
+                yield super().__call__(batch)
 
 
 def local_copy(model: ModelRef) -> tuple[str, bool]:
@@ -295,6 +346,9 @@ class LoadLedger:
 
     def cancel(self) -> None:
         self._cancelled = True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
 
     def scored(self, at: float) -> None:
         """A predictor scored its first batch at ``at`` (``time.time()``)."""

@@ -30,7 +30,7 @@ class RunResult:
     predicting); ``actor_peak_rss`` is the largest peak.
 
     ``input_reader`` says who read the input: ``parquet`` (a plain parquet
-    scan, whose files Ray's read tasks read with pyarrow) or ``spark`` (any
+    scan, whose files the pool's actors read with pyarrow) or ``spark`` (any
     other DataFrame, or ``input.reader: spark``: Spark reads it and RayDP
     hands it to Ray).
 

@@ -1,11 +1,13 @@
 """Stage 3, source: the Spark DataFrame to score, from any source Spark reads.
 
-Reading is lazy: :func:`read_input` builds the DataFrame and its schema (a
-metadata read for parquet/orc, a schema-inference pass for csv/json), nothing
-more. Two ways into Ray Data: :func:`parquet_files` finds a DataFrame that
-is a plain scan of parquet files, which :class:`ParquetFiles` lets Ray read
-itself; any other DataFrame goes through :class:`SparkInput`, which Spark
-prepares in the background while the actor pool starts.
+Reading is lazy: :func:`read_input` builds the DataFrame and its schema (one
+footer read on the driver for a plain local parquet path, Spark's metadata
+read for other parquet and orc, a schema-inference pass for csv/json),
+nothing more. Two ways into Ray Data: :func:`parquet_files` finds a
+DataFrame that is a plain scan of parquet files, which :class:`ParquetFiles`
+lets the pool's actors read themselves; any other DataFrame goes through
+:class:`SparkInput`, which Spark prepares in the background while the actor
+pool starts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -35,10 +38,8 @@ from ._storage import local_dir
 
 log = logging.getLogger("rayscore")
 
-READ_BATCH_BYTES = 64 * 2**20  # the most a parquet read task gathers into one block (decoded bytes)
-
-__all__ = ["read_input", "footer_schema", "arrow_schema", "data_files", "SparkInput", "Prepared", "ParquetFiles", "parquet_files",
-           "footer_input", "first_rows"]
+__all__ = ["read_input", "footer_schema", "arrow_schema", "data_files", "SparkInput", "Prepared", "ParquetFiles",
+           "Piece", "read_piece", "parquet_files", "footer_input", "first_rows"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -464,82 +465,79 @@ def first_rows(files: list[str], columns: list[str], rows: int) -> pa.Table | No
     return None
 
 
-def _row_group_reader(pieces: list[tuple[str, int]], columns: list[str], block_rows: int) -> Any:
-    """Read task over parquet row groups ``pieces`` (file, index), in blocks of up to ``block_rows`` rows."""
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``skip`` to ``skip + rows`` of row group ``row_group`` of the parquet file ``path``: one task's input."""
 
-    def read() -> Iterator[pa.Table]:
-        by_file: dict[str, list[int]] = {}
-        for path, group in pieces:
-            by_file.setdefault(path, []).append(group)
-        for path, groups in by_file.items():
-            with pq.ParquetFile(path) as f:
-                pending: list[pa.RecordBatch] = []
-                rows = 0
-                # One row group per iter_batches: over many, pyarrow's reader keeps what it has
-                # read until the file is closed (1.6 GB after 2M rows of the example; 40 MB this way).
-                for group in groups:
-                    for batch in f.iter_batches(batch_size=block_rows, row_groups=[group], columns=columns):
-                        if pending and rows + batch.num_rows > block_rows:
-                            yield pa.Table.from_batches(pending)
-                            pending, rows = [], 0
-                        pending.append(batch)
-                        rows += batch.num_rows
-                if pending:  # a block does not span files: their schemas' metadata may differ
-                    yield pa.Table.from_batches(pending)
+    path: str
+    row_group: int
+    skip: int
+    rows: int
 
-    return read
+
+def read_piece(piece: Piece, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """``piece``'s rows (``columns`` only), ``batch_rows`` at a time, decoded one batch at a time.
+
+    One row group per ``iter_batches``: over many, pyarrow's reader keeps what it has
+    read until the file is closed (1.6 GB after 2M rows of the example). Rows
+    before ``skip`` are decoded and dropped: a piece of a row group split between
+    actors (:class:`ParquetFiles`) starts on a whole batch.
+    """
+    with pq.ParquetFile(piece.path) as f:
+        seen, end = 0, piece.skip + piece.rows
+        for batch in f.iter_batches(batch_size=batch_rows, row_groups=[piece.row_group], columns=columns):
+            start, stop = max(piece.skip - seen, 0), min(end - seen, batch.num_rows)
+            seen += batch.num_rows
+            if stop > start:
+                yield pa.Table.from_batches([batch.slice(start, stop - start)])
+            if seen >= end:
+                return
 
 
 class ParquetFiles:
-    """A plain parquet scan read by Ray itself: pyarrow in Ray Data's read tasks.
+    """A plain parquet scan read by the pool's actors themselves, with pyarrow.
 
     What Spark would do for such a DataFrame (decode the files, turn rows into
-    Arrow, keep a copy on disk) is done by pyarrow in the read tasks instead,
-    streaming, with Ray Data's backpressure; Spark keeps no copy and the first
-    block can be scored at once. Each of ``readers`` read tasks takes every
-    ``readers``-th row group of the files (so one big file is read in
-    parallel too) and yields blocks of up to ``block_rows(rows)`` rows, or
-    fewer to stay within :data:`READ_BATCH_BYTES`, gathered from whole row
-    groups (one decoded at a time; a block does not span files). The row
-    count comes from the files' footers, read once here; they must hold
-    ``schema``'s columns with its types.
-    Cost: per block in flight, one Arrow copy in Ray's object store. Same
-    interface as :class:`SparkInput`.
+    Arrow, keep a copy on disk) is done by pyarrow in the actor that scores the
+    rows: ``dataset`` holds only :class:`Piece` s (file, row group, rows), and
+    each actor reads its piece ``batch_rows`` rows at a time
+    (:func:`read_piece`) and scores each batch as it is decoded. No read task,
+    no worker process for one, no copy of the input in Ray's object store;
+    the first batch is scored as soon as an actor has loaded the model. A
+    piece is a whole row group, or a share of one (in whole batches) when the
+    files have fewer row groups than two per actor, so that every actor gets
+    work. The row count comes from the files' footers, read once here; they
+    must hold ``schema``'s columns with its types. Cost: a piece's decoded
+    batch at a time in each actor. Same interface as :class:`SparkInput`.
     """
 
-    def __init__(self, files: list[str], schema: pa.Schema, *, readers: int,
-                 block_rows: Callable[[int], int]) -> None:
+    def __init__(self, files: list[str], schema: pa.Schema, *, actors: int, batch_rows: int) -> None:
         import ray  # noqa: PLC0415
 
-        columns = schema.names
+        self.columns = schema.names
+        self.batch_rows = batch_rows
 
-        def groups(path: str) -> list[tuple[str, int, int, int]]:
+        def groups(path: str) -> list[tuple[str, int, int]]:
             meta = pq.read_metadata(path)
             bad = _type_mismatch(meta.schema.to_arrow_schema(), schema) if meta.num_rows else None
             if bad:
                 name, got, want = bad
                 raise InputError(f"input: column {name!r} is {got or 'missing'} in {path}, "
                                  f"but {want} in the input's schema")
-            return [(path, i, meta.row_group(i).num_rows, meta.row_group(i).total_byte_size)
-                    for i in range(meta.num_row_groups)]
+            return [(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
 
         with translate_errors("input.path", InputError), ThreadPoolExecutor(max_workers=8) as pool:  # footers only
-            pieces = [g for found in pool.map(groups, files) for g in found if g[2]]
-        self.rows = sum(n for _, _, n, _ in pieces)
+            found = [g for listed in pool.map(groups, files) for g in listed if g[2]]
+        self.rows = sum(n for _, _, n in found)
         if self.rows == 0:
             raise InputError("the input has no rows; nothing to score")
-        # A batch this reader decodes is held whole: bound it in bytes, not only in rows.
-        row_bytes = max(1, sum(b for _, _, _, b in pieces) // self.rows)  # uncompressed, as in the footers
-        rows_per_block = max(1, min(block_rows(self.rows), READ_BATCH_BYTES // row_bytes))
-        readers = max(1, min(readers, len(pieces)))
+        shares = math.ceil(2 * max(actors, 1) / len(found))  # per row group: 1 unless they are few
+        self.pieces = []
+        for path, group, rows in found:
+            step = max(batch_rows, math.ceil(rows / shares / batch_rows) * batch_rows)
+            self.pieces += [Piece(path, group, skip, min(step, rows - skip)) for skip in range(0, rows, step)]
         self.prepared_at = 0.0
-
-        tasks = []
-        for i in range(readers):
-            mine = pieces[i::readers]
-            tasks.append((_row_group_reader([(p, g) for p, g, _, _ in mine], columns, rows_per_block),
-                          sum(n for _, _, n, _ in mine)))
-        self.dataset = ray.data.read_datasource(_datasource("ParquetRowGroups", tasks), override_num_blocks=readers)
+        self.dataset = ray.data.from_items([vars(p) for p in self.pieces], override_num_blocks=len(self.pieces))
 
     def start(self) -> None:
         self.prepared_at = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def predictor_processes() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter() if "MapBatches(Predictor)" in _name(p)]
+    """The pool's actors: ``MapBatches(FilePredictor)`` where they read parquet pieces, else ``MapBatches(Predictor)``."""
+    return [p for p in psutil.process_iter() if re.search(r"MapBatches\((File)?Predictor\)", _name(p))]
 
 
 def _name(proc: psutil.Process) -> str:

@@ -62,20 +62,25 @@ def test_a_csv_or_sql_source_is_read_by_spark(rs, workload, tmp_path):
 
 
 def test_parquet_files_reads_every_row_once_over_row_groups(rs, workload, tmp_path):
+    from rayscore._source import read_piece
+
     path = tmp_path / "groups.parquet"
-    pq.write_table(workload["table"], path, row_group_size=700)  # 6000 rows: 9 row groups, 4 readers
+    pq.write_table(workload["table"], path, row_group_size=700)  # 6000 rows: 9 row groups
     files = parquet_files(rs.spark.read.parquet(str(path)))
     assert files == [str(path)]
-    source = ParquetFiles(files, pa.schema([("id", pa.int64()), ("price", pa.float32())]), readers=4,
-                          block_rows=lambda rows: 500)
+    source = ParquetFiles(files, pa.schema([("id", pa.int64()), ("price", pa.float32())]), actors=2, batch_rows=500)
     assert source.rows == workload["table"].num_rows
-    import ray
-
-    table = pa.concat_tables(ray.get(source.dataset.to_arrow_refs())).sort_by("id")
+    assert [(p.row_group, p.skip, p.rows) for p in source.pieces] == \
+        [(g, 0, 700) for g in range(8)] + [(8, 0, 400)]  # whole row groups: there are more than 2 per actor
+    assert source.dataset.count() == 9  # pieces, not rows: the actors read them
+    table = pa.concat_tables(b for p in source.pieces for b in read_piece(p, source.columns, 500)).sort_by("id")
     assert table.column_names == ["id", "price"]
     assert table.column("id").to_pylist() == list(range(workload["table"].num_rows))
     assert table.column("price").combine_chunks().equals(workload["table"].column("price").combine_chunks())
     assert first_rows(files, ["id"], 10).column("id").to_pylist() == list(range(10))
+    few = ParquetFiles(files, pa.schema([("id", pa.int64())]), actors=8, batch_rows=128)  # 9 row groups, 16 wanted
+    assert [(p.skip, p.rows) for p in few.pieces if p.row_group == 0] == [(0, 384), (384, 316)]
+    assert sum(p.rows for p in few.pieces) == workload["table"].num_rows
 
 
 def test_a_file_whose_column_differs_from_the_schema_is_one_line_naming_column_and_file(rs, workload, tmp_path):
@@ -88,11 +93,11 @@ def test_a_file_whose_column_differs_from_the_schema_is_one_line_naming_column_a
     files = [str(data / "part-0.parquet"), str(data / "part-1.parquet")]
     schema = pa.schema([("id", pa.int64()), ("price", pa.float32())])
     with pytest.raises(InputError) as caught:
-        ParquetFiles(files, schema, readers=2, block_rows=lambda rows: 100)
+        ParquetFiles(files, schema, actors=2, batch_rows=100)
     assert str(caught.value) == \
         f"input: column 'price' is double in {data}/part-1.parquet, but float in the input's schema"
     with pytest.raises(InputError, match=r"^input: column 'size' is missing in .*part-0.parquet, but int32 in the"):
-        ParquetFiles(files, schema.append(pa.field("size", pa.int32())), readers=2, block_rows=lambda rows: 100)
+        ParquetFiles(files, schema.append(pa.field("size", pa.int32())), actors=2, batch_rows=100)
 
 
 def _varied_types(root):

@@ -63,11 +63,11 @@ def test_anything_else_is_left_to_spark(features: Path, change: dict) -> None:
     assert footer_input(InputConfig(**cfg)) is None
 
 
-def test_a_read_task_holds_about_one_block_not_all_it_has_read(tmp_path: Path) -> None:
-    """Read tasks read many row groups; what they keep must not grow with them (bench/compare.py --memory)."""
+def test_reading_a_piece_holds_about_one_batch_not_all_it_has_read(tmp_path: Path) -> None:
+    """An actor reads row groups one after another; what it keeps must not grow with them (compare.py --memory)."""
     import numpy as np
 
-    from rayscore._source import _row_group_reader
+    from rayscore._source import Piece, read_piece
 
     rows_per_group, groups, width = 2000, 40, 256
     values = np.random.default_rng(0).random((rows_per_group * groups, width), dtype=np.float32)
@@ -79,16 +79,26 @@ def test_a_read_task_holds_about_one_block_not_all_it_has_read(tmp_path: Path) -
     del table, values
     group_bytes = rows_per_group * width * 4
     before = pa.total_allocated_bytes()
-    read = _row_group_reader([(str(path), g) for g in range(groups)], ["id", "x"], block_rows=5000)
-    blocks = rows = held = 0
-    for block in read():
-        assert block.num_rows <= 5000
-        blocks += 1
-        rows += block.num_rows
-        del block
-        held = max(held, pa.total_allocated_bytes() - before)  # what the reader keeps between blocks
-    assert (rows, blocks) == (rows_per_group * groups, 20)  # 2 row groups (4000 rows) per block
-    # Over all 40 row groups at once, pyarrow's reader kept what it had read until the file
-    # was closed: 111 MB here (80 MB decoded), 1.6 GB of 2M rows of the example. Now: the
-    # block being gathered and the reader's buffers for a row group or two (11 MB).
-    assert held < 8 * group_bytes
+    batches = rows = held = 0
+    for group in range(groups):  # an actor's pieces, one after another
+        for batch in read_piece(Piece(str(path), group, 0, rows_per_group), ["id", "x"], batch_rows=512):
+            assert batch.num_rows <= 512 and batch.column_names == ["id", "x"]
+            batches += 1
+            rows += batch.num_rows
+            del batch
+            held = max(held, pa.total_allocated_bytes() - before)  # what the reader keeps between batches
+    assert (rows, batches) == (rows_per_group * groups, 4 * groups)  # 512 + 512 + 512 + 464 per row group
+    # Over all 40 row groups in one iter_batches, pyarrow's reader kept what it had read until
+    # the file was closed: 111 MB here (80 MB decoded), 1.6 GB of 2M rows of the example.
+    assert held < 4 * group_bytes
+
+
+def test_a_piece_is_its_share_of_a_row_group_in_whole_batches(tmp_path: Path) -> None:
+    from rayscore._source import Piece, read_piece
+
+    path = tmp_path / "one-group.parquet"
+    pq.write_table(pa.table({"id": pa.array(range(1000), pa.int64())}), path)
+    shares = [Piece(str(path), 0, 0, 384), Piece(str(path), 0, 384, 384), Piece(str(path), 0, 768, 232)]
+    got = [[b.column("id").to_pylist() for b in read_piece(p, ["id"], batch_rows=128)] for p in shares]
+    assert [len(b) for b in got[0]] == [128, 128, 128] and [len(b) for b in got[2]] == [128, 104]
+    assert [i for share in got for b in share for i in b] == list(range(1000))
