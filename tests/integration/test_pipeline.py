@@ -256,6 +256,19 @@ def test_a_local_session_keeps_token_auth_and_starts_no_dashboard_or_spark_ui(rs
     assert rs.spark.conf.get("spark.ui.enabled") == "false"
 
 
+def test_the_sessions_jvms_run_with_rayscores_flags(rs):
+    """Spark's driver and executor JVMs: each role's flags reach its command line (the executor's from RayDP)."""
+    assert rs.spark.range(100).count() == 100  # an executor is up
+    java = [proc.cmdline() for proc in psutil.process_iter() if proc.name() == "java"]
+    driver = [c for c in java if "org.apache.spark.deploy.SparkSubmit" in c]
+    executors = [c for c in java if "-XX:G1PeriodicGCInterval=2000" in c]
+    assert len(driver) == 1 and executors
+    for flags in [*driver, *executors]:
+        assert "-XX:-BytecodeVerificationRemote" in flags and "--add-opens=java.base/java.nio=ALL-UNNAMED" in flags
+    assert "-XX:TieredStopAtLevel=1" in driver[0]
+    assert all("-XX:MaxHeapFreeRatio=30" in c and "-XX:TieredStopAtLevel=1" not in c for c in executors)
+
+
 def test_actors_auto_sizes_the_pool_from_the_node_and_reports_it(rs, workload, tmp_path):
     out = tmp_path / "scores.parquet"
     result = rayscore.run(job(workload, out, predict={"actors": "auto"}), session=rs)
