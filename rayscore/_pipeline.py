@@ -474,8 +474,8 @@ def _unwritten_blocks(cfg: OutputConfig, pool_actors: int) -> _Blocks | None:
 class _ScoreAhead(_PoolThread):
     """Score a plain local parquet input while Spark starts, from a plan made without Spark.
 
-    Otherwise Spark's start (about 10 s on 2 cores) and its schema inference
-    come before the first batch. Made once Ray is up, from the files and
+    Otherwise Spark's start (10-25 s on 2 cores) comes before the first
+    batch. Made once Ray is up, from the files and
     footer schema :func:`footer_input` finds; a daemon thread runs the pool
     on them (:class:`ParquetFiles`), its Ray Data job capped to the CPUs
     that Spark's executors will not hold. Once Spark has the job's
