@@ -16,10 +16,14 @@ multi-input model, ``--rows`` rows in parquet), then runs one after another:
 3. **rayscore**: ``rayscore.run`` on the embedded default (local Ray + RayDP
    Spark), parquet in, parquet out, timed after start-up (``total -
    startup``: Ray and Spark up until the output is committed; the whole
-   job is printed beside it). The input is a plain parquet scan,
-   so the pool's actors read its files (``input_reader: parquet``);
-4. **rayscore, input.reader: spark**: the same job with Spark reading the
-   input and RayDP handing it to Ray (the way any other DataFrame goes).
+   job is printed beside it). The input is a plain parquet scan and the
+   output a local parquet path, so the pool's actors read the files and
+   write the predictions' part files themselves (``input_reader`` and
+   ``output_writer``: ``parquet``); Spark commits them;
+4. **rayscore, output.writer: spark**: the same job with Spark's writer
+   writing the predictions (RayDP hands them from Ray to Spark);
+5. **rayscore, input.reader: spark**: Spark reads the input too (RayDP hands
+   it to Ray), the way any other DataFrame goes.
 
 It checks that all three give the same predictions (by ``id``, max abs
 difference <= 1e-5) and prints rows/s, seconds, the peak memory of each way's
@@ -116,53 +120,55 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     workload = e2e._in_child(e2e.make_workload, workdir, rows)
     cores = os.cpu_count() or 1
 
-    print("1/4 the limit (one process, model.predict) ...", flush=True)
+    print("1/5 the limit (one process, model.predict) ...", flush=True)
     with e2e.PeakMemory() as mem:
         limit = e2e._in_child(e2e.run_limit, workload, workdir)
     limit.peak_rss_bytes = max(limit.peak_rss_bytes, mem.peak_bytes)
 
-    print(f"2/4 Spark local[{cores}] + predict_batch_udf ...", flush=True)
+    print(f"2/5 Spark local[{cores}] + predict_batch_udf ...", flush=True)
     with e2e.PeakMemory() as mem:
         udf = e2e._in_child(run_udf, workload, workdir, cores)
     udf.peak_rss_bytes = mem.peak_bytes
 
     runs = {}
-    for step, reader in ((3, "auto"), (4, "spark")):
-        print(f"{step}/4 rayscore.run (local Ray + RayDP Spark), input.reader: {reader} ...", flush=True)
-        config = e2e.rayscore_config(workload, os.path.join(workdir, f"scores-{reader}.parquet"), args.actors,
-                                     args.batch_size, spark=_spark(args))
+    for step, (reader, writer) in enumerate((("auto", "auto"), ("auto", "spark"), ("spark", "auto")), start=3):
+        print(f"{step}/5 rayscore.run (local Ray + RayDP Spark), input.reader: {reader}, output.writer: {writer} ...",
+              flush=True)
+        config = e2e.rayscore_config(workload, os.path.join(workdir, f"scores-{reader}-{writer}.parquet"),
+                                     args.actors, args.batch_size, spark=_spark(args))
         config["input"]["reader"] = reader
+        config["output"]["writer"] = writer
         with e2e.PeakMemory() as mem:
-            runs[reader] = e2e._in_child(e2e.run_rayscore, config)
-        runs[reader].peak_rss_bytes = mem.peak_bytes
-    scored = runs["auto"]
+            run = e2e._in_child(e2e.run_rayscore, config)
+        run.peak_rss_bytes = mem.peak_bytes
+        runs[f"rayscore ({run.result['input_reader']} → {run.result['output_writer']})"] = run
+    scored = next(iter(runs.values()))
 
     checks = {"predict_batch_udf": check_udf(limit, udf),
-              **{f"rayscore ({run.result['input_reader']} reader)": e2e.check_predictions(limit, run)
-                 for run in runs.values()}}
+              **{name: e2e.check_predictions(limit, run) for name, run in runs.items()}}
     r_limit = rows / limit.seconds
     r_udf = rows / udf.seconds
     r_rs = rows / scored.after_startup_seconds
     print()
     print(f"# {rows:,} rows, {cores} cores; rayscore: {args.actors} actor(s), batch {args.batch_size}, "
           f"Spark executor cores {args.executor_cores or 'default'}")
-    print(f"{'way':<22}{'rows/s':>10}{'seconds':>9}{'peak GiB':>10}  detail")
-    print(f"{'limit (model.predict)':<22}{r_limit:>10,.0f}{limit.seconds:>9.1f}{limit.peak_rss_bytes / 2**30:>10.2f}"
+    print(f"{'way':<30}{'rows/s':>10}{'seconds':>9}{'peak GiB':>10}  detail")
+    print(f"{'limit (model.predict)':<30}{r_limit:>10,.0f}{limit.seconds:>9.1f}{limit.peak_rss_bytes / 2**30:>10.2f}"
           f"  read {limit.read_seconds:.1f} s, predict {limit.predict_seconds:.1f} s")
-    print(f"{'predict_batch_udf':<22}{r_udf:>10,.0f}{udf.seconds:>9.1f}{udf.peak_rss_bytes / 2**30:>10.2f}"
+    print(f"{'predict_batch_udf':<30}{r_udf:>10,.0f}{udf.seconds:>9.1f}{udf.peak_rss_bytes / 2**30:>10.2f}"
           f"  after a {udf.startup_seconds:.1f} s Spark start; read, score, write")
-    for run in runs.values():
+    for name, run in runs.items():
         s = run.seconds
-        name = f"rayscore ({run.result['input_reader']})"
-        print(f"{name:<22}{rows / run.after_startup_seconds:>10,.0f}{run.after_startup_seconds:>9.1f}"
+        print(f"{name:<30}{rows / run.after_startup_seconds:>10,.0f}{run.after_startup_seconds:>9.1f}"
               f"{run.peak_rss_bytes / 2**30:>10.2f}"
               f"  startup {s.get('startup', 0):.1f} s; read_convert {s.get('read_convert', 0):.1f}, "
               f"predict {s.get('predict', 0):.1f} (load {s.get('load', 0):.1f}), write {s.get('write', 0):.1f}")
-    print(f"rayscore (parquet) / limit: {r_rs / r_limit:.2f} (target >= 0.5); "
-          f"rayscore (parquet) / predict_batch_udf: {r_rs / r_udf:.2f} (target >= 3)")
-    for run in runs.values():
+    first = next(iter(runs))
+    print(f"{first} / limit: {r_rs / r_limit:.2f} (target >= 0.5); "
+          f"{first} / predict_batch_udf: {r_rs / r_udf:.2f} (target >= 3)")
+    for name, run in runs.items():
         s = run.seconds
-        print(f"rayscore ({run.result['input_reader']}): first prediction {s.get('first_prediction', 0):.1f} s after "
+        print(f"{name}: first prediction {s.get('first_prediction', 0):.1f} s after "
               f"run() began (target <= 15), Ray + Spark up at {s.get('startup', 0):.1f} s; whole job "
               f"{run.job_seconds:.1f} s = {rows / run.job_seconds:,.0f} rows/s with start-up"
               + (", scored while Spark started" if run.result.get("scored_ahead") else ""))

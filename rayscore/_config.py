@@ -212,7 +212,7 @@ class PredictConfig(_Frozen):
 
 
 class OutputConfig(_Frozen):
-    """Where and how Spark writes the predictions."""
+    """Where and how the predictions are written (by Spark, or for parquet by the pool's actors)."""
 
     format: Literal["parquet", "csv", "json", "orc", "table"] = "parquet"
     path: str | None = None
@@ -223,6 +223,8 @@ class OutputConfig(_Frozen):
     errors_path: str | None = None
     shards: int = Field(default=8, ge=1, le=100_000)
     options: dict[str, Any] = Field(default_factory=dict)
+    # auto: the pool's actors write a parquet path themselves when they read the input's files; spark: Spark always.
+    writer: Literal["auto", "spark"] = "auto"
 
     _options = field_validator("options")(classmethod(lambda cls, v: _scalars(v)))
 

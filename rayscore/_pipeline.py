@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from ._config import Config, ModelConfig, OutputConfig, PredictConfig, format_validation_error, load_config
@@ -29,7 +30,8 @@ from ._storage import is_remote
 from ._predict import REASON, FilePredictor, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
 from ._session import Session
-from ._sink import REPORT_NAME, StagedWrite, blocks_to_spark, check_output_free, hold_for_session, to_spark, write_output
+from ._sink import (REPORT_NAME, ActorSink, PartFiles, StagedWrite, actors_can_write, blocks_to_spark,
+                    check_output_free, hold_for_session, to_spark, write_output)
 from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
 from ._source import ParquetFiles, SparkInput, arrow_schema, first_rows, footer_input, parquet_files, read_input
@@ -246,14 +248,18 @@ class _Pooled:
 
 
 def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, predict: PredictConfig,
-             pool: PoolPlan, ledger: Any = None, blocks: _Blocks | None = None) -> _Pooled:
+             pool: PoolPlan, ledger: Any = None, blocks: _Blocks | None = None,
+             sink: ActorSink | None = None) -> _Pooled:
     """Score every block of ``source`` on the actor pool; stop the pool's actors, also on failure.
 
     Run inside :func:`_job_data_context`. ``ledger`` (a :class:`LoadLedger`)
     is made here unless the caller needs it, to cancel the job from another
     thread; it is killed here either way. With ``blocks``, each block of
     predictions is handed to it as soon as it is scored (``_Pooled.out`` is
-    then None); without, they are all kept in a materialised Dataset.
+    then None); without, they are all kept in a materialised Dataset. With
+    ``sink`` (``source`` must be :class:`ParquetFiles`) the actors write the
+    predictions themselves, and ``out`` holds what each piece wrote
+    (:data:`WRITTEN`).
     """
     import ray  # noqa: PLC0415
 
@@ -270,7 +276,7 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
             # cache (test_cluster.py checks it).
             # Parquet pieces: each actor reads its own, one piece a call (one queued beside it).
             files = isinstance(source, ParquetFiles)
-            kwargs = {"columns": source.columns, "batch_rows": predict.batch_size} if files else {}
+            kwargs = {"columns": source.columns, "batch_rows": predict.batch_size, "sink": sink} if files else {}
             with translate_errors("predict", PredictError):
                 out = _hand_over(source.dataset.map_batches(
                     FilePredictor if files else Predictor,
@@ -307,10 +313,15 @@ def _in_pool(source: SparkInput | ParquetFiles, plan: Plan, model: ModelRef, pre
     prepared = (source.prepared_at or started) - started
     seconds = {"read_convert": prepared, "predict": time.perf_counter() - started - prepared,
                "load": loads["load_seconds_max"]}
-    rows_out = blocks.rows if blocks is not None else out.count()
+    if sink is not None:
+        written = pa.concat_tables([t for t in ray.get(_block_refs(out)) if t.num_rows], promote_options="default")
+        quarantined = int(pc.sum(written.column("quarantined")).as_py() or 0)
+        rows_out = int(pc.sum(written.column("rows")).as_py() or 0) + quarantined
+    else:
+        rows_out = blocks.rows if blocks is not None else out.count()
+        quarantined = _count_quarantined(_block_refs(out)) if plan.quarantine and out is not None else 0
     if rows_out != rows_in:
         raise PredictError(f"the actor pool returned {rows_out} rows for {rows_in} input rows")
-    quarantined = _count_quarantined(_block_refs(out)) if plan.quarantine and out is not None else 0
     return _Pooled(out, rows_in, loads, quarantined, seconds,
                    reader="parquet" if isinstance(source, ParquetFiles) else "spark")
 
@@ -407,10 +418,12 @@ class _PoolThread:
     """
 
     def __init__(self, make_source: Callable[[], SparkInput | ParquetFiles], plan: Plan, model: ModelRef,
-                 predict: PredictConfig, pool: PoolPlan, cpus: float | None, blocks: _Blocks | None) -> None:
+                 predict: PredictConfig, pool: PoolPlan, cpus: float | None, blocks: _Blocks | None,
+                 sink: ActorSink | None = None) -> None:
         import ray  # noqa: PLC0415
 
-        self.blocks = blocks
+        self.blocks = None if sink is not None else blocks
+        self.sink = sink
         self._ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
         self._pooled: _Pooled | None = None
         self._error: BaseException | None = None
@@ -418,24 +431,31 @@ class _PoolThread:
         def score() -> None:
             try:
                 with _job_data_context(pool.max_actors * BLOCK_BYTES_PER_ACTOR, cpus=cpus):
-                    self._pooled = _in_pool(make_source(), plan, model, predict, pool, self._ledger, blocks)
+                    self._pooled = _in_pool(make_source(), plan, model, predict, pool, self._ledger, self.blocks,
+                                            sink)
             except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
                 self._error = exc
             finally:
-                if blocks is not None:
-                    blocks.end(self._error)
+                if self.blocks is not None:
+                    self.blocks.end(self._error)
 
         self._thread = threading.Thread(target=score, name="rayscore-pool", daemon=True)
         self._thread.start()
 
     @classmethod
     def for_dataframe(cls, df: Any, plan: Plan, files: list[str] | None, model: ModelRef, predict: PredictConfig,
-                      spark_cpus: float, output: OutputConfig) -> _PoolThread:
-        """The pool scoring ``df`` (or its ``files``) as :func:`_score` does, its blocks handed over for ``output``."""
-        pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
+                      spark_cpus: float, output: OutputConfig, sink: ActorSink | None = None) -> _PoolThread:
+        """The pool scoring ``df`` (or its ``files``) as :func:`_score` does, its blocks handed over for ``output``
+        (or written by the actors into ``sink``, which needs ``files``; removed if the pool is refused)."""
+        try:
+            pool = check_pool(spark_cpus, predict, model, _plan_tensors(plan))
+        except BaseException:
+            if sink is not None:
+                sink.discard()
+            raise
         selected = df.select(*plan.read_columns)
         return cls(lambda: _source(selected, plan, predict, pool, files), plan, model, predict, pool, None,
-                   _unwritten_blocks(output, pool.max_actors))
+                   _unwritten_blocks(output, pool.max_actors), sink if files else None)
 
     def result(self) -> _Pooled:
         """Wait for the pool to finish; raise what it raised."""
@@ -464,6 +484,12 @@ class _PoolThread:
         if self._thread.is_alive():
             log.warning("the cancelled pool did not stop in %d s: killing its actors", POOL_CANCEL_TIMEOUT_S)
             _stop_pool(self._ledger)
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove what the actors wrote, if they write the output (:class:`ActorSink`) and it was not committed."""
+        if self.sink is not None:
+            self.sink.discard()
 
 
 def _unwritten_blocks(cfg: OutputConfig, pool_actors: int) -> _Blocks | None:
@@ -486,10 +512,10 @@ class _ScoreAhead(_PoolThread):
     """
 
     def __init__(self, plan: Plan, files: list[str], schema: pa.Schema, model: ModelRef, predict: PredictConfig,
-                 pool: PoolPlan, cpus: float, blocks: _Blocks | None) -> None:
+                 pool: PoolPlan, cpus: float, blocks: _Blocks | None, sink: ActorSink | None) -> None:
         self.plan, self.files = plan, files
         super().__init__(lambda: _source(None, plan, predict, pool, files, schema), plan, model, predict, pool,
-                         cpus, blocks)
+                         cpus, blocks, sink)
 
     @classmethod
     def start(cls, cfg: Config, spec: ModelSpec, model: ModelRef, spark_cpus: float) -> _ScoreAhead | None:
@@ -511,11 +537,44 @@ class _ScoreAhead(_PoolThread):
         # could not start; the pool and one small task at a time fit beside them.
         needed = pool.max_actors * cfg.predict.cpus_per_actor + 1
         cpus = max(ray.cluster_resources().get("CPU", 0.0) - spark_cpus, needed)
-        return cls(plan, files, schema, model, cfg.predict, pool, cpus, _unwritten_blocks(cfg.output, pool.max_actors))
+        return cls(plan, files, schema, model, cfg.predict, pool, cpus, _unwritten_blocks(cfg.output, pool.max_actors),
+                   _actor_sink(cfg, plan, schema, model))
 
     def agrees(self, plan: Plan, files: list[str] | None) -> bool:
         """Whether Spark's DataFrame gives this job: the same plan, read by Ray from the same files."""
         return plan == self.plan and files == self.files
+
+
+def _actor_sink(cfg: Config, plan: Plan, schema: pa.Schema, model: ModelRef) -> ActorSink | None:
+    """The outputs' part files, made ready for the pool's actors to write, or None: Spark writes them.
+
+    For a job whose input the actors read themselves (``schema``: the
+    input's Arrow schema) and whose outputs they may write
+    (:func:`actors_can_write`). The files hold the columns Spark's writer
+    would write: ``keep_columns`` then the model's outputs (tagged with the
+    model's identity), and ``key_columns`` with a ``reason`` for
+    quarantined rows.
+    """
+    outputs = [cfg.output, *([errors_output(cfg)] if plan.quarantine else [])]
+    why = next((reason for out in outputs if (reason := actors_can_write(out))), None)
+    if why is not None:
+        log.debug("Spark writes the predictions (%s)", why)
+        return None
+    kept = pa.schema([schema.field(c) for c in plan.keep_columns])
+    try:
+        output = PartFiles.make(cfg.output.path or "", kept, model_identity(plan, model))
+    except TypeError as exc:  # a kept column Spark has no type for: Spark's writer says what it makes of it
+        log.debug("Spark writes the predictions (%s)", exc)
+        return None
+    if not plan.quarantine:
+        return ActorSink(output)
+    rejected = pa.schema([schema.field(c) for c in plan.key_columns] + [pa.field("reason", pa.string())])
+    try:
+        return ActorSink(output, PartFiles.make(cfg.output.errors_path or "", rejected, {}))
+    except TypeError as exc:
+        output.discard()
+        log.debug("Spark writes the predictions (%s)", exc)
+        return None
 
 
 def _stop_pool(ledger: Any) -> None:
@@ -546,12 +605,16 @@ def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
     files and in table catalogs, so a score can be traced to its model from
     the output alone: ``df.schema["click"].metadata["rayscore"]``.
     """
+    identity = model_identity(plan, model)
+    return sdf.select(*[  # sdf[c], not F.col(c): a name with a dot is not a struct field here
+        sdf[c].alias(c, metadata=identity[c]) if c in identity else sdf[c] for c in sdf.columns])
+
+
+def model_identity(plan: Plan, model: ModelRef) -> dict[str, dict[str, Any]]:
+    """Each prediction column's Spark column metadata: ``{"rayscore": {model_uri, …, model_output}}``."""
     identity = {"model_uri": model.path, "model_format": model.loader, "model_bytes": model.nbytes,
                 "model_fingerprint": model.fingerprint}
-    made_by = {column: name for name, column in plan.outputs}
-    return sdf.select(*[  # sdf[c], not F.col(c): a name with a dot is not a struct field here
-        sdf[c].alias(c, metadata={"rayscore": {**identity, "model_output": made_by[c]}}) if c in made_by
-        else sdf[c] for c in sdf.columns])
+    return {column: {"rayscore": {**identity, "model_output": name}} for name, column in plan.outputs}
 
 
 def _count_quarantined(refs: list[Any]) -> int:
@@ -677,7 +740,8 @@ def errors_output(cfg: Config) -> OutputConfig:
     """Where quarantined rows go: output.errors_path, in the output's format (parquet for tables)."""
     fmt = "parquet" if cfg.output.format == "table" else cfg.output.format
     mode = "overwrite" if cfg.output.mode == "resume" else cfg.output.mode
-    return OutputConfig(format=fmt, path=cfg.output.errors_path, mode=mode, options=cfg.output.options)
+    return OutputConfig(format=fmt, path=cfg.output.errors_path, mode=mode, options=cfg.output.options,
+                        writer=cfg.output.writer)
 
 
 def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: ModelRef, spec: ModelSpec,
@@ -705,6 +769,7 @@ def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: Mo
         return result.to_json()
 
     if cfg.output.format == "table":
+        result.output_writer = "spark"
         scored = (_back_to_spark(ahead.result(), spark, plan, ref, clock) if ahead is not None
                   else _score(df, plan, ref, cfg.predict, clock, spark_cpus, files))
         _fold(result, scored.reader, scored.rows_in, scored.loads, scored.rows_quarantined)
@@ -717,12 +782,20 @@ def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: Mo
                 write_output(spark, bad, errors_output(cfg), scored.rows_quarantined, report)
             result.rows_out = write_output(spark, good, cfg.output, expected, report)
     else:
-        job = ahead or _PoolThread.for_dataframe(df, plan, files, ref, cfg.predict, spark_cpus, cfg.output)
-        outputs = [StagedWrite(spark, cfg.output)]
+        job = ahead or _PoolThread.for_dataframe(
+            df, plan, files, ref, cfg.predict, spark_cpus, cfg.output,
+            _actor_sink(cfg, plan, arrow_schema(df), ref) if files else None)
+        sink = job.sink
+        outputs = [StagedWrite(spark, cfg.output, sink.output if sink else None)]
         if plan.quarantine:
-            outputs.append(StagedWrite(spark, errors_output(cfg)))
+            outputs.append(StagedWrite(spark, errors_output(cfg), sink.errors if sink else None))
+        result.output_writer = "parquet" if sink else "spark"
         try:
-            pooled, quarantined, result.write_jobs = _write_as_scored(job, spark, plan, ref, clock, outputs)
+            if sink is not None:  # the actors write: nothing for Spark to do until the commit
+                pooled = job.result()
+                quarantined = pooled.rows_quarantined
+            else:
+                pooled, quarantined, result.write_jobs = _write_as_scored(job, spark, plan, ref, clock, outputs)
             _clock_pool(clock, pooled)
             _fold(result, pooled.reader, pooled.rows_in, pooled.loads, quarantined)
             expected = pooled.rows_in - quarantined
@@ -738,6 +811,7 @@ def _run_once(cfg: Config, df: Any, plan: Plan, files: list[str] | None, ref: Mo
         finally:
             for out in outputs:
                 out.discard()
+            job.discard()
     clock.seconds["total"] = clock.since_start()
     result.seconds = dict(clock.seconds)
     return result
@@ -854,3 +928,5 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
             ahead.cancel()
         if own:
             session.stop()
+        if ahead is not None:  # what its actors wrote, once they are stopped
+            ahead.discard()

@@ -18,15 +18,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._cache import cache_root, cached_model
 from ._convert import Plan, output_type, row_problems, to_columns, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
+from ._sink import ActorSink, PartWriter
 from ._source import Piece, read_piece
 
 __all__ = ["ModelRef", "Predictor", "FilePredictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row",
-           "REASON"]
+           "REASON", "WRITTEN"]
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,9 @@ class Predictor:
         return table
 
 
+WRITTEN = pa.schema([("rows", pa.int64()), ("quarantined", pa.int64())])  # what a FilePredictor with a sink yields
+
+
 class FilePredictor(Predictor):
     """A :class:`Predictor` that reads its own input: each row of a batch names a :class:`Piece` of a parquet file.
 
@@ -275,22 +280,59 @@ class FilePredictor(Predictor):
     through Ray's object store, and no read task (nor a worker process for
     one) stands between the files and the model. Memory beyond
     :class:`Predictor`'s: two decoded batches.
+
+    With a ``sink`` it writes them too: each piece's predictions go into one
+    parquet part file (and its quarantined rows into one of the errors
+    output), and it yields one row per piece, :data:`WRITTEN`. Then the
+    predictions never leave the actor but as a file; memory grows by a row
+    group being gathered (:class:`PartWriter`).
     """
 
     def __init__(self, model: ModelRef, plan: Plan, ledger: Any = None, *, columns: list[str],
-                 batch_rows: int) -> None:
+                 batch_rows: int, sink: ActorSink | None = None) -> None:
         super().__init__(model, plan, ledger)
         self._columns = columns
         self._batch_rows = batch_rows
+        self._sink = sink
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayscore-read")
 
     def __call__(self, pieces: pa.Table) -> Iterator[pa.Table]:  # type: ignore[override]
         for piece in pieces.to_pylist():
-            batches = read_piece(Piece(**piece), self._columns, self._batch_rows)
+            scored = self._score(Piece(**piece))
+            if self._sink is None:
+                yield from scored
+            else:
+                yield self._write(piece["part"], scored)
+
+    def _score(self, piece: Piece) -> Iterator[pa.Table]:
+        batches = read_piece(piece, self._columns, self._batch_rows)
+        ahead = self._reader.submit(next, batches, None)
+        while (batch := ahead.result()) is not None:
             ahead = self._reader.submit(next, batches, None)
-            while (batch := ahead.result()) is not None:
-                ahead = self._reader.submit(next, batches, None)
-                yield super().__call__(batch)
+            yield super().__call__(batch)
+
+    def _write(self, part: int, scored: Iterator[pa.Table]) -> pa.Table:
+        """Write one piece's predictions as part ``part`` of the sink's outputs; its rows written and quarantined."""
+        assert self._sink is not None
+        sink, plan = self._sink, self._plan
+        # Part 0 is written even when empty: each output then has a file with its schema.
+        good = PartWriter(sink.output, part, keep_empty=part == 0)
+        bad = PartWriter(sink.errors, part, keep_empty=part == 0) if sink.errors is not None else None
+        try:
+            for table in scored:
+                if bad is None:
+                    good.write(table.select([*plan.keep_columns, *plan.output_columns]))
+                    continue
+                ok = pc.is_null(table.column(REASON))
+                good.write(table.filter(ok).select([*plan.keep_columns, *plan.output_columns]))
+                rejected = table.filter(pc.invert(ok)).select([*plan.key_columns, REASON])
+                bad.write(rejected.rename_columns([*plan.key_columns, "reason"]))
+            return pa.table({"rows": [good.close()], "quarantined": [bad.close() if bad else 0]}, schema=WRITTEN)
+        except BaseException:
+            for writer in (good, bad):
+                if writer is not None:
+                    writer.abandon()
+            raise
 
 
 def local_copy(model: ModelRef) -> tuple[str, bool]:

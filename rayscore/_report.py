@@ -34,6 +34,12 @@ class RunResult:
     other DataFrame, or ``input.reader: spark``: Spark reads it and RayDP
     hands it to Ray).
 
+    ``output_writer`` says who wrote the predictions: ``parquet`` (the pool's
+    actors, as parquet part files, when they read the input and the output
+    is a parquet path every node mounts) or ``spark`` (Spark's writer; also
+    with ``output.writer: spark``). Either way the output is committed the
+    same way, with the same Spark schema.
+
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
     up), ``read_convert`` (the input's schema and sample check, then, when
     Spark reads the input, its count and pass that keeps the input as Arrow
@@ -78,6 +84,7 @@ class RunResult:
     actor_memory: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 0
     input_reader: str = ""
+    output_writer: str = ""
     scored_ahead: bool = False
     write_jobs: int = 0
     output_columns: list[str] = field(default_factory=list)

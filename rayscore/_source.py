@@ -473,6 +473,7 @@ class Piece:
     row_group: int
     skip: int
     rows: int
+    part: int = 0  # its place among the input's pieces: names its output file when the actors write
 
 
 def read_piece(piece: Piece, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
@@ -535,7 +536,8 @@ class ParquetFiles:
         self.pieces = []
         for path, group, rows in found:
             step = max(batch_rows, math.ceil(rows / shares / batch_rows) * batch_rows)
-            self.pieces += [Piece(path, group, skip, min(step, rows - skip)) for skip in range(0, rows, step)]
+            self.pieces += [Piece(path, group, skip, min(step, rows - skip), len(self.pieces) + i)
+                            for i, skip in enumerate(range(0, rows, step))]
         self.prepared_at = 0.0
         self.dataset = ray.data.from_items([vars(p) for p in self.pieces], override_num_blocks=len(self.pieces))
 

@@ -72,7 +72,9 @@ def test_cli_runs_the_embedded_default_and_stops_what_it_started(workload, tmp_p
     assert report["model_loads"] == 2
     # A plain local parquet path: the pool scored it from the footers' plan while Spark started.
     assert (report["input_reader"], report["scored_ahead"]) == ("parquet", True)
+    assert (report["output_writer"], report["write_jobs"]) == ("parquet", 0)  # the actors wrote the part files
     assert 0 < report["seconds"]["first_prediction"] < report["seconds"]["total"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "scores.parquet"]
     assert json.loads((out / "_rayscore_report.json").read_text())["rows_out"] == 6000
     assert_matches_model(read_parquet_dir(out), workload)
     assert ray_daemons() == before  # its local Ray is gone again
@@ -93,8 +95,10 @@ def test_cli_scores_anew_through_spark_when_spark_reads_the_files_otherwise(work
     done = rayscore_cli(config_for(workload, out, input={"path": str(data)}), tmp_path, "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert (report["input_reader"], report["scored_ahead"]) == ("spark", False)
+    assert (report["input_reader"], report["scored_ahead"], report["output_writer"]) == ("spark", False, "spark")
     assert report["rows_in"] == report["rows_out"] == 6000
+    # What the cancelled pool's actors had written went with it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.parquet", "job.yaml", "scores.parquet"]
     assert report["model_loads"] == 2  # the cancelled pool's loads are not this job's
     scored = read_parquet_dir(out)
     assert scored.schema.field("id").type == pa.int64()  # as Spark reads it

@@ -83,6 +83,28 @@ def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tm
     assert leftovers(tmp_path) == ["scores.parquet"]
 
 
+def test_the_actors_write_a_parquet_output_that_spark_reads_as_its_own(rs, workload, tmp_path):
+    """Parquet in, parquet out: the pool's actors write the part files, one per piece, no Spark job.
+
+    Spark reads back the schema its own writer stores (types, and the model's
+    identity on each prediction column) and the same predictions.
+    """
+    ours, spark = tmp_path / "ours.parquet", tmp_path / "spark.parquet"
+    mine = rayscore.run(job(workload, ours), session=rs)
+    theirs = rayscore.run(job(workload, spark, output={"writer": "spark"}), session=rs)
+    assert (mine.input_reader, mine.output_writer, mine.write_jobs) == ("parquet", "parquet", 0)
+    assert (theirs.input_reader, theirs.output_writer) == ("parquet", "spark") and theirs.write_jobs >= 1
+    assert json.loads((ours / "_rayscore_report.json").read_text())["output_writer"] == "parquet"
+    assert rs.spark.read.parquet(str(ours)).schema.json() == rs.spark.read.parquet(str(spark)).schema.json()
+    assert rs.spark.read.parquet(str(ours)).count() == ROWS
+    parts = sorted(p.name for p in ours.iterdir())
+    assert parts[:2] == ["_SUCCESS", "_rayscore_report.json"]
+    # 3 files of one 2000-row row group, each split in 2 pieces so that 2 actors get 2 each: 6 parts.
+    assert len(parts) == 2 + 6 and all(p.endswith("-c000.snappy.parquet") for p in parts[2:])
+    assert_matches_model(read_parquet_dir(ours), workload)
+    assert leftovers(tmp_path) == ["ours.parquet", "spark.parquet"]
+
+
 def test_a_path_output_is_written_in_waves_while_the_pool_scores(rs, workload, tmp_path, monkeypatch):
     from rayscore import _pipeline
 

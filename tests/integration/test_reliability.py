@@ -143,14 +143,18 @@ def test_bad_rows_fail_by_default_naming_column_problem_and_row_key(rs, workload
     assert leftovers(tmp_path) == []
 
 
-def test_quarantine_writes_bad_rows_apart_and_scores_the_rest(rs, workload, dirty, tmp_path):
+@pytest.mark.parametrize("writer", ["auto", "spark"])
+def test_quarantine_writes_bad_rows_apart_and_scores_the_rest(rs, workload, dirty, tmp_path, writer):
     out, errors = tmp_path / "scores.parquet", tmp_path / "errors.parquet"
     result = rayscore.run(
         job(workload, out, input={"path": dirty["path"]},
             predict={"on_bad_rows": "quarantine", "reject_nan": True},
-            output={"errors_path": str(errors)}),
+            output={"errors_path": str(errors), "writer": writer}),
         session=rs,
     )
+    assert result.output_writer == {"auto": "parquet", "spark": "spark"}[writer]
+    assert rs.spark.read.parquet(str(errors)).dtypes == [("id", "bigint"), ("reason", "string")]
+    assert leftovers(tmp_path) == ["errors.parquet", "scores.parquet"]
     assert result.rows_in == ROWS
     assert result.rows_quarantined == 5
     assert result.rows_out == ROWS - 5
