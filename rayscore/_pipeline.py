@@ -476,6 +476,9 @@ class _PoolThread:
 
         if self.blocks is not None:
             self.blocks.end()
+        if not self._thread.is_alive() or not ray.is_initialized():  # done already, or gone with its Ray
+            self.discard()
+            return
         try:
             ray.get(self._ledger.cancel.remote(), timeout=30)
         except Exception as exc:  # noqa: BLE001 - the job already ended and killed its ledger
@@ -589,6 +592,8 @@ def _stop_pool(ledger: Any) -> None:
     """
     import ray  # noqa: PLC0415
 
+    if not ray.is_initialized():  # its Ray was stopped, and the actors with it (a call would start a new Ray)
+        return
     try:
         actors = ray.get(ledger.actors.remote(), timeout=30)
     except Exception as exc:  # noqa: BLE001 - best effort: the job's own error matters more
@@ -895,7 +900,8 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         if own:
             session.start_ray()
             ahead = _ScoreAhead.start(cfg, spec, ref, session.spark_cpus)
-            session.start_spark()
+            # Actors that read and write the files leave Spark's executors nothing to do.
+            session.start_spark(executors_on_demand=ahead is not None and ahead.sink is not None)
             clock.add("startup", session.startup_seconds)
         else:
             clock.add("startup", 0.0)
@@ -921,9 +927,16 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
                            cancel_on_interrupt=not session.owns_ray)
         ahead = None
         return result
+    except Exception:
+        # The pool scoring ahead stops before its Ray does: left running, its thread would
+        # call into a Ray that is gone, and Ray would start a new one for it.
+        if ahead is not None:
+            ahead.cancel()
+        raise
     finally:
-        # Stopping a Ray that this run started ends the pool with it (the quick way after
-        # Ctrl-C to the process group, which leaves no Ray to ask); a Ray of the caller's stays.
+        # After Ctrl-C or SIGTERM, stopping a Ray that this run started ends the pool with it
+        # (the quick way after a signal to the process group, which leaves no Ray to ask);
+        # a Ray of the caller's stays.
         if ahead is not None and not session.owns_ray:
             ahead.cancel()
         if own:

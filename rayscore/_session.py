@@ -101,11 +101,19 @@ class Session:
             self.stop()
             raise
 
-    def start_spark(self) -> None:
-        """The second half of :meth:`start`; ``startup_seconds`` then counts both halves."""
+    def start_spark(self, executors_on_demand: bool = False) -> None:
+        """The second half of :meth:`start`; ``startup_seconds`` then counts both halves.
+
+        ``executors_on_demand``: start Spark's executors only when a Spark
+        job first needs them (Spark's dynamic allocation from 0 up to
+        ``spark.executors``; once started they stay), for a job that may
+        need none: its actors read the input and write the output. That
+        saves an executor JVM's start (CPU, and its heap) beside the pool.
+        The executors' CPUs stay kept for them either way.
+        """
         self._jvms_since = time.time()
         try:
-            self._start_spark()
+            self._start_spark(executors_on_demand)
         except BaseException:
             self.stop()
             raise
@@ -150,7 +158,7 @@ class Session:
         self._started_ray = True
         _quiet_ray_data()
 
-    def _start_spark(self) -> None:
+    def _start_spark(self, executors_on_demand: bool = False) -> None:
         import raydp  # noqa: PLC0415
 
         cfg = self.spark_config
@@ -167,6 +175,17 @@ class Session:
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
         }
+        executors = cfg.executors
+        if executors_on_demand and not any(k.startswith("spark.dynamicAllocation.") for k in cfg.configs):
+            executors = 0
+            configs.update({
+                "spark.dynamicAllocation.enabled": "true",
+                "spark.dynamicAllocation.shuffleTracking.enabled": "true",  # no external shuffle service
+                "spark.dynamicAllocation.minExecutors": "0",
+                "spark.dynamicAllocation.initialExecutors": "0",
+                "spark.dynamicAllocation.maxExecutors": str(cfg.executors),
+                "spark.dynamicAllocation.executorIdleTimeout": "86400s",  # once started, kept as static ones are
+            })
         for key, value in cfg.configs.items():
             if key.endswith("extraJavaOptions"):
                 configs[key] = f"{configs.get(key, '')} {value}".strip()
@@ -175,7 +194,7 @@ class Session:
         with translate_errors("spark", SessionError):
             self.spark = raydp.init_spark(
                 app_name=cfg.app_name,
-                num_executors=cfg.executors,
+                num_executors=executors,
                 executor_cores=self.executor_cores,
                 executor_memory=cfg.executor_memory,
                 configs=configs,

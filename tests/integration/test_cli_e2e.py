@@ -206,3 +206,32 @@ def test_cli_joins_a_running_cluster_and_leaves_it_running_and_clean(workload, t
         probe = cluster_probe(address)
     assert probe["nodes"] == 1
     assert probe["free"] == probe["total"] == 4
+
+
+ON_DEMAND = """
+import json, sys
+import rayscore
+s = rayscore.Session(max_actors=1)
+s.start_ray()
+s.start_spark(executors_on_demand=True)
+try:
+    sc = s.spark.sparkContext
+    before = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # less the driver
+    rows = s.spark.range(1000).selectExpr("sum(id) AS total").collect()[0].total
+    after = sc._jsc.sc().getExecutorMemoryStatus().size() - 1
+    print(json.dumps({"before": before, "after": after, "total": rows, "cpus": s.spark_cpus}))
+finally:
+    s.stop()
+"""
+
+
+def test_executors_on_demand_start_only_when_a_spark_job_needs_one(tmp_path):
+    """A job whose actors read and write the files starts Spark without executors; a Spark job still gets one."""
+    before = ray_daemons()
+    done = subprocess.run([sys.executable, "-c", ON_DEMAND], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"before": 0, "after": 1, "total": sum(range(1000)), "cpus": seen["cpus"]}
+    assert seen["cpus"] >= 1  # the executors' CPUs are still kept for them
+    assert ray_daemons() == before
