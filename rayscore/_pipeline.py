@@ -44,7 +44,8 @@ SAMPLE_ROWS = 1000
 READ_TASKS_PER_ACTOR = 2  # partitions fetched at once per actor: one scored, one arriving
 POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load (copy) the model
 POOL_CANCEL_TIMEOUT_S = 60  # for a cancelled pool's Ray Data job to end (its actors fail their next batch)
-# Ray's object store bytes the job's blocks may hold per actor: read ahead and predictions in flight.
+# Ray's object store bytes the job's blocks may hold per actor: a Spark-read input's blocks fetched
+# ahead and predictions in flight (the actors' own parquet pieces and part files take none).
 BLOCK_BYTES_PER_ACTOR = 512 * 2**20
 # Predictions per actor that may wait in Ray's object store for Spark to write them before the pool waits.
 UNWRITTEN_BYTES_PER_ACTOR = 1024 * 2**20

@@ -320,13 +320,12 @@ class FilePredictor(Predictor):
         bad = PartWriter(sink.errors, part, keep_empty=part == 0) if sink.errors is not None else None
         try:
             for table in scored:
-                if bad is None:
-                    good.write(table.select([*plan.keep_columns, *plan.output_columns]))
-                    continue
-                ok = pc.is_null(table.column(REASON))
-                good.write(table.filter(ok).select([*plan.keep_columns, *plan.output_columns]))
-                rejected = table.filter(pc.invert(ok)).select([*plan.key_columns, REASON])
-                bad.write(rejected.rename_columns([*plan.key_columns, "reason"]))
+                if bad is not None:  # quarantined rows apart: their keys and reason
+                    ok = pc.is_null(table.column(REASON))
+                    rejected = table.filter(pc.invert(ok)).select([*plan.key_columns, REASON])
+                    bad.write(rejected.rename_columns([*plan.key_columns, "reason"]))
+                    table = table.filter(ok)
+                good.write(table.select([*plan.keep_columns, *plan.output_columns]))
             return pa.table({"rows": [good.close()], "quarantined": [bad.close() if bad else 0]}, schema=WRITTEN)
         except BaseException:
             for writer in (good, bad):

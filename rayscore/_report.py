@@ -51,7 +51,8 @@ class RunResult:
     waves while the pool scores, so ``write`` then overlaps ``predict``).
     ``write_jobs`` counts the Spark jobs that wrote predictions: one per
     wave (what the pool scored while the previous wave was written), one
-    per shard scored with ``mode: resume``, one for a table. Two entries
+    per shard scored with ``mode: resume``, one for a table; none when the
+    actors wrote the part files (``output_writer: parquet``). Two entries
     are moments, not stages, counted from the job's start:
     ``first_prediction`` (the first batch scored) and ``total`` (the
     output committed).
