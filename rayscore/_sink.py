@@ -379,8 +379,10 @@ class StagedWrite:
                 _tidy_parts(self.staging)
             written = count_written(self.spark, self.cfg, self.staging)
             if written != expected_rows:
+                hint = (" (the pool's actors wrote the part files on their nodes: output.path must be on storage "
+                        "every node mounts, else set output.writer: spark)") if self.parts is not None else ""
                 raise OutputError(
-                    f"output: wrote {written} rows for {expected_rows} input rows; nothing committed"
+                    f"output: wrote {written} rows for {expected_rows} input rows; nothing committed{hint}"
                 )
             self.fs.write_text(f"{self.staging}/{report_name}", report(written))
             _commit(self.fs, self.staging, self.path, self.cfg.mode)

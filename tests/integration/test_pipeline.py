@@ -105,6 +105,27 @@ def test_the_actors_write_a_parquet_output_that_spark_reads_as_its_own(rs, workl
     assert leftovers(tmp_path) == ["ours.parquet", "spark.parquet"]
 
 
+def test_part_files_short_of_the_input_rows_are_not_committed_and_the_message_says_why(rs, tmp_path):
+    """What a node that does not share ``output.path`` looks like to the driver: rows missing at the commit."""
+    from rayscore._config import OutputConfig
+    from rayscore._sink import PartFiles, PartWriter, StagedWrite
+
+    out = tmp_path / "scores.parquet"
+    cfg = OutputConfig(path=str(out))
+    parts = PartFiles.make(str(out), pa.schema([("id", pa.int64())]), {})
+    writer = PartWriter(parts, 0)
+    writer.write(pa.table({"id": pa.array(range(5), pa.int64()), "click": pa.array([0.5] * 5, pa.float32())}))
+    writer.close()
+    staged = StagedWrite(rs.spark, cfg, parts)
+    with pytest.raises(rayscore.OutputError) as caught:
+        staged.commit(8, lambda written: "{}")
+    assert str(caught.value) == (
+        "output: wrote 5 rows for 8 input rows; nothing committed (the pool's actors wrote the part files on "
+        "their nodes: output.path must be on storage every node mounts, else set output.writer: spark)")
+    staged.discard()
+    assert leftovers(tmp_path) == []
+
+
 def test_a_path_output_is_written_in_waves_while_the_pool_scores(rs, workload, tmp_path, monkeypatch):
     from rayscore import _pipeline
 
