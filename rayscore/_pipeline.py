@@ -565,20 +565,19 @@ def _actor_sink(cfg: Config, plan: Plan, schema: pa.Schema, model: ModelRef) -> 
         log.debug("Spark writes the predictions (%s)", why)
         return None
     kept = pa.schema([schema.field(c) for c in plan.keep_columns])
+    output = None
     try:
         output = PartFiles.make(cfg.output.path or "", kept, model_identity(plan, model))
+        errors = None
+        if plan.quarantine:
+            rejected = pa.schema([schema.field(c) for c in plan.key_columns] + [pa.field("reason", pa.string())])
+            errors = PartFiles.make(cfg.output.errors_path or "", rejected, {})
     except TypeError as exc:  # a kept column Spark has no type for: Spark's writer says what it makes of it
+        if output is not None:
+            output.discard()
         log.debug("Spark writes the predictions (%s)", exc)
         return None
-    if not plan.quarantine:
-        return ActorSink(output)
-    rejected = pa.schema([schema.field(c) for c in plan.key_columns] + [pa.field("reason", pa.string())])
-    try:
-        return ActorSink(output, PartFiles.make(cfg.output.errors_path or "", rejected, {}))
-    except TypeError as exc:
-        output.discard()
-        log.debug("Spark writes the predictions (%s)", exc)
-        return None
+    return ActorSink(output, errors)
 
 
 def _stop_pool(ledger: Any) -> None:

@@ -17,7 +17,6 @@ through Ray's object store or a JVM.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import uuid
@@ -35,8 +34,6 @@ from ._storage import local_dir
 
 __all__ = ["check_output_free", "write_output", "count_written", "staging_path", "REPORT_NAME", "HadoopFS",
            "StagedWrite", "to_spark", "blocks_to_spark", "PartFiles", "PartWriter", "ActorSink", "actors_can_write"]
-
-log = logging.getLogger("rayscore")
 
 REPORT_NAME = "_rayscore_report.json"
 # Where Spark's parquet writer keeps the DataFrame's schema (column metadata included) in each file's footer.
