@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +30,13 @@ from ._model import ModelSpec, TensorSpec, fingerprint, import_custom_objects, m
 from ._storage import is_remote
 from ._predict import REASON, FilePredictor, LoadLedger, ModelRef, Predictor, first_bad_row, summarize_loads
 from ._report import RunResult, StageClock
-from ._session import Session
+from ._session import Session, import_spark
 from ._sink import (REPORT_NAME, ActorSink, PartFiles, StagedWrite, actors_can_write, blocks_to_spark,
                     check_output_free, hold_for_session, to_spark, write_output)
 from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
-from ._source import ParquetFiles, SparkInput, arrow_schema, first_rows, footer_input, parquet_files, read_input
+from ._source import (ParquetFiles, SparkInput, arrow_schema, first_rows, footer_input, may_read_footers,
+                      parquet_files, read_input)
 
 __all__ = ["run", "predict", "inspect_model"]
 
@@ -505,8 +507,8 @@ class _ScoreAhead(_PoolThread):
     """Score a plain local parquet input while Spark starts, from a plan made without Spark.
 
     Otherwise Spark's start (10-25 s on 2 cores) comes before the first
-    batch. Made once Ray is up, from the files and
-    footer schema :func:`footer_input` finds; a daemon thread runs the pool
+    batch. Made once Ray is up (in a thread, while RayDP starts Spark), from
+    the files and footer schema :func:`footer_input` finds; a daemon thread runs the pool
     on them (:class:`ParquetFiles`), its Ray Data job capped to the CPUs
     that Spark's executors will not hold. Once Spark has the job's
     DataFrame, the plan and files it gives must be these (:meth:`agrees`),
@@ -543,6 +545,14 @@ class _ScoreAhead(_PoolThread):
         cpus = max(ray.cluster_resources().get("CPU", 0.0) - spark_cpus, needed)
         return cls(plan, files, schema, model, cfg.predict, pool, cpus, _unwritten_blocks(cfg.output, pool.max_actors),
                    _actor_sink(cfg, plan, schema, model))
+
+    @staticmethod
+    def may_write(cfg: Config) -> bool:
+        """Whether :meth:`start` may make a pool whose actors read the input and write the outputs (a cheap guess:
+        no file is read)."""
+        outputs = [cfg.output, *([errors_output(cfg)] if cfg.predict.on_bad_rows == "quarantine" else [])]
+        return (cfg.output.mode != "resume" and may_read_footers(cfg.input)
+                and all(actors_can_write(out) is None for out in outputs))
 
     def agrees(self, plan: Plan, files: list[str] | None) -> bool:
         """Whether Spark's DataFrame gives this job: the same plan, read by Ray from the same files."""
@@ -899,9 +909,16 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
     try:
         if own:
             session.start_ray()
-            ahead = _ScoreAhead.start(cfg, spec, ref, session.spark_cpus)
-            # Actors that read and write the files leave Spark's executors nothing to do.
-            session.start_spark(executors_on_demand=ahead is not None and ahead.sink is not None)
+            import_spark()
+            # The pool scoring ahead is planned (footers read, a sample checked, part files made:
+            # about 1 s) while RayDP starts Spark, which waits for nothing of it.
+            with ThreadPoolExecutor(1, thread_name_prefix="rayscore-plan") as planner:
+                planned = planner.submit(_ScoreAhead.start, cfg, spec, ref, session.spark_cpus)
+                try:
+                    # Actors that read and write the files leave Spark's executors nothing to do.
+                    session.start_spark(executors_on_demand=_ScoreAhead.may_write(cfg))
+                finally:
+                    ahead = planned.result()
             clock.add("startup", session.startup_seconds)
         else:
             clock.add("startup", 0.0)

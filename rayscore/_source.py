@@ -39,7 +39,7 @@ from ._storage import local_dir
 log = logging.getLogger("rayscore")
 
 __all__ = ["read_input", "footer_schema", "arrow_schema", "data_files", "SparkInput", "Prepared", "ParquetFiles",
-           "Piece", "read_piece", "parquet_files", "footer_input", "first_rows"]
+           "Piece", "read_piece", "parquet_files", "footer_input", "may_read_footers", "first_rows"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -414,14 +414,20 @@ def footer_input(cfg: InputConfig) -> tuple[list[str], pa.Schema] | None:
     the same files and types, else Spark's view wins. Cost: a directory walk
     and one footer read.
     """
-    path = _plain_parquet_path(cfg) if cfg.reader == "auto" else None
-    if path is None:
+    if not may_read_footers(cfg):
         return None
+    path = _plain_parquet_path(cfg)
+    assert path is not None
     files = sorted(os.path.abspath(f) for f in data_files(path))
     try:
         return (files, pq.read_schema(files[0])) if files else None
     except Exception:  # noqa: BLE001 - not parquet to pyarrow: Spark reads it, or says what is wrong
         return None
+
+
+def may_read_footers(cfg: InputConfig) -> bool:
+    """Whether :func:`footer_input` may find the input's files (it then reads them); reads nothing."""
+    return cfg.reader == "auto" and _plain_parquet_path(cfg) is not None
 
 
 def _simple_name(obj: Any) -> str:

@@ -209,29 +209,58 @@ def test_cli_joins_a_running_cluster_and_leaves_it_running_and_clean(workload, t
 
 
 ON_DEMAND = """
-import json, sys
+import json, sys, threading
+import pyspark.context
 import rayscore
-s = rayscore.Session(max_actors=1)
+from rayscore._config import SparkConfig
+
+launched_by = []
+launch = pyspark.context.launch_gateway
+def recorded(conf=None, popen_kwargs=None):
+    launched_by.append(threading.current_thread().name)
+    return launch(conf, popen_kwargs)
+pyspark.context.launch_gateway = recorded
+
+s = rayscore.Session(spark_config=SparkConfig(configs={"spark.driver.extraJavaOptions": "-Drayscore.marker=1",
+                                                      "spark.driver.memory": "1200m"}), max_actors=1)
 s.start_ray()
 s.start_spark(executors_on_demand=True)
 try:
     sc = s.spark.sparkContext
+    jvm = s.spark._jvm
     before = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # less the driver
     rows = s.spark.range(1000).selectExpr("sum(id) AS total").collect()[0].total
     after = sc._jsc.sc().getExecutorMemoryStatus().size() - 1
-    print(json.dumps({"before": before, "after": after, "total": rows, "cpus": s.spark_cpus}))
+    import ray
+    print(json.dumps({"before": before, "after": after, "total": rows, "cpus": s.spark_cpus,
+                      "launched_by": launched_by, "master": sc.master,
+                      "args": list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()),
+                      "class_path": jvm.java.lang.System.getProperty("java.class.path"),
+                      "logs": ray._private.worker._global_node.get_logs_dir_path()}))
 finally:
     s.stop()
 """
 
 
 def test_executors_on_demand_start_only_when_a_spark_job_needs_one(tmp_path):
-    """A job whose actors read and write the files starts Spark without executors; a Spark job still gets one."""
+    """A job whose actors read and write the files starts Spark without executors; a Spark job still gets one.
+
+    In a fresh process, Spark's driver JVM is launched by rayscore's thread while RayDP starts its app master,
+    with the options RayDP gives it: its Java agent and class path, our Java options and the user's, the memory.
+    """
     before = ray_daemons()
     done = subprocess.run([sys.executable, "-c", ON_DEMAND], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {"before": 0, "after": 1, "total": sum(range(1000)), "cpus": seen["cpus"]}
+    assert {k: seen[k] for k in ("before", "after", "total", "launched_by")} == {
+        "before": 0, "after": 1, "total": sum(range(1000)), "launched_by": ["rayscore-spark-driver"]}
     assert seen["cpus"] >= 1  # the executors' CPUs are still kept for them
+    assert seen["master"].startswith("ray://")
+    args = seen["args"]
+    assert any(a.startswith("-javaagent:") and "raydp-agent" in a for a in args), args
+    for expected in ("--add-opens=java.base/java.nio=ALL-UNNAMED", "-XX:TieredStopAtLevel=1",
+                     "-Drayscore.marker=1", "-Xmx1200m", f"-Dray.logging.dir={seen['logs']}"):
+        assert expected in args, (expected, args)
+    assert "raydp-1.6" in seen["class_path"] and "/ray/jars/" in seen["class_path"]
     assert ray_daemons() == before

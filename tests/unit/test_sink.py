@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayscore import _sink
-from rayscore._config import OutputConfig
+from rayscore._config import OutputConfig, load_config
 from rayscore._sink import SPARK_ROW_METADATA, PartFiles, PartWriter, actors_can_write, count_written, staging_path
 
 
@@ -44,6 +44,29 @@ def test_local_parquet_is_counted_from_the_footers_of_the_files_spark_reads(tmp_
 def test_the_actors_write_only_a_plain_local_parquet_output(changes: dict, reason: str | None) -> None:
     cfg = OutputConfig.model_validate({"path": "/tmp/scores", **changes})
     assert actors_can_write(cfg) == reason
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({}, True),
+    ({"input": {"reader": "spark"}}, False),
+    ({"input": {"format": "csv"}}, False),
+    ({"output": {"writer": "spark"}}, False),
+    ({"output": {"mode": "resume", "key_columns": ["id"]}}, False),
+    ({"predict": {"on_bad_rows": "quarantine"}, "output": {"errors_path": "ERRORS"}}, True),
+    ({"predict": {"on_bad_rows": "quarantine"}, "output": {"errors_path": "s3a://bucket/errors"}}, False),
+], ids=["parquet-to-parquet", "spark-reads", "csv", "spark-writes", "resume", "quarantine", "remote-errors"])
+def test_spark_starts_without_executors_only_if_the_actors_may_read_and_write_everything(
+        tmp_path: Path, changes: dict, expected: bool) -> None:
+    from rayscore._pipeline import _ScoreAhead
+
+    (tmp_path / "in.parquet").mkdir()
+    raw = {"input": {"path": str(tmp_path / "in.parquet")}, "model": {"uri": str(tmp_path / "m.keras")},
+           "output": {"path": str(tmp_path / "out.parquet"), "keep_columns": ["id"]}}
+    for section, values in changes.items():
+        raw.setdefault(section, {}).update(values)
+    if raw["output"].get("errors_path") == "ERRORS":
+        raw["output"]["errors_path"] = str(tmp_path / "errors.parquet")
+    assert _ScoreAhead.may_write(load_config(raw)) is expected
 
 
 def test_a_bare_relative_output_gets_a_staging_directory_beside_it_not_at_the_root() -> None:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayscore._config import InputConfig
-from rayscore._source import footer_input
+from rayscore._source import footer_input, may_read_footers
 
 
 @pytest.fixture()
@@ -32,6 +32,7 @@ def test_a_local_parquet_directory_is_listed_as_spark_lists_it_with_the_first_fi
     assert footer_input(InputConfig(path=f"file://{features}"))[0] == files
     single = features / "part-1.parquet"
     assert footer_input(InputConfig(path=str(single)))[0] == [str(single)]
+    assert may_read_footers(InputConfig(path=str(features)))
 
 
 def test_a_relative_path_is_made_absolute_as_spark_qualifies_it(features: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +62,8 @@ def test_anything_else_is_left_to_spark(features: Path, change: dict) -> None:
     if cfg["path"] == "missing.parquet":
         cfg["path"] = str(features.parent / "missing.parquet")
     assert footer_input(InputConfig(**cfg)) is None
+    # The guess made before any file is read: only a file that is not parquet gets past it.
+    assert may_read_footers(InputConfig(**cfg)) == ("not_parquet" in change)
 
 
 def test_reading_a_piece_holds_about_one_batch_not_all_it_has_read(tmp_path: Path) -> None:
