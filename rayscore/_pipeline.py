@@ -916,7 +916,9 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
                 planned = planner.submit(_ScoreAhead.start, cfg, spec, ref, session.spark_cpus)
                 try:
                     # Actors that read and write the files leave Spark's executors nothing to do.
-                    session.start_spark(executors_on_demand=_ScoreAhead.may_write(cfg))
+                    # If Spark fails, Ray stays up until the pool is cancelled (below): a pool
+                    # left scoring on a Ray that is gone makes Ray start a new one for it.
+                    session.start_spark(executors_on_demand=_ScoreAhead.may_write(cfg), stop_on_failure=False)
                 finally:
                     ahead = planned.result()
             clock.add("startup", session.startup_seconds)

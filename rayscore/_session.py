@@ -22,7 +22,8 @@ from ._config import RayConfig, SparkConfig
 from ._errors import SessionError, translate_errors
 from ._sizing import local_ray_cpus, spark_executor_cores
 
-__all__ = ["Session", "session", "JAVA_OPTIONS", "remove_native_library_copies", "import_spark"]
+__all__ = ["Session", "session", "JAVA_OPTIONS", "remove_native_library_copies", "import_spark",
+           "connect_driver_to_ray"]
 
 log = logging.getLogger("rayscore")
 
@@ -101,7 +102,7 @@ class Session:
             self.stop()
             raise
 
-    def start_spark(self, executors_on_demand: bool = False) -> None:
+    def start_spark(self, executors_on_demand: bool = False, *, stop_on_failure: bool = True) -> None:
         """The second half of :meth:`start`; ``startup_seconds`` then counts both halves.
 
         ``executors_on_demand``: start Spark's executors only when a Spark
@@ -110,12 +111,16 @@ class Session:
         need none: its actors read the input and write the output. That
         saves an executor JVM's start (CPU, and its heap) beside the pool.
         The executors' CPUs stay kept for them either way.
+
+        ``stop_on_failure=False``: if Spark fails to start, leave Ray up for
+        the caller to stop (:meth:`stop`) once it has stopped what runs on it.
         """
         self._jvms_since = time.time()
         try:
             self._start_spark(executors_on_demand)
         except BaseException:
-            self.stop()
+            if stop_on_failure:
+                self.stop()
             raise
         self.startup_seconds = time.perf_counter() - self._started_at
 
@@ -200,6 +205,8 @@ class Session:
                     executor_cores=self.executor_cores,
                     executor_memory=cfg.executor_memory,
                     configs=dict(configs),  # RayDP adds its own keys to the dict it is given
+                    # Not yet: connect_driver_to_ray does it when a conversion first needs it.
+                    fault_tolerant_mode=False,
                 )
             finally:
                 driver.join()
@@ -304,6 +311,31 @@ def _raydp_driver_configs(executors: int, cores: int, memory: str | int, configs
     bare._num_executors, bare._executor_cores, bare._executor_memory = executors, cores, memory
     bare._prepare_spark_configs()
     return dict(bare._configs)
+
+
+_connect_lock = threading.Lock()
+_connected: list[Any] = []  # RayDP's context whose driver this process connected (held: its id is not reused)
+
+
+def connect_driver_to_ray() -> None:
+    """Connect Spark's driver JVM to Ray, once per RayDP Spark session, before data is exchanged through Ray.
+
+    RayDP's ``init_spark`` does it at start unless ``fault_tolerant_mode=False``,
+    which :class:`Session` passes: the driver JVM then starts Ray's Java
+    runtime (about 1 s and as much CPU, on the start-up's critical path). A
+    job whose actors read and write the files never needs it; one where
+    Spark reads the input into Ray, or reads the predictions from Ray, calls
+    this first. A Spark session started by RayDP's defaults is connected already.
+    """
+    import raydp.context  # noqa: PLC0415
+
+    with _connect_lock:
+        context = raydp.context._global_spark_context
+        if context is None or context._fault_tolerant_mode or any(context is c for c in _connected):
+            return
+        with translate_errors("connecting Spark's driver to Ray", SessionError):
+            context._get_or_create_spark_cluster().connect_spark_driver_to_ray()
+        _connected[:] = [context]
 
 
 def import_spark() -> None:

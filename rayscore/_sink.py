@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ._config import OutputConfig
 from ._errors import OutputError, translate_errors
+from ._session import connect_driver_to_ray
 from ._source import data_files
 from ._storage import local_dir
 
@@ -75,6 +76,7 @@ def blocks_to_spark(blocks: list[Any], schema: pa.Schema, spark: Any) -> tuple[A
     import ray  # noqa: PLC0415
     from raydp.spark.dataset import ray_dataset_to_spark_dataframe  # noqa: PLC0415
 
+    connect_driver_to_ray()
     ipc = ray.remote(num_cpus=0)(_arrow_ipc)
     refs = [ipc.remote(block) for block in blocks]
     return ray_dataset_to_spark_dataframe(spark, schema, refs), refs

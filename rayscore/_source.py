@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ._config import InputConfig
 from ._errors import InputError, translate_errors
+from ._session import connect_driver_to_ray
 from ._storage import local_dir
 
 log = logging.getLogger("rayscore")
@@ -316,6 +317,7 @@ class SparkInput:
                     raise InputError("the input has no rows; nothing to score")
                 if self._cancelled:  # a job started after cancelJobGroup would run to its end
                     return
+                connect_driver_to_ray()
                 writer = sc._jvm.org.apache.spark.sql.raydp.ObjectStoreWriter
                 info = writer.prepareRecoverableRDD(self._df._jdf, sc._getJavaStorageLevel(StorageLevel.DISK_ONLY))
                 self._rdd_id = info.rddId()

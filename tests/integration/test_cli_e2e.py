@@ -212,6 +212,7 @@ ON_DEMAND = """
 import json, sys, threading
 import pyspark.context
 import rayscore
+import rayscore._session
 from rayscore._config import SparkConfig
 
 launched_by = []
@@ -228,12 +229,15 @@ s.start_spark(executors_on_demand=True)
 try:
     sc = s.spark.sparkContext
     jvm = s.spark._jvm
+    ray_in_driver = [jvm.io.ray.api.Ray.isInitialized()]  # RayDP's connection: only once a conversion needs it
+    rayscore._session.connect_driver_to_ray()
+    ray_in_driver.append(jvm.io.ray.api.Ray.isInitialized())
     before = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # less the driver
     rows = s.spark.range(1000).selectExpr("sum(id) AS total").collect()[0].total
     after = sc._jsc.sc().getExecutorMemoryStatus().size() - 1
     import ray
     print(json.dumps({"before": before, "after": after, "total": rows, "cpus": s.spark_cpus,
-                      "launched_by": launched_by, "master": sc.master,
+                      "launched_by": launched_by, "master": sc.master, "ray_in_driver": ray_in_driver,
                       "args": list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()),
                       "class_path": jvm.java.lang.System.getProperty("java.class.path"),
                       "logs": ray._private.worker._global_node.get_logs_dir_path()}))
@@ -247,14 +251,16 @@ def test_executors_on_demand_start_only_when_a_spark_job_needs_one(tmp_path):
 
     In a fresh process, Spark's driver JVM is launched by rayscore's thread while RayDP starts its app master,
     with the options RayDP gives it: its Java agent and class path, our Java options and the user's, the memory.
+    It joins Ray (RayDP's exchange through Ray's object store) only when asked to, before a conversion.
     """
     before = ray_daemons()
     done = subprocess.run([sys.executable, "-c", ON_DEMAND], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {k: seen[k] for k in ("before", "after", "total", "launched_by")} == {
-        "before": 0, "after": 1, "total": sum(range(1000)), "launched_by": ["rayscore-spark-driver"]}
+    assert {k: seen[k] for k in ("before", "after", "total", "launched_by", "ray_in_driver")} == {
+        "before": 0, "after": 1, "total": sum(range(1000)), "launched_by": ["rayscore-spark-driver"],
+        "ray_in_driver": [False, True]}
     assert seen["cpus"] >= 1  # the executors' CPUs are still kept for them
     assert seen["master"].startswith("ray://")
     args = seen["args"]
