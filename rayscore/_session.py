@@ -60,6 +60,9 @@ EXECUTOR_JAVA_OPTIONS: tuple[str, ...] = ("-XX:MaxHeapFreeRatio=30", "-XX:MinHea
                                           "-XX:G1PeriodicGCInterval=2000")
 
 
+SPARK_LOG_LEVEL = "ERROR"
+
+
 class Session:
     """A Ray connection plus a RayDP Spark session; use :func:`session` to open one.
 
@@ -211,7 +214,7 @@ class Session:
             finally:
                 driver.join()
         self._started_spark = True
-        self.spark.sparkContext.setLogLevel("ERROR")
+        self.spark.sparkContext.setLogLevel(SPARK_LOG_LEVEL)
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
@@ -335,6 +338,8 @@ def connect_driver_to_ray() -> None:
             return
         with translate_errors("connecting Spark's driver to Ray", SessionError):
             context._get_or_create_spark_cluster().connect_spark_driver_to_ray()
+            # Ray's Java runtime reconfigures log4j on joining: Spark's INFO logs would flood the terminal.
+            context.get_or_create_session().sparkContext.setLogLevel(SPARK_LOG_LEVEL)
         _connected[:] = [context]
 
 

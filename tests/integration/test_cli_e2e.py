@@ -232,12 +232,14 @@ try:
     ray_in_driver = [jvm.io.ray.api.Ray.isInitialized()]  # RayDP's connection: only once a conversion needs it
     rayscore._session.connect_driver_to_ray()
     ray_in_driver.append(jvm.io.ray.api.Ray.isInitialized())
+    log_level = str(jvm.org.apache.logging.log4j.LogManager.getRootLogger().getLevel())  # Ray's runtime resets it
     before = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # less the driver
     rows = s.spark.range(1000).selectExpr("sum(id) AS total").collect()[0].total
     after = sc._jsc.sc().getExecutorMemoryStatus().size() - 1
     import ray
     print(json.dumps({"before": before, "after": after, "total": rows, "cpus": s.spark_cpus,
                       "launched_by": launched_by, "master": sc.master, "ray_in_driver": ray_in_driver,
+                      "log_level": log_level,
                       "args": list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()),
                       "class_path": jvm.java.lang.System.getProperty("java.class.path"),
                       "logs": ray._private.worker._global_node.get_logs_dir_path()}))
@@ -263,6 +265,7 @@ def test_executors_on_demand_start_only_when_a_spark_job_needs_one(tmp_path):
         "ray_in_driver": [False, True]}
     assert seen["cpus"] >= 1  # the executors' CPUs are still kept for them
     assert seen["master"].startswith("ray://")
+    assert seen["log_level"] == "ERROR"  # else Spark's INFO logs flood the terminal once the driver joins Ray
     args = seen["args"]
     assert any(a.startswith("-javaagent:") and "raydp-agent" in a for a in args), args
     for expected in ("--add-opens=java.base/java.nio=ALL-UNNAMED", "-XX:TieredStopAtLevel=1",
