@@ -263,8 +263,9 @@ class _DriverLaunch:
     that launches a JVM, which starts a Java actor in another JVM), and only
     then, with the master's address, Spark's driver JVM. That JVM needs only
     what it is launched with (class path, Java options, memory); the address
-    comes later, with the SparkContext. So it boots meanwhile, about 2.5 s off
-    the start-up on 2 cores. pyspark launches its gateway once per process,
+    comes later, with the SparkContext. So it boots meanwhile: 2-3 s off
+    Spark's start where cores are free (on 2 cores that the pool scoring
+    ahead keeps busy, less; bench/RESULTS.md). pyspark launches its gateway once per process,
     under ``SparkContext._lock``: RayDP's SparkContext waits for this one
     and reuses it. If it fails, RayDP launches its own as before, and raises
     what that one says. Nothing to stop: pyspark's gateway lives as long as
