@@ -550,9 +550,7 @@ class _ScoreAhead(_PoolThread):
     def may_write(cfg: Config) -> bool:
         """Whether :meth:`start` may make a pool whose actors read the input and write the outputs (a cheap guess:
         no file is read)."""
-        outputs = [cfg.output, *([errors_output(cfg)] if cfg.predict.on_bad_rows == "quarantine" else [])]
-        return (cfg.output.mode != "resume" and may_read_footers(cfg.input)
-                and all(actors_can_write(out) is None for out in outputs))
+        return may_read_footers(cfg.input) and _why_spark_writes(cfg) is None  # resume: Spark writes
 
     def agrees(self, plan: Plan, files: list[str] | None) -> bool:
         """Whether Spark's DataFrame gives this job: the same plan, read by Ray from the same files."""
@@ -569,8 +567,7 @@ def _actor_sink(cfg: Config, plan: Plan, schema: pa.Schema, model: ModelRef) -> 
     model's identity), and ``key_columns`` with a ``reason`` for
     quarantined rows.
     """
-    outputs = [cfg.output, *([errors_output(cfg)] if plan.quarantine else [])]
-    why = next((reason for out in outputs if (reason := actors_can_write(out))), None)
+    why = _why_spark_writes(cfg)
     if why is not None:
         log.debug("Spark writes the predictions (%s)", why)
         return None
@@ -588,6 +585,12 @@ def _actor_sink(cfg: Config, plan: Plan, schema: pa.Schema, model: ModelRef) -> 
         log.debug("Spark writes the predictions (%s)", exc)
         return None
     return ActorSink(output, errors)
+
+
+def _why_spark_writes(cfg: Config) -> str | None:
+    """Why Spark must write the job's outputs (the predictions, and quarantined rows), or None: the actors may."""
+    outputs = [cfg.output, *([errors_output(cfg)] if cfg.predict.on_bad_rows == "quarantine" else [])]
+    return next((reason for out in outputs if (reason := actors_can_write(out))), None)
 
 
 def _stop_pool(ledger: Any) -> None:
