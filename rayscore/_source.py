@@ -416,10 +416,9 @@ def footer_input(cfg: InputConfig) -> tuple[list[str], pa.Schema] | None:
     the same files and types, else Spark's view wins. Cost: a directory walk
     and one footer read.
     """
-    if not may_read_footers(cfg):
+    path = _footer_path(cfg)
+    if path is None:
         return None
-    path = _plain_parquet_path(cfg)
-    assert path is not None
     files = sorted(os.path.abspath(f) for f in data_files(path))
     try:
         return (files, pq.read_schema(files[0])) if files else None
@@ -429,7 +428,12 @@ def footer_input(cfg: InputConfig) -> tuple[list[str], pa.Schema] | None:
 
 def may_read_footers(cfg: InputConfig) -> bool:
     """Whether :func:`footer_input` may find the input's files (it then reads them); reads nothing."""
-    return cfg.reader == "auto" and _plain_parquet_path(cfg) is not None
+    return _footer_path(cfg) is not None
+
+
+def _footer_path(cfg: InputConfig) -> str | None:
+    """The local path whose files :func:`footer_input` lists: a plain parquet path Ray may read itself."""
+    return _plain_parquet_path(cfg) if cfg.reader == "auto" else None
 
 
 def _simple_name(obj: Any) -> str:
