@@ -269,6 +269,8 @@ class SparkConfig(_Frozen):
     executor_cores: int | None = Field(default=None, ge=1)  # None: see _sizing.spark_executor_cores
     executor_memory: str = Field(default="2g", pattern=r"^\d+[kKmMgGtT]?[bB]?$")
     configs: dict[str, Any] = Field(default_factory=dict)
+    # Local Ray only: map an archive of the JVMs' classes at their start, built after the first (rayscore._cds).
+    class_data_sharing: bool = True
 
     @field_validator("configs")
     @classmethod

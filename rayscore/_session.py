@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ._cds import ClassArchive
 from ._config import RayConfig, SparkConfig
 from ._errors import SessionError, translate_errors
 from ._sizing import local_ray_cpus, spark_executor_cores
@@ -85,6 +86,8 @@ class Session:
         self.startup_seconds = 0.0
         self._started_at = 0.0
         self._jvms_since: float | None = None  # when this session began starting Spark's JVMs
+        self._archive: ClassArchive | None = None  # class-data sharing for Spark's JVMs (rayscore._cds)
+        self.cds_builder_pid: int | None = None  # the archive's build this session's stop launched
 
     # ------------------------------------------------------------------ start
     def start(self) -> Session:
@@ -199,6 +202,7 @@ class Session:
                 configs[key] = f"{configs.get(key, '')} {value}".strip()
             else:
                 configs[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        self._share_class_data(configs)
         driver = _DriverLaunch.start(cfg.app_name, executors, self.executor_cores, cfg.executor_memory, configs)
         with translate_errors("spark", SessionError):
             try:
@@ -215,6 +219,24 @@ class Session:
                 driver.join()
         self._started_spark = True
         self.spark.sparkContext.setLogLevel(SPARK_LOG_LEVEL)
+
+    def _share_class_data(self, configs: dict[str, str]) -> None:
+        """Give each of Spark's JVMs the class-data archive, or the option that records its classes.
+
+        Only on a local Ray this session started: every JVM then runs on
+        this machine, where the archive is. Put first, so that a user's own
+        option in ``spark.configs`` wins.
+        """
+        if not (self.spark_config.class_data_sharing and self._started_ray and self.ray_config.address is None):
+            return
+        archive = ClassArchive.for_raydp(configs)
+        option = archive.java_option() if archive is not None else ""
+        if not option:
+            return
+        self._archive = archive
+        for key in ("spark.driver.extraJavaOptions", "spark.ray.raydp_app_master.extraJavaOptions",
+                    "spark.executor.extraJavaOptions"):
+            configs[key] = f"{option} {configs.get(key, '')}".strip()
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
@@ -236,6 +258,10 @@ class Session:
             import ray  # noqa: PLC0415
 
             ray.shutdown()
+        if self._archive is not None:
+            # The JVMs that recorded their classes are gone (the driver's writes as it loads).
+            self.cds_builder_pid = self._archive.build_in_background()
+            self._archive = None
         if self._jvms_since is not None:
             remove_native_library_copies(self._jvms_since, time.time())
             self._jvms_since = None

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite's class-data archive of Spark's JVMs (rayscore._cds): built after the first start that records it,
+# used by the starts after; the user's own cache is left alone.
+os.environ.setdefault("RAYSCORE_CDS_DIR", tempfile.mkdtemp(prefix="rayscore-cds-"))
