@@ -10,7 +10,7 @@ seconds instead of 12.8, and Spark was up 3.5 s sooner (bench/RESULTS.md).
 The first start on a machine records which classes its JVMs load
 (``-XX:DumpLoadedClassList``, one list per JVM). When that session stops, a
 background process at the lowest priority dumps them into one archive
-(``java -Xshare:dump``: about 25 s of one core, 80-90 MB on disk); the next
+(``java -Xshare:dump``: 25-40 s of one core, 80-140 MB on disk); the next
 starts map it (``-XX:SharedArchiveFile``). The JVM checks the archive itself
 (same Java build; same jars, sizes and times, at the head of its class path)
 and starts without it, silently, if anything differs. The archive's name
@@ -43,7 +43,7 @@ __all__ = ["CDS_DIR_ENV", "ClassArchive", "cds_root"]
 log = logging.getLogger("rayscore")
 
 CDS_DIR_ENV = "RAYSCORE_CDS_DIR"
-KEEP = 2  # archives kept (most recently used); each is 80-90 MB
+KEEP = 2  # archives kept (most recently used); each is 80-140 MB
 STALE_LOCK_SECONDS = 30 * 60  # a build that has held its lock this long died without removing it
 _CLASS_NAME = re.compile(r"^[\w$/.-]+$")
 
@@ -84,9 +84,10 @@ def cds_root() -> Path:
 class ClassArchive:
     """The archive for one Java and one class path: its JVM option, and its build after a recording start.
 
-    Costs nothing at run time but a file check; the recording start writes
-    one class list per JVM (about 300 KB each) and its session's stop
-    launches the build in the background.
+    Costs nothing at run time but a file check and a memory-mapped file
+    (shared between the JVMs, in the page cache); the recording start
+    writes one class list per JVM (about 300 KB each) and its session's
+    stop launches the build in the background.
     """
 
     def __init__(self, root: Path, java: str, class_path: str) -> None:

@@ -112,6 +112,9 @@ class Loader(Protocol):
     def load(self, path: str, *, safe_mode: bool = True) -> LoadedModel:
         """Build the model in this process."""
 
+    # Optional: ``prepare()`` imports what ``load`` needs (the framework) before the model is
+    # read; an actor calls it while its start is registered (rayscore._predict.Predictor).
+
 
 # --------------------------------------------------------------------------- Keras
 
@@ -278,6 +281,9 @@ class KerasLoader:
         inputs, outputs = _keras_tensor_specs(config)
         return ModelSpec(inputs, outputs, self.name)
 
+    def prepare(self) -> None:
+        _import_keras()
+
     def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
         return _load_keras(path, self.name, safe_mode, custom_objects)
 
@@ -314,6 +320,9 @@ class H5Loader:
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         inputs, outputs = _keras_tensor_specs(config)
         return ModelSpec(inputs, outputs, self.name)
+
+    def prepare(self) -> None:
+        _import_keras()
 
     def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
         return _load_keras(path, self.name, safe_mode, custom_objects)

@@ -195,11 +195,18 @@ class Predictor:
         t0 = time.perf_counter()
         self._plan = plan
         self._ledger = ledger
+        joined = None
         if ledger is not None:
             import ray  # noqa: PLC0415
 
-            if ray.get(ledger.joined.remote(ray.get_runtime_context().current_actor)):
-                raise PredictError("the job was cancelled before this actor loaded the model")
+            # Answered once the ledger's process is up (it starts with the pool's). Meanwhile the
+            # framework imports (TensorFlow: 5-6 s of CPU), not the model: a cancelled job loads none.
+            joined = ledger.joined.remote(ray.get_runtime_context().current_actor)
+        prepare = getattr(loaders[model.loader], "prepare", None)
+        if prepare is not None:
+            prepare()
+        if joined is not None and ray.get(joined):
+            raise PredictError("the job was cancelled before this actor loaded the model")
         self._limit = BatchLimit()
         rss_before = _peak_rss()
         path, copied = local_copy(model)

@@ -167,6 +167,9 @@ class SavedModelLoader:
     def inspect(self, path: str, *, signature: str = DEFAULT_SIGNATURE) -> ModelSpec:
         return _spec_of(path, signature, _read_meta_graph(path), self.name)
 
+    def prepare(self) -> None:
+        _import_tf()
+
     def load(self, path: str, *, safe_mode: bool = True, signature: str = DEFAULT_SIGNATURE) -> LoadedModel:
         # safe_mode has nothing to guard here: a SavedModel is graphs of
         # TensorFlow ops, it runs no Python code of its author's when loaded.

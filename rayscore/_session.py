@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -96,14 +96,23 @@ class Session:
         self.start_spark()
         return self
 
-    def start_ray(self) -> None:
-        """The first half of :meth:`start`: Ray alone, so that work can begin while Spark starts."""
+    def start_ray(self, *, before_imports: Callable[[], object] | None = None) -> None:
+        """The first half of :meth:`start`: Ray alone, so that work can begin while Spark starts.
+
+        ``before_imports``: called once Ray is up, before Ray Data is
+        imported; a caller importing in another thread meanwhile waits for
+        it there (two threads importing one package can deadlock).
+        """
         self._started_at = time.perf_counter()
         # Spark's Python workers (used by to_spark) must run this interpreter.
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         try:
             self._start_ray()
+            if before_imports is not None:
+                before_imports()
+            if self._started_ray:
+                _quiet_ray_data()
         except BaseException:
             self.stop()
             raise
@@ -167,7 +176,6 @@ class Session:
                     f"ray.address: cannot reach a Ray cluster at {cfg.address!r}: {exc}"
                 ) from exc
         self._started_ray = True
-        _quiet_ray_data()
 
     def _start_spark(self, executors_on_demand: bool = False) -> None:
         import raydp  # noqa: PLC0415
