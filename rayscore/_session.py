@@ -267,7 +267,8 @@ class Session:
 
             ray.shutdown()
         if self._archive is not None:
-            # The JVMs that recorded their classes are gone (the driver's writes as it loads).
+            # Ray's JVMs are gone; Spark's driver JVM lives as long as this process, and
+            # its list already names every class it loaded (the JVM writes it as it loads).
             self.cds_builder_pid = self._archive.build_in_background()
             self._archive = None
         if self._jvms_since is not None:
