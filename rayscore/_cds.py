@@ -47,11 +47,19 @@ KEEP = 2  # archives kept (most recently used); each is 80-140 MB
 STALE_LOCK_SECONDS = 30 * 60  # a build that has held its lock this long died without removing it
 _CLASS_NAME = re.compile(r"^[\w$/.-]+$")
 
-# Runs detached from the job (it must outlive `rayscore run`), at the lowest priority.
+# Outlives `rayscore run`; in its own process group (a Ctrl-C to the job is not for it) but the
+# job's session: where the kernel groups scheduling by session (autogroup), a process in another
+# session gets as much CPU as the whole job whatever its nice value. Nice 19 and SCHED_IDLE: the
+# next job, started meanwhile, takes the cores first.
 _BUILDER = """
 import os, subprocess, sys
 java, class_path, class_list, archive, log_file, lock, failed = sys.argv[1:]
+os.setpgrp()
 os.nice(19)
+try:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+except (AttributeError, OSError):
+    pass
 tmp = f"{archive}.{os.getpid()}.tmp"
 try:
     with open(log_file, "wb") as out:
@@ -160,7 +168,6 @@ class ClassArchive:
                 [sys.executable, "-c", _BUILDER, self.java, self.class_path, str(class_list), str(self.path),
                  str(self.root / f"{self.key}.log"), str(self.lock), str(self.failed)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,  # outlives this process and its Ctrl-C
             )
         except OSError as exc:
             log.debug("no class-data archive built: %s", exc)
