@@ -10,7 +10,7 @@ seconds instead of 12.8, and Spark was up 3.5 s sooner (bench/RESULTS.md).
 The first start on a machine records which classes its JVMs load
 (``-XX:DumpLoadedClassList``, one list per JVM). When that session stops, a
 background process at the lowest priority dumps them into one archive
-(``java -Xshare:dump``: 25-40 s of one core, 80-140 MB on disk); the next
+(``java -Xshare:dump``: 40-60 s of one core, 140-175 MB on disk); the next
 starts map it (``-XX:SharedArchiveFile``). The JVM checks the archive itself
 (same Java build; same jars, sizes and times, at the head of its class path)
 and starts without it, silently, if anything differs. The archive's name
@@ -43,7 +43,7 @@ __all__ = ["CDS_DIR_ENV", "ClassArchive", "cds_root"]
 log = logging.getLogger("rayscore")
 
 CDS_DIR_ENV = "RAYSCORE_CDS_DIR"
-KEEP = 2  # archives kept (most recently used); each is 80-140 MB
+KEEP = 2  # archives kept (most recently used); each is 140-175 MB
 STALE_LOCK_SECONDS = 30 * 60  # a build that has held its lock this long died without removing it
 _CLASS_NAME = re.compile(r"^[\w$/.-]+$")
 
@@ -195,12 +195,21 @@ class ClassArchive:
         return True
 
     def _prune(self) -> None:
-        """Keep the most recently used archives (with the one about to be built, ``KEEP`` in all)."""
+        """Keep the most recently used archives (with the one about to be built, ``KEEP`` in all).
+
+        Also removes what builds that died left: their unfinished archives.
+        """
         others = sorted(self.root.glob("*.jsa"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in others[KEEP - 1:]:
             old.unlink(missing_ok=True)
             for suffix in (".log", ".failed"):
                 old.with_suffix(suffix).unlink(missing_ok=True)
+        for unfinished in self.root.glob("*.jsa.*.tmp"):
+            try:
+                if time.time() - unfinished.stat().st_mtime > STALE_LOCK_SECONDS:
+                    unfinished.unlink()
+            except OSError:
+                pass
 
 
 def raydp_class_path(configs: dict[str, str]) -> str:

@@ -118,16 +118,17 @@ def test_a_lock_left_by_a_build_that_died_is_taken_over(tmp_path: Path) -> None:
     assert archive.java_option().startswith("-XX:DumpLoadedClassList=")
 
 
-def test_only_the_most_recently_used_archive_is_kept_beside_a_new_one(tmp_path: Path) -> None:
+def test_only_the_most_recently_used_archive_is_kept_beside_a_new_one_and_dead_builds_are_cleared(tmp_path: Path) -> None:
     archive = archive_for(tmp_path, str(tmp_path / "app.jar"))
     archive.root.mkdir()
     for age, name in enumerate(("recent", "older", "oldest")):
-        for suffix in (".jsa", ".log"):
+        for suffix in (".jsa", ".log", ".jsa.123.tmp"):
             path = archive.root / f"{name}{suffix}"
             path.write_text(name)
             os.utime(path, (time.time() - age * 3600,) * 2)
     archive._prune()
-    assert sorted(p.name for p in archive.root.iterdir()) == ["recent.jsa", "recent.log"]
+    # The unfinished archive of a build that may still run (the newest) stays; those of builds that died go.
+    assert sorted(p.name for p in archive.root.iterdir()) == ["recent.jsa", "recent.jsa.123.tmp", "recent.log"]
 
 
 def test_a_session_gives_the_option_to_every_jvm_first_only_on_a_local_ray_it_started(
