@@ -13,8 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -524,21 +523,10 @@ class _ScoreAhead(_PoolThread):
         super().__init__(lambda: _source(None, plan, predict, pool, files, schema), plan, model, predict, pool,
                          cpus, blocks, sink)
 
-    @staticmethod
-    def prepare(cfg: Config, spec: ModelSpec, model: ModelRef) -> _AheadPlan | None:
-        """What needs no Ray, done while Ray starts: imports, then the plan if Spark is not needed for it (else None).
-
-        The imports are those Ray's start does not make (it imports Ray's
-        own modules): pandas, pyarrow's and pyspark's, about 2 s of CPU
-        that the start of Ray, waiting on its processes, leaves room for.
-        The plan comes from the input's files and footer schema
-        (:func:`footer_input`), checked on a sample; the actors' part files
-        are made (:func:`_actor_sink`).
-        """
-        import pandas  # noqa: F401, PLC0415
-        import pyarrow.compute  # noqa: F401, PLC0415
-        import pyarrow.dataset  # noqa: F401, PLC0415
-        import pyspark.sql.pandas.types  # noqa: F401, PLC0415
+    @classmethod
+    def start(cls, cfg: Config, spec: ModelSpec, model: ModelRef, spark_cpus: float) -> _ScoreAhead | None:
+        """Start scoring if the input's files can be planned without Spark, else None."""
+        import ray  # noqa: PLC0415
 
         found = footer_input(cfg.input) if cfg.output.mode != "resume" else None
         if found is None:
@@ -550,25 +538,13 @@ class _ScoreAhead(_PoolThread):
         except RayscoreError as exc:  # Spark's view of the input decides, and names what is wrong
             log.debug("not scoring ahead of Spark: %s", exc)
             return None
-        return _AheadPlan(cfg, model, plan, files, schema, _actor_sink(cfg, plan, schema, model))
-
-    @classmethod
-    def start(cls, ahead: _AheadPlan, spark_cpus: float) -> _ScoreAhead:
-        """Start scoring as ``ahead`` plans, once Ray is up; its part files are removed if the pool is refused."""
-        import ray  # noqa: PLC0415
-
-        cfg = ahead.cfg
-        try:
-            pool = check_pool(spark_cpus, cfg.predict, ahead.model, _plan_tensors(ahead.plan))
-            # Ray Data would take every free CPU for its tasks, and Spark's executors
-            # could not start; the pool and one small task at a time fit beside them.
-            needed = pool.max_actors * cfg.predict.cpus_per_actor + 1
-            cpus = max(ray.cluster_resources().get("CPU", 0.0) - spark_cpus, needed)
-            return cls(ahead.plan, ahead.files, ahead.schema, ahead.model, cfg.predict, pool, cpus,
-                       _unwritten_blocks(cfg.output, pool.max_actors), ahead.sink)
-        except BaseException:
-            ahead.discard()
-            raise
+        pool = check_pool(spark_cpus, cfg.predict, model, _plan_tensors(plan))
+        # Ray Data would take every free CPU for its tasks, and Spark's executors
+        # could not start; the pool and one small task at a time fit beside them.
+        needed = pool.max_actors * cfg.predict.cpus_per_actor + 1
+        cpus = max(ray.cluster_resources().get("CPU", 0.0) - spark_cpus, needed)
+        return cls(plan, files, schema, model, cfg.predict, pool, cpus, _unwritten_blocks(cfg.output, pool.max_actors),
+                   _actor_sink(cfg, plan, schema, model))
 
     @staticmethod
     def may_write(cfg: Config) -> bool:
@@ -579,30 +555,6 @@ class _ScoreAhead(_PoolThread):
     def agrees(self, plan: Plan, files: list[str] | None) -> bool:
         """Whether Spark's DataFrame gives this job: the same plan, read by Ray from the same files."""
         return plan == self.plan and files == self.files
-
-
-@dataclass
-class _AheadPlan:
-    """The pool scoring ahead, planned before Ray is up (:meth:`_ScoreAhead.prepare`)."""
-
-    cfg: Config
-    model: ModelRef
-    plan: Plan
-    files: list[str]
-    schema: pa.Schema
-    sink: ActorSink | None
-
-    def discard(self) -> None:
-        """Remove the part files made for the actors (the pool did not start)."""
-        if self.sink is not None:
-            self.sink.discard()
-
-
-def _discard_unstarted(prepared: Future[_AheadPlan | None]) -> None:
-    """Once :meth:`_ScoreAhead.prepare` is done: remove what it made, for a pool that will not start."""
-    futures_wait([prepared])
-    if not prepared.cancelled() and prepared.exception() is None and (ahead := prepared.result()) is not None:
-        ahead.discard()
 
 
 def _actor_sink(cfg: Config, plan: Plan, schema: pa.Schema, model: ModelRef) -> ActorSink | None:
@@ -959,29 +911,19 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
     ahead: _ScoreAhead | None = None
     try:
         if own:
-            import ray  # noqa: F401, PLC0415 - here: Ray's start then imports only Ray's own modules
-
+            session.start_ray()
+            import_spark()
+            # The pool scoring ahead is planned (footers read, a sample checked, part files made:
+            # about 1 s) while RayDP starts Spark, which waits for nothing of it.
             with ThreadPoolExecutor(1, thread_name_prefix="rayscore-plan") as planner:
-                # While Ray starts: imports, and the pool scoring ahead planned without Ray (footers
-                # read, a sample checked, part files made). Ray Data's import (after Ray's start)
-                # waits for this thread's: two threads importing one package can deadlock.
-                prepared = planner.submit(_ScoreAhead.prepare, cfg, spec, ref)
-                try:
-                    session.start_ray(before_imports=lambda: futures_wait([prepared]))
-                    import_spark()
-                    ready = prepared.result()
-                except BaseException:
-                    _discard_unstarted(prepared)
-                    raise
-                # The pool starts while RayDP starts Spark, which waits for nothing of it.
-                planned = planner.submit(_ScoreAhead.start, ready, session.spark_cpus) if ready is not None else None
+                planned = planner.submit(_ScoreAhead.start, cfg, spec, ref, session.spark_cpus)
                 try:
                     # Actors that read and write the files leave Spark's executors nothing to do.
                     # If Spark fails, Ray stays up until the pool is cancelled (below): a pool
                     # left scoring on a Ray that is gone makes Ray start a new one for it.
                     session.start_spark(executors_on_demand=_ScoreAhead.may_write(cfg), stop_on_failure=False)
                 finally:
-                    ahead = planned.result() if planned is not None else None
+                    ahead = planned.result()
             clock.add("startup", session.startup_seconds)
         else:
             clock.add("startup", 0.0)

@@ -12,10 +12,12 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ._cds import ClassArchive
@@ -23,7 +25,7 @@ from ._config import RayConfig, SparkConfig
 from ._errors import SessionError, translate_errors
 from ._sizing import local_ray_cpus, spark_executor_cores
 
-__all__ = ["Session", "session", "JAVA_OPTIONS", "remove_native_library_copies", "import_spark",
+__all__ = ["Session", "session", "JAVA_OPTIONS", "remove_native_library_copies", "remove_lz4_copies", "import_spark",
            "connect_driver_to_ray"]
 
 log = logging.getLogger("rayscore")
@@ -96,23 +98,14 @@ class Session:
         self.start_spark()
         return self
 
-    def start_ray(self, *, before_imports: Callable[[], object] | None = None) -> None:
-        """The first half of :meth:`start`: Ray alone, so that work can begin while Spark starts.
-
-        ``before_imports``: called once Ray is up, before Ray Data is
-        imported; a caller importing in another thread meanwhile waits for
-        it there (two threads importing one package can deadlock).
-        """
+    def start_ray(self) -> None:
+        """The first half of :meth:`start`: Ray alone, so that work can begin while Spark starts."""
         self._started_at = time.perf_counter()
         # Spark's Python workers (used by to_spark) must run this interpreter.
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         try:
             self._start_ray()
-            if before_imports is not None:
-                before_imports()
-            if self._started_ray:
-                _quiet_ray_data()
         except BaseException:
             self.stop()
             raise
@@ -176,6 +169,7 @@ class Session:
                     f"ray.address: cannot reach a Ray cluster at {cfg.address!r}: {exc}"
                 ) from exc
         self._started_ray = True
+        _quiet_ray_data()
 
     def _start_spark(self, executors_on_demand: bool = False) -> None:
         import raydp  # noqa: PLC0415
@@ -272,7 +266,9 @@ class Session:
             self.cds_builder_pid = self._archive.build_in_background()
             self._archive = None
         if self._jvms_since is not None:
-            remove_native_library_copies(self._jvms_since, time.time())
+            now = time.time()
+            remove_native_library_copies(self._jvms_since, now)
+            remove_lz4_copies(self._jvms_since, now)
             self._jvms_since = None
 
     @property
@@ -418,6 +414,29 @@ def remove_native_library_copies(since: float, until: float, root: str = RAY_JAV
                 removed += 1
         except OSError as exc:
             log.debug("could not remove %s: %s", entry.path, exc)
+    return removed
+
+
+def remove_lz4_copies(since: float, until: float, root: str | None = None) -> int:
+    """Delete the copies of lz4-java's native library that Spark's JVMs of one session left in the temp dir.
+
+    Each JVM that compresses (every executor, and the driver) copies
+    ``liblz4-java-<n>.so`` (150 KB) and a ``.lck`` beside it into
+    ``java.io.tmpdir`` and removes them when it exits; RayDP's executors are
+    killed, so theirs stay, one pair per executor started. Only pairs
+    written between ``since`` and ``until`` (``time.time()`` seconds) are
+    removed; a running JVM keeps its mapped copy. Returns how many.
+    """
+    root = root or tempfile.gettempdir()
+    removed = 0
+    for library in Path(root).glob("liblz4-java-*.so"):
+        try:
+            if since <= library.stat().st_mtime <= until:
+                library.unlink()
+                Path(f"{library}.lck").unlink(missing_ok=True)
+                removed += 1
+        except OSError as exc:
+            log.debug("could not remove %s: %s", library, exc)
     return removed
 
 

@@ -1,10 +1,11 @@
-"""What a session cleans up after Ray's Java runtime, without a cluster."""
+"""What a session cleans up after Ray's Java runtime and Spark's JVMs, without a cluster."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from rayscore._session import remove_native_library_copies
+from rayscore._session import remove_lz4_copies, remove_native_library_copies
 
 
 def native_copy(root: Path, millis: int, *extra: str) -> Path:
@@ -35,3 +36,26 @@ def test_only_this_sessions_copies_of_rays_java_library_are_removed(tmp_path: Pa
 
 def test_a_missing_folder_is_nothing_to_remove(tmp_path: Path) -> None:
     assert remove_native_library_copies(0, 2e9, root=str(tmp_path / "missing")) == 0
+
+
+def test_only_this_sessions_copies_of_lz4s_library_are_removed(tmp_path: Path) -> None:
+    since, until = 1_800_000_000.0, 1_800_000_060.0
+
+    def copy(n: int, at: float, lock: bool = True) -> Path:
+        library = tmp_path / f"liblz4-java-{n}.so"
+        library.write_bytes(b"x")
+        os.utime(library, (at, at))
+        if lock:
+            (tmp_path / f"liblz4-java-{n}.so.lck").write_bytes(b"")
+        return library
+
+    mine = [copy(1, since), copy(2, until - 1), copy(3, since + 5, lock=False)]
+    others = [copy(4, since - 1), copy(5, until + 1)]
+    unrelated = tmp_path / "libsnappyjava.so"
+    unrelated.write_bytes(b"x")
+    os.utime(unrelated, (since + 1, since + 1))
+
+    assert remove_lz4_copies(since, until, root=str(tmp_path)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "liblz4-java-4.so", "liblz4-java-4.so.lck", "liblz4-java-5.so", "liblz4-java-5.so.lck", "libsnappyjava.so"]
+    assert not any(p.exists() for p in mine)
