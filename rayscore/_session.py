@@ -379,10 +379,21 @@ def import_spark() -> None:
     """Import RayDP and pyspark here (about 1.5 s of CPU), before starting threads that import them too.
 
     Two threads importing pyspark at once can deadlock on its circular
-    imports; Python then fails one of them with ``_DeadlockError``.
+    imports; Python then fails one of them with ``_DeadlockError``. And
+    pyspark's Arrow type conversions import ``distutils`` when first called,
+    which setuptools' distutils hook turns into importing setuptools with
+    Python's import lock held, logging as it goes: if another thread then
+    starts a process with a ``preexec_fn`` (pyspark's gateway, Ray's
+    daemons), Python takes the logging lock and waits for the import lock
+    before forking, and both threads wait forever. So it is imported here.
     """
     import pyspark.sql.pandas.types  # noqa: F401, PLC0415
     import raydp  # noqa: F401, PLC0415
+
+    try:
+        import distutils.version  # noqa: F401, PLC0415 - see above
+    except ImportError:  # no distutils (Python 3.12 without setuptools): pyspark's import fails alike
+        pass
 
 
 RAY_JAVA_TMP = "/tmp/ray"  # hard-coded in Ray's Java runtime (RayNativeRuntime), whatever Ray's temp dir
