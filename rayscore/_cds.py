@@ -253,8 +253,9 @@ def _merge_lists(lists: Path) -> list[str]:
     """The classes the recorded JVMs loaded from the JDK and the class path, each once.
 
     Lines with more fields (classes of other class loaders, lambda forms)
-    cannot be archived from a static list and are left out; so are lines a
-    killed JVM left half-written.
+    cannot be archived from a static list and are left out, as are lines
+    with characters no class name has. A name a killed JVM cut short is
+    kept: the dump warns that it cannot find it and goes on.
     """
     names: set[str] = set()
     for path in lists.glob("*.classlist"):

@@ -88,7 +88,7 @@ class Session:
         self.startup_seconds = 0.0
         self._started_at = 0.0
         self._jvms_since: float | None = None  # when this session began starting Spark's JVMs
-        self._archive: ClassArchive | None = None  # class-data sharing for Spark's JVMs (rayscore._cds)
+        self._archive: ClassArchive | None = None  # the class-data archive this start records (rayscore._cds)
         self.cds_builder_pid: int | None = None  # the archive's build this session's stop launched
 
     # ------------------------------------------------------------------ start
@@ -235,7 +235,8 @@ class Session:
         option = archive.java_option() if archive is not None else ""
         if not option:
             return
-        self._archive = archive
+        if archive.recording:  # its stop builds the archive
+            self._archive = archive
         for key in ("spark.driver.extraJavaOptions", "spark.ray.raydp_app_master.extraJavaOptions",
                     "spark.executor.extraJavaOptions"):
             configs[key] = f"{option} {configs.get(key, '')}".strip()
