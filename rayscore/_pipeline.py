@@ -33,7 +33,7 @@ from ._report import RunResult, StageClock
 from ._session import Session, import_spark
 from ._sink import (REPORT_NAME, ActorSink, PartFiles, StagedWrite, actors_can_write, blocks_to_spark,
                     check_output_free, hold_for_session, to_spark, write_output)
-from ._placement import PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
+from ._placement import ACTOR_PROCESS_BYTES, PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
 from ._sizing import rows_per_block
 from ._source import (ParquetFiles, SparkInput, arrow_schema, first_rows, footer_input, may_read_footers,
                       parquet_files, read_input)
@@ -145,9 +145,10 @@ def check_pool(spark_cpus: float, predict: PredictConfig, model: ModelRef, tenso
                spark_memory: int = 0) -> PoolPlan:
     """Size the pool from the model and the cluster's nodes, or refuse it before it starts.
 
-    Memory per actor is the model's bytes times its loader's measured factor
-    plus a few batches of ``tensors``; each node holds as many actors as its
-    CPUs, GPUs and memory allow beside Spark's executors.
+    Memory per actor is the process before its model (``ACTOR_PROCESS_BYTES``),
+    the model's bytes times its loader's measured factor and a few batches of
+    ``tensors``; each node holds as many actors as its CPUs, GPUs and memory
+    allow beside Spark's executors.
     """
     import ray  # noqa: PLC0415
 
@@ -161,6 +162,7 @@ def check_pool(spark_cpus: float, predict: PredictConfig, model: ModelRef, tenso
         gpus_per_actor=predict.gpus_per_actor,
         spark_cpus=spark_cpus,
         spark_memory=spark_memory,
+        process_bytes=ACTOR_PROCESS_BYTES,
     )
 
 

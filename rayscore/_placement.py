@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MEMORY_FACTORS",
     "FALLBACK_MEMORY_FACTOR",
     "BATCH_BUFFERS",
+    "ACTOR_PROCESS_BYTES",
     "nodes_from_ray",
     "memory_factor_for",
     "batch_bytes",
@@ -58,6 +59,15 @@ DEFAULT_MEMORY_FACTORS: Mapping[str, float] = {
     "savedmodel": 1.2,
 }
 FALLBACK_MEMORY_FACTOR = 6.5
+
+# Resident memory of a predictor actor's process before its model: Python, Ray with Ray
+# Data, pyarrow and TensorFlow imported. Measured: 635 MiB peak RSS before the load (the
+# run report's rss_before_load; keras 3.15.1, tensorflow-cpu 2.21, Python 3.11, Linux),
+# and Ray Data saw 454-474 MiB in use per actor of a 1M-row job with a 12 MB model. The
+# loaders' factors above leave it out (they measure growth after `import keras`), so
+# without it a small model asked Ray for a few MiB per actor and a node could be given
+# more actors than its memory holds.
+ACTOR_PROCESS_BYTES = 640 * 2**20
 
 # Batches of tensors one actor holds at once: the Arrow batch Ray Data hands it,
 # the numpy feeds converted from it, the model's outputs, and the Arrow batch it
@@ -153,22 +163,24 @@ def batch_bytes(spec: Any, batch_size: int) -> int:
     return total * int(batch_size)
 
 
-def actor_memory(model_bytes: int, *, memory_factor: float, batch_bytes: int) -> int:
+def actor_memory(model_bytes: int, *, memory_factor: float, batch_bytes: int, process_bytes: int = 0) -> int:
     """Bytes of Ray ``memory`` one predictor actor asks for.
 
-    ``ceil(model_bytes * memory_factor + BATCH_BUFFERS * batch_bytes)``: the
-    model's copies while it is read, built and run (``memory_factor`` times its
-    size on disk, measured per loader), plus the few batches of tensors an
-    actor holds at once (:data:`BATCH_BUFFERS`).
+    ``ceil(process_bytes + model_bytes * memory_factor + BATCH_BUFFERS * batch_bytes)``:
+    the process before its model (:data:`ACTOR_PROCESS_BYTES` for a real
+    pool), the model's copies while it is read, built and run
+    (``memory_factor`` times its size on disk, measured per loader), plus the
+    few batches of tensors an actor holds at once (:data:`BATCH_BUFFERS`).
 
     >>> actor_memory(4 * 2**30, memory_factor=1.5, batch_bytes=0) == 6 * 2**30
     True
     """
-    if model_bytes < 0 or batch_bytes < 0:
-        raise ValueError(f"sizes must be >= 0, got model_bytes={model_bytes}, batch_bytes={batch_bytes}")
+    if model_bytes < 0 or batch_bytes < 0 or process_bytes < 0:
+        raise ValueError(f"sizes must be >= 0, got model_bytes={model_bytes}, batch_bytes={batch_bytes}, "
+                         f"process_bytes={process_bytes}")
     if memory_factor <= 0:
         raise ValueError(f"memory_factor must be > 0, got {memory_factor}")
-    return math.ceil(model_bytes * memory_factor + BATCH_BUFFERS * batch_bytes)
+    return math.ceil(process_bytes + model_bytes * memory_factor + BATCH_BUFFERS * batch_bytes)
 
 
 # --------------------------------------------------------------------------- planning
@@ -211,11 +223,13 @@ def plan_pool(
     gpus_per_actor: float,
     spark_cpus: float = 0,
     spark_memory: int = 0,
+    process_bytes: int = 0,
 ) -> PoolPlan:
     """Size the predictor pool from the model and the cluster's nodes.
 
     Each node holds ``min(CPU slots, GPU slots, memory slots)`` actors, where a
-    memory slot is :func:`actor_memory` bytes of the node's Ray ``memory`` and
+    memory slot is :func:`actor_memory` bytes of the node's Ray ``memory`` (with
+    ``process_bytes`` for the actor's process itself) and
     GPU slots count only when ``gpus_per_actor > 0`` (then CPU-only nodes hold
     none). Fractional ``gpus_per_actor`` shares one GPU: 0.5 is two per GPU.
 
@@ -233,7 +247,7 @@ def plan_pool(
     * A model whose one actor fits on no node is a :class:`ConfigError` saying
       how much one actor needs and how much the largest node has.
     """
-    mem = actor_memory(model_bytes, memory_factor=memory_factor, batch_bytes=batch_bytes)
+    mem = actor_memory(model_bytes, memory_factor=memory_factor, batch_bytes=batch_bytes, process_bytes=process_bytes)
     ids = [n.node_id for n in nodes]
     order = [n.node_id for n in sorted(nodes, key=lambda n: (n.memory, n.cpus), reverse=True)]
     free_cpu = {n.node_id: float(n.cpus) for n in nodes}
@@ -248,7 +262,7 @@ def plan_pool(
     per_node = {i: int(min(cpu_slots[i], gpu_slots[i], mem_slots[i])) for i in ids}
     capacity = sum(per_node.values())
 
-    need = _need_text(model_bytes, memory_factor, batch_bytes)
+    need = _need_text(model_bytes, memory_factor, batch_bytes, process_bytes)
     spark = f" besides Spark's {_num(spark_cpus)}" if spark_cpus else ""
     if capacity == 0:
         raise ConfigError(_why_none_fits(ids, mem, need, free_mem, free_cpu, gpus, cpu_slots, gpu_slots,
@@ -294,10 +308,12 @@ def plan_pool(
     return PoolPlan(actors.min, min(actors.max, capacity), mem, per_node)
 
 
-def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int) -> str:
+def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process_bytes: int = 0) -> str:
     text = f"model {format_bytes(model_bytes)} x {memory_factor:g}"
     if batch_bytes:
         text += f" + batches {format_bytes(BATCH_BUFFERS * batch_bytes)}"
+    if process_bytes:
+        text += f" + process {format_bytes(process_bytes)}"
     return text
 
 

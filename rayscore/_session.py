@@ -495,6 +495,8 @@ def _quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Its warning that progress bars are off only echoes the line above.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from rayscore import ConfigError, ModelSpec, TensorSpec
 from rayscore._config import ActorsConfig
 from rayscore._model import loaders
 from rayscore._placement import (
+    ACTOR_PROCESS_BYTES,
     BATCH_BUFFERS,
     DEFAULT_MEMORY_FACTORS,
     FALLBACK_MEMORY_FACTOR,
@@ -61,6 +62,28 @@ def test_actor_memory_formula() -> None:
     assert actor_memory(4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB) == 6 * GiB + BATCH_BUFFERS * 8 * MiB
     assert BATCH_BUFFERS == 4
     assert actor_memory(0, memory_factor=2.0, batch_bytes=0) == 0
+
+
+def test_actor_memory_counts_the_process_before_the_model() -> None:
+    assert actor_memory(4 * GiB, memory_factor=1.5, batch_bytes=0, process_bytes=640 * MiB) == 6 * GiB + 640 * MiB
+    # A small model's actor is mostly its process (Python, Ray, TensorFlow): 12 MB x 1.3 alone is 15.6 MB.
+    assert actor_memory(12 * MiB, memory_factor=1.3, batch_bytes=0, process_bytes=ACTOR_PROCESS_BYTES) > 640 * MiB
+    with pytest.raises(ValueError, match="process_bytes=-1"):
+        actor_memory(1, memory_factor=1.0, batch_bytes=0, process_bytes=-1)
+
+
+def test_plan_pool_fits_actors_by_their_process_too() -> None:
+    node = [NodeShape("n1", cpus=16, gpus=0, memory=4 * GiB)]
+    kwargs = {"actors": "auto", "model_bytes": 100 * MiB, "memory_factor": 1.0, "batch_bytes": 0,
+              "cpus_per_actor": 1, "gpus_per_actor": 0}
+    assert plan_pool(node, **kwargs).max_actors == 16  # CPUs bind: 16 x 100 MiB fits in 4 GiB
+    with_process = plan_pool(node, **kwargs, process_bytes=924 * MiB)
+    assert with_process.max_actors == 4 and with_process.memory_per_actor == GiB
+    with pytest.raises(ConfigError) as caught:
+        plan_pool(node, **{**kwargs, "actors": ActorsConfig(min=5, max=5)}, process_bytes=924 * MiB)
+    assert str(caught.value) == ("predict.actors: 5 actors need 5 x 1.0 GiB of memory "
+                                 "(model 100.0 MiB x 1 + process 924.0 MiB); the cluster holds 4 "
+                                 "(largest node: 4.0 GiB free)")
 
 
 def test_actor_memory_rounds_up_to_whole_bytes() -> None:

@@ -59,3 +59,17 @@ def test_only_this_sessions_copies_of_lz4s_library_are_removed(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "liblz4-java-4.so", "liblz4-java-4.so.lck", "liblz4-java-5.so", "liblz4-java-5.so.lck", "libsnappyjava.so"]
     assert not any(p.exists() for p in mine)
+
+
+def test_ray_data_is_quieted_without_hiding_its_warnings() -> None:
+    """Bars off, and no warning saying so; Ray Data's other warnings (its issue detector's) still show."""
+    import logging
+
+    from ray.data import DataContext
+
+    from rayscore._session import _quiet_ray_data
+
+    _quiet_ray_data()
+    assert DataContext.get_current().enable_progress_bars is False
+    assert not logging.getLogger("ray.data._internal.progress").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("ray.data._internal.issue_detection.issue_detector_manager").isEnabledFor(logging.WARNING)
