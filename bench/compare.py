@@ -2,6 +2,7 @@
 
     python bench/compare.py --rows 1000000                 # speed: three ways, same rows, same answers
     python bench/compare.py --memory --rows 1000000 4000000 # memory: rayscore's peak at each size
+    python bench/compare.py --memory --rows 1000000 4000000 --reader spark --writer spark  # ... Spark's way
 
 **Speed mode** makes the workload of ``bench_e2e.py`` (the example's
 multi-input model, ``--rows`` rows in parquet), then runs one after another:
@@ -39,6 +40,8 @@ process tree, and the two ratios the targets are about: rayscore / limit
 peak of the summed proportional set size (PSS: shared pages such as Ray's
 object store counted once) of every process of the run (the driver, Ray's
 daemons and workers, Spark's JVMs), and the ratio of each peak to the first.
+``--reader spark`` / ``--writer spark`` measure the job with Spark reading the
+input (RayDP hands it to Ray) and writing the predictions.
 """
 
 from __future__ import annotations
@@ -229,7 +232,9 @@ def memory(args: argparse.Namespace, workdir: str) -> int:
         workload = e2e._in_child(e2e.make_workload, sub, rows)
         config = e2e.rayscore_config(workload, os.path.join(sub, "scores.parquet"), args.actors, args.batch_size,
                                      spark=_spark(args))
-        print(f"rayscore.run over {rows:,} rows ...", flush=True)
+        config["input"]["reader"], config["output"]["writer"] = args.reader, args.writer
+        print(f"rayscore.run over {rows:,} rows (input.reader: {args.reader}, output.writer: {args.writer}) ...",
+              flush=True)
         with e2e.PeakMemory(0.5, pss=True) as mem:
             scored = e2e._in_child(e2e.run_rayscore, config)
         peaks.append((rows, mem.peak_bytes, scored.after_startup_seconds))
@@ -250,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--executor-cores", type=int, default=None,
                         help="spark.executor_cores (default: rayscore's, the machine's cores on a local Ray)")
+    parser.add_argument("--reader", choices=("auto", "spark"), default="auto",
+                        help="--memory: input.reader (spark: Spark reads the input, RayDP hands it to Ray)")
+    parser.add_argument("--writer", choices=("auto", "spark"), default="auto",
+                        help="--memory: output.writer (spark: Spark writes the predictions)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     args.json = False
