@@ -63,7 +63,8 @@ FALLBACK_MEMORY_FACTOR = 6.5
 # Resident memory of a predictor actor's process before its model: Python, Ray with Ray
 # Data, pyarrow and TensorFlow imported. Measured: 635 MiB peak RSS before the load (the
 # run report's rss_before_load; keras 3.15.1, tensorflow-cpu 2.21, Python 3.11, Linux),
-# and Ray Data saw 454-474 MiB in use per actor of a 1M-row job with a 12 MB model. The
+# which counts library pages that the actors of a node share, and Ray Data saw 454-474
+# MiB in use per actor of a 1M-row job with a 12 MB model. The
 # loaders' factors above leave it out (they measure growth after `import keras`), so
 # without it a small model asked Ray for a few MiB per actor and a node could be given
 # more actors than its memory holds.
