@@ -64,10 +64,10 @@ FALLBACK_MEMORY_FACTOR = 6.5
 # Data, pyarrow and TensorFlow imported. Measured: 635 MiB peak RSS before the load (the
 # run report's rss_before_load; keras 3.15.1, tensorflow-cpu 2.21, Python 3.11, Linux),
 # which counts library pages that the actors of a node share, and Ray Data saw 454-474
-# MiB in use per actor of a 1M-row job with a 12 MB model. The
-# loaders' factors above leave it out (they measure growth after `import keras`), so
-# without it a small model asked Ray for a few MiB per actor and a node could be given
-# more actors than its memory holds.
+# MiB in use per actor of a 1M-row job with a 12 MB model. The loaders' factors above
+# leave it out (they measure growth after `import keras`), so without it a small model
+# asked Ray for a few MiB per actor and a node could be given more actors than its
+# memory holds.
 ACTOR_PROCESS_BYTES = 640 * 2**20
 
 # Batches of tensors one actor holds at once: the Arrow batch Ray Data hands it,
