@@ -309,7 +309,7 @@ def plan_pool(
     return PoolPlan(actors.min, min(actors.max, capacity), mem, per_node)
 
 
-def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process_bytes: int = 0) -> str:
+def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process_bytes: int) -> str:
     text = f"model {format_bytes(model_bytes)} x {memory_factor:g}"
     if batch_bytes:
         text += f" + batches {format_bytes(BATCH_BUFFERS * batch_bytes)}"
