@@ -125,8 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"rayscore: scored {result.rows_in} rows -> {result.rows_out} rows in {result.output} "
             f"with {result.model_loads} actor(s); seconds: "
             + ", ".join(f"{k} {s.get(k, 0.0):.1f}" for k in ("startup", "read_convert", "load", "predict", "write"))
-            + f"; first prediction at {s.get('first_prediction', 0.0):.1f}, done at {s.get('total', 0.0):.1f}"
-            + (" (scored while Spark started)" if result.scored_ahead else ""),
+            + f"; first prediction at {s.get('first_prediction', 0.0):.1f}, done at {s.get('total', 0.0):.1f}",
             file=out,
         )
     return 0

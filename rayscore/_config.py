@@ -64,8 +64,6 @@ class InputConfig(_Frozen):
     table: str | None = None
     query: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    # auto: Ray reads a plain parquet scan's files itself (pyarrow); spark: always through Spark (RayDP).
-    reader: Literal["auto", "spark"] = "auto"
 
     _options = field_validator("options")(classmethod(lambda cls, v: _scalars(v)))
 
@@ -223,8 +221,6 @@ class OutputConfig(_Frozen):
     errors_path: str | None = None
     shards: int = Field(default=8, ge=1, le=100_000)
     options: dict[str, Any] = Field(default_factory=dict)
-    # auto: the pool's actors write a parquet path themselves when they read the input's files; spark: Spark always.
-    writer: Literal["auto", "spark"] = "auto"
 
     _options = field_validator("options")(classmethod(lambda cls, v: _scalars(v)))
 
@@ -269,8 +265,6 @@ class SparkConfig(_Frozen):
     executor_cores: int | None = Field(default=None, ge=1)  # None: see _sizing.spark_executor_cores
     executor_memory: str = Field(default="2g", pattern=r"^\d+[kKmMgGtT]?[bB]?$")
     configs: dict[str, Any] = Field(default_factory=dict)
-    # Local Ray only: map an archive of the JVMs' classes at their start, built after the first (rayscore._cds).
-    class_data_sharing: bool = True
 
     @field_validator("configs")
     @classmethod

@@ -21,6 +21,8 @@ from ._errors import ConfigError, InputError
 from ._model import ModelSpec, TensorSpec
 
 __all__ = [
+    "to_ipc",
+    "from_ipc",
     "Binding",
     "Plan",
     "make_plan",
@@ -343,3 +345,20 @@ def to_columns(predictions: Mapping[str, np.ndarray], outputs: Iterable[tuple[st
             offsets = pa.array(np.arange(0, (rows + 1) * per_row, per_row, dtype=np.int32))
             columns[column] = pa.ListArray.from_arrays(offsets, pa.array(value.reshape(-1)))
     return columns
+
+
+def to_ipc(table: pa.Table) -> pa.Buffer:
+    """``table`` as one Arrow IPC stream: only the rows it holds, even when it is a slice of a larger batch.
+
+    Pickling a sliced Arrow array carries its whole parent buffer; the IPC
+    writer carries the slice. Ray moves the buffer without another copy.
+    """
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def from_ipc(buffer: pa.Buffer) -> pa.Table:
+    """The table :func:`to_ipc` wrote, reading its buffer in place (no copy)."""
+    return pa.ipc.open_stream(buffer).read_all()

@@ -17,6 +17,7 @@ Errors of the first four kinds are the user's to fix: the CLI exits 2 on them.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 __all__ = [
@@ -111,11 +112,35 @@ def model_error_text(exc: BaseException) -> str:
         line = raw.strip()
         if not line or line == "Graph execution error:" or line.startswith(("Detected at node", "File ", "[[")):
             continue
-        return _one_line(line.split("\t [[")[0])
+        return one_line(line.split("\t [[")[0])
     return ""
 
 
-def _one_line(text: str, limit: int = 400) -> str:
+# A RayscoreError raised in a Spark task (rayscore._stream) reads so in the driver's Spark error.
+_SPARK_TASK_ERROR = re.compile(r"rayscore\._errors\.(\w+Error): ([^\n]+)")
+
+
+def _raised_in_spark_task(exc: BaseException) -> RayscoreError | None:
+    """The RayscoreError a Spark task raised, rebuilt from the text of the Spark error that reports it."""
+    found = _SPARK_TASK_ERROR.findall(str(exc))
+    if not found:
+        return None
+    name, message = found[-1]
+    cls = next((c for c in _error_classes() if c.__name__ == name), PredictError)
+    return cls(message.strip())
+
+
+def _error_classes() -> list[type[RayscoreError]]:
+    todo, found = [RayscoreError], []
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` folded onto one line, cut to ``limit`` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -124,14 +149,14 @@ def _spark_message(exc: BaseException) -> str:
     """The first meaningful line of a Spark/py4j error, without the JVM stack."""
     desc = getattr(exc, "desc", None) or getattr(exc, "getMessage", lambda: None)()
     if desc:
-        return _one_line(str(desc).split("\n\tat ")[0])
+        return one_line(str(desc).split("\n\tat ")[0])
     java = getattr(exc, "java_exception", None)
     if java is not None:
         try:
-            return _one_line(java.toString())
+            return one_line(java.toString())
         except Exception:  # pragma: no cover - JVM already gone
             pass
-    return _one_line(str(exc).split("\n\tat ")[0])
+    return one_line(str(exc).split("\n\tat ")[0])
 
 
 @contextlib.contextmanager
@@ -155,5 +180,8 @@ def translate_errors(stage: str, kind: type[RayscoreError] = PredictError) -> It
             raise type(inner)(str(inner).split("\n")[0]) from exc
         module = type(exc).__module__ or ""
         if module.startswith(("pyspark", "py4j")):
+            raised = _raised_in_spark_task(exc)
+            if raised is not None:
+                raise raised from exc
             raise kind(f"{stage}: {_spark_message(exc)}") from exc
-        raise kind(f"{stage}: {type(exc).__name__}: {_one_line(exc)}") from exc
+        raise kind(f"{stage}: {type(exc).__name__}: {one_line(exc)}") from exc

@@ -11,24 +11,19 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ._cache import cache_root, cached_model
-from ._convert import Plan, output_type, row_problems, to_columns, to_tensors
+from ._convert import Plan, from_ipc, output_type, row_problems, to_columns, to_ipc, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
-from ._sink import ActorSink, PartWriter
-from ._source import Piece, read_piece
 
-__all__ = ["ModelRef", "Predictor", "FilePredictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row",
-           "REASON", "WRITTEN"]
+__all__ = ["ModelRef", "Predictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row", "REASON"]
 
 
 @dataclass(frozen=True)
@@ -181,164 +176,70 @@ def _predict_with_retries(model: Any, plan: Plan, batch: pa.Table, feeds: dict[s
 
 
 class Predictor:
-    """The callable class Ray Data runs in each pool actor (``map_batches``).
+    """One pool actor: loads the model once, in its constructor, and scores Arrow batches for its whole life.
 
-    Its constructor loads the model (once per actor, for the actor's life);
-    ``__call__`` scores one Arrow batch. A model error is retried
-    ``plan.max_retries`` times on the same actor, then fails the job naming the
-    batch's first key values. An actor that dies is restarted by Ray Data and
-    its in-flight batches are run again (so each row is still scored once in
-    the output).
+    Spark's Python workers call :meth:`score` with a batch as Arrow IPC
+    (:mod:`rayscore._stream`); the predictions go back the same way. A
+    model error is retried ``plan.max_retries`` times here, then fails the
+    batch naming its first key values. An actor that dies is restarted by
+    Ray (it loads the model again) and its in-flight calls are run again,
+    so each row is still scored once. Memory: one model copy plus the
+    batches in flight.
     """
 
-    def __init__(self, model: ModelRef, plan: Plan, ledger: Any = None) -> None:
-        t0 = time.perf_counter()
-        self._plan = plan
-        self._ledger = ledger
-        joined = None
-        if ledger is not None:
-            import ray  # noqa: PLC0415
+    def __init__(self, model: ModelRef, ledger: Any = None) -> None:
+        import ray  # noqa: PLC0415
 
-            # Answered once the ledger's process is up (it starts with the pool's). Meanwhile the
-            # framework imports (TensorFlow: 5-6 s of CPU), not the model: a cancelled job loads none.
-            joined = ledger.joined.remote(ray.get_runtime_context().current_actor)
-        prepare = getattr(loaders[model.loader], "prepare", None)
-        if prepare is not None:
-            prepare()
-        if joined is not None and ray.get(joined):
-            raise PredictError("the job was cancelled before this actor loaded the model")
-        self._limit = BatchLimit()
+        t0 = time.perf_counter()
+        self._ledger = ledger
         rss_before = _peak_rss()
         path, copied = local_copy(model)
         devices = _prepare_devices()
         self._model = loaders[model.loader].load(path, safe_mode=model.safe_mode, **model.options())
-        _check_same_inputs(plan.bindings, self._model.spec, model.path)
-        seconds = time.perf_counter() - t0
-        self._cancel_check: Any = None
+        self._path = model.path
+        self._checked: set[Plan] = set()
+        self._limit = BatchLimit()
+        self._scored = False
+        self._reported_rss = 0
         if ledger is not None:
-            import ray  # noqa: PLC0415
-
-            if ray.get(ledger.cancelled.remote()):
-                raise PredictError("the job was cancelled while this actor loaded the model")
             ray.get(ledger.record.remote({
                 "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id(),
-                "load_seconds": seconds,
+                "load_seconds": time.perf_counter() - t0,
                 "output_shapes": {t.name: list(t.shape or ()) for t in self._model.spec.outputs},
                 "loaded_from": path,
                 "copied": copied,
                 "rss_before_load": rss_before,
                 **devices,
             }))
-        self._reported_rss = 0
-        self._scored = False
         self._report_rss()
+
+    def spec(self) -> ModelSpec:
+        """The loaded model's inputs and outputs (shapes the model file may not state)."""
+        return self._model.spec
+
+    def score(self, plan: Plan, batch: Any) -> Any:
+        """Score one batch (Arrow IPC, :func:`to_ipc`); the predictions as Arrow IPC."""
+        if plan not in self._checked:
+            _check_same_inputs(plan.bindings, self._model.spec, self._path)
+            self._checked.add(plan)
+        before = self._limit.rows
+        table = predict_table(self._model, plan, from_ipc(batch), self._limit)
+        if self._ledger is not None:
+            if not self._scored:
+                self._scored = True
+                self._ledger.scored.remote(time.time())
+            if self._limit.rows != before:
+                self._ledger.shrunk.remote(os.getpid(), self._limit.rows)
+        self._report_rss()
+        return to_ipc(table)
 
     def _report_rss(self) -> None:
         """Tell the ledger this process's peak RSS when it has grown by 16 MB or more."""
         peak = _peak_rss()
         if self._ledger is not None and peak >= self._reported_rss + (16 << 20):
-            import ray  # noqa: PLC0415
-
-            ray.get(self._ledger.peak_rss.remote(os.getpid(), peak))
+            self._ledger.peak_rss.remote(os.getpid(), peak)
             self._reported_rss = peak
-
-    def _stop_if_cancelled(self) -> None:
-        """Fail this batch if the job was cancelled (:meth:`LoadLedger.cancel`).
-
-        The ledger is asked once a batch without waiting for its answer: the
-        answer to the previous call's question is read if it has come. So a
-        cancelled job fails within a batch or two, as a user error would,
-        and Ray Data ends it; killing its running actors instead left Ray
-        Data waiting for them for ever.
-        """
-        if self._ledger is None:
-            return
-        import ray  # noqa: PLC0415
-
-        asked, self._cancel_check = self._cancel_check, self._ledger.cancelled.remote()
-        if asked is not None and ray.wait([asked], timeout=0)[0] and ray.get(asked):
-            raise PredictError("the job was cancelled")
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self._stop_if_cancelled()
-        before = self._limit.rows
-        table = predict_table(self._model, self._plan, batch, self._limit)
-        if self._ledger is not None and not self._scored:
-            self._scored = True
-            self._ledger.scored.remote(time.time())
-        if self._limit.rows != before and self._ledger is not None:
-            import ray  # noqa: PLC0415
-
-            ray.get(self._ledger.shrunk.remote(os.getpid(), self._limit.rows))
-        self._report_rss()
-        return table
-
-
-WRITTEN = pa.schema([("rows", pa.int64()), ("quarantined", pa.int64())])  # what a FilePredictor with a sink yields
-
-
-class FilePredictor(Predictor):
-    """A :class:`Predictor` that reads its own input: each row of a batch names a :class:`Piece` of a parquet file.
-
-    The actor decodes the piece ``batch_rows`` rows at a time with pyarrow
-    (:func:`read_piece`), the next batch in a thread while the model scores
-    this one, and yields each batch's predictions. The rows never pass
-    through Ray's object store, and no read task (nor a worker process for
-    one) stands between the files and the model. Memory beyond
-    :class:`Predictor`'s: two decoded batches.
-
-    With a ``sink`` it writes them too: each piece's predictions go into one
-    parquet part file (and its quarantined rows into one of the errors
-    output), and it yields one row per piece, :data:`WRITTEN`. Then the
-    predictions never leave the actor but as a file; memory grows by a row
-    group being gathered (:class:`PartWriter`).
-    """
-
-    def __init__(self, model: ModelRef, plan: Plan, ledger: Any = None, *, columns: list[str],
-                 batch_rows: int, sink: ActorSink | None = None) -> None:
-        super().__init__(model, plan, ledger)
-        self._columns = columns
-        self._batch_rows = batch_rows
-        self._sink = sink
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayscore-read")
-
-    def __call__(self, pieces: pa.Table) -> Iterator[pa.Table]:  # type: ignore[override]
-        for piece in pieces.to_pylist():
-            scored = self._score(Piece(**piece))
-            if self._sink is None:
-                yield from scored
-            else:
-                yield self._write(piece["part"], scored)
-
-    def _score(self, piece: Piece) -> Iterator[pa.Table]:
-        batches = read_piece(piece, self._columns, self._batch_rows)
-        ahead = self._reader.submit(next, batches, None)
-        while (batch := ahead.result()) is not None:
-            ahead = self._reader.submit(next, batches, None)
-            yield super().__call__(batch)
-
-    def _write(self, part: int, scored: Iterator[pa.Table]) -> pa.Table:
-        """Write one piece's predictions as part ``part`` of the sink's outputs; its rows written and quarantined."""
-        assert self._sink is not None
-        sink, plan = self._sink, self._plan
-        # Part 0 is written even when empty: each output then has a file with its schema.
-        good = PartWriter(sink.output, part, keep_empty=part == 0)
-        bad = PartWriter(sink.errors, part, keep_empty=part == 0) if sink.errors is not None else None
-        try:
-            for table in scored:
-                if bad is not None:  # quarantined rows apart: their keys and reason
-                    ok = pc.is_null(table.column(REASON))
-                    rejected = table.filter(pc.invert(ok)).select([*plan.key_columns, REASON])
-                    bad.write(rejected.rename_columns([*plan.key_columns, "reason"]))
-                    table = table.filter(ok)
-                good.write(table.select([*plan.keep_columns, *plan.output_columns]))
-            return pa.table({"rows": [good.close()], "quarantined": [bad.close() if bad else 0]}, schema=WRITTEN)
-        except BaseException:
-            for writer in (good, bad):
-                if writer is not None:
-                    writer.abandon()
-            raise
 
 
 def local_copy(model: ModelRef) -> tuple[str, bool]:
@@ -374,29 +275,13 @@ def _prepare_devices() -> dict[str, Any]:
 
 
 class LoadLedger:
-    """A tiny actor that predictors report their model loads to (counts, seconds)."""
+    """A tiny actor that predictors report to: their model loads, peak memory, first batch, batch splits."""
 
     def __init__(self) -> None:
         self._loads: list[dict[str, Any]] = []
         self._working: dict[int, int] = {}
         self._peaks: dict[int, int] = {}
-        self._actors: list[Any] = []
-        self._cancelled = False
         self._first_scored: float | None = None
-
-    def joined(self, actor: Any) -> bool:
-        """A predictor started (before its model loads): the driver can stop it if the job fails.
-
-        Returns whether the job was cancelled: the predictor then stops before loading.
-        """
-        self._actors.append(actor)
-        return self._cancelled
-
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    def cancelled(self) -> bool:
-        return self._cancelled
 
     def scored(self, at: float) -> None:
         """A predictor scored its first batch at ``at`` (``time.time()``)."""
@@ -404,9 +289,6 @@ class LoadLedger:
 
     def first_scored(self) -> float | None:
         return self._first_scored
-
-    def actors(self) -> list[Any]:
-        return list(self._actors)
 
     def record(self, info: dict[str, Any]) -> None:
         self._loads.append(info)

@@ -29,40 +29,14 @@ class RunResult:
     resident memory before the load and its peak (bytes, loading then
     predicting); ``actor_peak_rss`` is the largest peak.
 
-    ``input_reader`` says who read the input: ``parquet`` (a plain parquet
-    scan, whose files the pool's actors read with pyarrow) or ``spark`` (any
-    other DataFrame, or ``input.reader: spark``: Spark reads it and RayDP
-    hands it to Ray).
-
-    ``output_writer`` says who wrote the predictions: ``parquet`` (the pool's
-    actors, as parquet part files, when they read the input and the output
-    is a parquet path every node mounts) or ``spark`` (Spark's writer; also
-    with ``output.writer: spark``). Either way the output is committed the
-    same way, with the same Spark schema.
-
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
-    up), ``read_convert`` (the input's schema and sample check, then, when
-    Spark reads the input, its count and pass that keeps the input as Arrow
-    on its executors' disks), ``load`` (the slowest actor's model load; the
-    pool starts with Spark's pass and loads meanwhile), ``predict`` (from the
-    input being ready until the last batch is scored; with the ``parquet``
-    reader it includes reading the files and the load), ``write`` (back into
-    Spark and written, counted and committed; a path output is written in
-    waves while the pool scores, so ``write`` then overlaps ``predict``).
-    ``write_jobs`` counts the Spark jobs that wrote predictions: one per
-    wave (what the pool scored while the previous wave was written), one
-    per shard scored with ``mode: resume``, one for a table; none when the
-    actors wrote the part files (``output_writer: parquet``). Two entries
-    are moments, not stages, counted from the job's start:
-    ``first_prediction`` (the first batch scored) and ``total`` (the
-    output committed).
-
-    ``scored_ahead``: the input is a plain local parquet path (``input.format:
-    parquet``, no options), so the pool started as soon as Ray was up,
-    planned from the files' footers, and scored while Spark started;
-    ``predict`` and ``load`` then overlap ``startup`` and ``read_convert``
-    (Spark's schema, checked against the footers'). Otherwise all but
-    ``load`` add up to the job's time.
+    up; the pool's actors load the model meanwhile), ``read_convert`` (the
+    input's schema and the sample check), ``load`` (the slowest actor's
+    model load), ``predict`` (the Spark job that reads the input, streams it
+    through the pool and writes the predictions: reading, scoring and
+    writing overlap), ``write`` (counted and committed). Two entries are
+    moments, not stages, counted from the job's start: ``first_prediction``
+    (the first batch scored) and ``total`` (the output committed).
     """
 
     rows_in: int = 0
@@ -84,10 +58,6 @@ class RunResult:
     actor_peak_rss: int = 0
     actor_memory: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 0
-    input_reader: str = ""
-    output_writer: str = ""
-    scored_ahead: bool = False
-    write_jobs: int = 0
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)

@@ -13,7 +13,8 @@ the input's fingerprints, the keys and the shard count. Resuming with a
 different model or input is refused, naming what changed. When every shard is
 committed the run report and ``_SUCCESS`` are written at the top.
 
-Cost: one actor pool (one model load per actor) per shard scored, so choose
+Cost: one Spark pass that counts the rows of each shard, then one Spark job
+per shard scored (the job's one actor pool scores them all), so choose
 ``output.shards`` as the number of checkpoints worth having, not more.
 """
 
@@ -28,9 +29,11 @@ from ._config import Config, OutputConfig
 from ._convert import Plan
 from ._errors import OutputError, translate_errors
 from ._model import ModelSpec
-from ._predict import ModelRef
+from ._plan import errors_output, new_result
+from ._pool import Pool
 from ._report import RunResult, StageClock
-from ._sink import REPORT_NAME, HadoopFS, write_output
+from ._sink import REPORT_NAME, HadoopFS, write_scored
+from ._stream import score
 
 __all__ = ["run_resumable", "SHARD_COLUMN", "MANIFEST_NAME", "SHARD_MARKER"]
 
@@ -89,16 +92,13 @@ def _check_manifest(old: dict[str, Any], new: dict[str, Any], path: str) -> None
         )
 
 
-def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSpec, clock: StageClock,
-                  spark_cpus: float) -> RunResult:
-    """Score the shards of ``df`` that ``output.path`` does not hold yet, one pass per shard."""
+def run_resumable(cfg: Config, df: Any, plan: Plan, pool: Pool, spec: ModelSpec, clock: StageClock) -> RunResult:
+    """Score the shards of ``df`` that ``output.path`` does not hold yet, one Spark job per shard, on ``pool``."""
     from pyspark.sql import functions as F  # noqa: PLC0415
-
-    from ._pipeline import _score, errors_output, new_result, split_quarantined  # noqa: PLC0415
 
     spark = df.sparkSession
     path = (cfg.output.path or "").rstrip("/")
-    result = new_result(cfg, ref, spec, plan)
+    result = new_result(cfg, pool.model, spec, plan)
     with clock.stage("read_convert"), translate_errors("output.path", OutputError):
         fs = HadoopFS(spark, path)
         manifest = _manifest(cfg, df, result.model_fingerprint, plan)
@@ -128,26 +128,23 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, ref: ModelRef, spec: ModelSp
     quarantined = 0
     for shard in todo:
         part = keyed.filter(F.col(SHARD_COLUMN) == shard).drop(SHARD_COLUMN)
-        scored = _score(part, plan, ref, cfg.predict, clock, spark_cpus)  # a filter of the input: Spark reads it
-        result.input_reader = scored.reader
-        result.add_loads(scored.loads)
-        good, bad = split_quarantined(scored.dataframe, plan)
-        good_rows = scored.rows_in - scored.rows_quarantined
-        marker = json.dumps({"shard": shard, "rows": good_rows, "quarantined": scored.rows_quarantined,
-                             "model": manifest["model"], "input": manifest["input"]})
-        with clock.stage("write"):
-            if bad is not None:
-                errors = errors_output(cfg)
-                write_output(spark, bad, errors.model_copy(update={
-                    "path": f"{errors.path.rstrip('/')}/{SHARD_COLUMN}={shard}"}),
-                    scored.rows_quarantined, lambda _n: marker, SHARD_MARKER)
-            shard_out = OutputConfig(format=cfg.output.format, path=f"{path}/{SHARD_COLUMN}={shard}",
-                                     mode="error", options=cfg.output.options)
-            write_output(spark, good, shard_out, good_rows, lambda _n: marker, SHARD_MARKER)
-        rows_out += good_rows
-        quarantined += scored.rows_quarantined
+        marker = lambda rows, bad, shard=shard: json.dumps({  # noqa: E731
+            "shard": shard, "rows": rows - bad, "quarantined": bad,
+            "model": manifest["model"], "input": manifest["input"]})
+        shard_out = OutputConfig(format=cfg.output.format, path=f"{path}/{SHARD_COLUMN}={shard}",
+                                 mode="error", options=cfg.output.options)
+        errors = None
+        if plan.quarantine:
+            errors = errors_output(cfg)
+            errors = errors.model_copy(update={"path": f"{(errors.path or '').rstrip('/')}/{SHARD_COLUMN}={shard}"})
+        rows, bad = write_scored(spark, score(part, plan, pool, spec, cfg.predict.batch_size), plan, shard_out,
+                                 errors, marker, clock, SHARD_MARKER)
+        if rows != expected[shard]:
+            raise OutputError(f"output: shard {shard} scored {rows} rows for its {expected[shard]} input rows")
+        rows_out += rows - bad
+        quarantined += bad
         result.shards["scored"] += 1
-        result.write_jobs += 1
+    pool.report_into(result, clock)
     result.rows_out = rows_out
     result.rows_quarantined = quarantined + sum(_marker(fs, path, s).get("quarantined", 0) for s in done)
     if result.rows_out + result.rows_quarantined != result.rows_in:

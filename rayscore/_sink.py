@@ -1,104 +1,33 @@
-"""Stage 6, sink: predictions written by Spark's writer (or the pool's actors), counted, then committed.
+"""Stage 6, sink: predictions written by Spark's writer, counted, then committed.
 
 For path outputs Spark writes into a staging directory beside the target;
-only when the written rows are counted and match the input does rayscore put
-the run report in it and rename it onto the target (through Hadoop's
-FileSystem, so local paths, HDFS and object stores go the same way). A failed
-job therefore leaves nothing that looks complete, and ``mode: overwrite``
-replaces the old output only at that commit.
-
-A parquet output on a filesystem every node mounts, scored from an input the
-actors read themselves, is written by the actors instead (:class:`PartFiles`,
-:class:`PartWriter`): each writes its pieces' predictions as parquet part
-files into the same staging directory, with the Spark schema Spark's writer
-would store, and the commit is the same. The predictions then never pass
-through Ray's object store or a JVM.
+only when the written rows are counted and match the rows scored does
+rayscore put the run report in it and rename it onto the target (through
+Hadoop's FileSystem, so local paths, HDFS and object stores go the same
+way). A failed job therefore leaves nothing that looks complete, and
+``mode: overwrite`` replaces the old output only at that commit.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from ._config import OutputConfig
+from ._convert import Plan
 from ._errors import OutputError, translate_errors
-from ._session import connect_driver_to_ray
+from ._predict import REASON
+from ._report import StageClock
+from ._stream import Scoring
 from ._source import data_files
 from ._storage import local_dir
 
 __all__ = ["check_output_free", "write_output", "count_written", "staging_path", "REPORT_NAME", "HadoopFS",
-           "StagedWrite", "to_spark", "blocks_to_spark", "PartFiles", "PartWriter", "ActorSink", "actors_can_write"]
+           "StagedWrite", "split_quarantined", "write_scored"]
 
 REPORT_NAME = "_rayscore_report.json"
-# Where Spark's parquet writer keeps the DataFrame's schema (column metadata included) in each file's footer.
-SPARK_ROW_METADATA = "org.apache.spark.sql.parquet.row.metadata"
-# Rows an actor gathers before writing them as one row group (Spark's writer makes ~128 MB ones; 4096-row
-# batches written as they come would make files slow to read back).
-ROW_GROUP_ROWS = 256 * 1024
-ROW_GROUP_BYTES = 64 * 2**20
-
-
-def to_spark(ds: Any, spark: Any) -> tuple[Any, list[Any]]:
-    """A materialised Ray Dataset of predictions as a Spark DataFrame read by Spark's JVM, and its blocks.
-
-    The blocks go to :func:`blocks_to_spark`, which says what it costs and
-    how long the returned refs must be kept.
-    """
-    schema = ds.schema()
-    schema = getattr(schema, "base_schema", schema)
-    blocks = [ref for bundle in ds.iter_internal_ref_bundles()
-              for ref, meta in zip(bundle.block_refs, bundle.metadata)
-              if meta.num_rows]  # Ray Data may leave empty, column-less blocks
-    return blocks_to_spark(blocks, schema, spark)
-
-
-def blocks_to_spark(blocks: list[Any], schema: pa.Schema, spark: Any) -> tuple[Any, list[Any]]:
-    """Ray object refs of Arrow tables (all of ``schema``) as a Spark DataFrame, and the refs Spark reads.
-
-    Each block is written once as Arrow IPC bytes (a zero-CPU Ray task beside
-    the block); Spark's executors read those objects straight from Ray's
-    object store and turn them into rows (RayDP's ``RayDatasetRDD``), with no
-    Python worker and no pandas in between (``Dataset.to_spark`` goes through
-    ``mapInPandas``). Cost: one IPC copy of the blocks in the object store.
-
-    Spark refers to those objects by id only: the caller keeps the returned
-    refs for as long as Spark may read the DataFrame, and drops them after
-    (the objects are then freed; RayDP's own ``to_spark`` pins them until
-    Spark stops).
-    """
-    import ray  # noqa: PLC0415
-    from raydp.spark.dataset import ray_dataset_to_spark_dataframe  # noqa: PLC0415
-
-    connect_driver_to_ray()
-    ipc = ray.remote(num_cpus=0)(_arrow_ipc)
-    refs = [ipc.remote(block) for block in blocks]
-    return ray_dataset_to_spark_dataframe(spark, schema, refs), refs
-
-
-def _arrow_ipc(block: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, block.schema) as writer:
-        writer.write_table(block)
-    return sink.getvalue().to_pybytes()
-
-
-_session_blocks: list[Any] = []
-
-
-def hold_for_session(refs: list[Any]) -> None:
-    """Keep prediction blocks alive until the session stops (``rayscore.predict``'s DataFrames)."""
-    _session_blocks.extend(refs)
-
-
-def release_session_blocks() -> None:
-    _session_blocks.clear()
 
 
 class HadoopFS:
@@ -157,156 +86,6 @@ class HadoopFS:
             stream.close()
 
 
-def actors_can_write(cfg: OutputConfig) -> str | None:
-    """Why the pool's actors cannot write ``cfg`` themselves (None: they can; see :class:`PartFiles`).
-
-    They can for ``format: parquet`` at a path every node mounts (a local
-    path, as for the input they read), without writer ``options`` or
-    ``mode: resume``, unless ``output.writer: spark``.
-    """
-    if cfg.writer == "spark":
-        return "output.writer: spark"
-    if cfg.format != "parquet":
-        return f"output.format: {cfg.format}"
-    if cfg.mode == "resume":
-        return "output.mode: resume"
-    if cfg.options:
-        return "output.options are Spark writer options"
-    if local_dir(cfg.path or "") is None:
-        return f"output.path: {cfg.path} is not a local path"
-    return None
-
-
-def spark_schema_json(schema: pa.Schema, metadata: Mapping[str, Mapping[str, Any]]) -> str:
-    """The JSON of the Spark schema a Spark DataFrame of ``schema`` has, with ``metadata`` per column.
-
-    Spark's Arrow → Spark type mapping, all columns nullable, as Spark's
-    parquet writer stores it (:data:`SPARK_ROW_METADATA`). Raises TypeError
-    for an Arrow type Spark has no type for.
-    """
-    from pyspark.sql.pandas.types import from_arrow_type  # noqa: PLC0415 - pure Python: no JVM
-    from pyspark.sql.types import StructField, StructType  # noqa: PLC0415
-
-    return StructType([StructField(f.name, from_arrow_type(f.type), True, dict(metadata.get(f.name, {})))
-                       for f in schema]).json()
-
-
-@dataclass(frozen=True)
-class PartFiles:
-    """An output the pool's actors write themselves: parquet part files in its staging directory.
-
-    ``staging`` is a local directory every node mounts (made here);
-    ``columns`` the Arrow types of the columns taken from the input (the
-    prediction columns' come from the model, in the actor); ``metadata``
-    each column's Spark metadata (the model's identity). Each footer holds
-    the Spark schema as Spark's writer stores it, so Spark reads back the
-    same types and column metadata as from its own files. ``job`` names the
-    files. Small and picklable: it travels to every actor.
-    """
-
-    staging: str
-    columns: pa.Schema
-    metadata: Mapping[str, Mapping[str, Any]]
-    job: str
-
-    @classmethod
-    def make(cls, path: str, columns: pa.Schema, metadata: Mapping[str, Mapping[str, Any]]) -> PartFiles:
-        """Part files for the output at ``path`` (its staging directory made now); TypeError: Spark must write it."""
-        spark_schema_json(columns, metadata)  # a kept column Spark has no type for fails here, not in the actors
-        staging = staging_path(os.path.abspath(local_dir(path) or path))
-        os.makedirs(staging)
-        return cls(staging, columns, metadata, uuid.uuid4().hex)
-
-    def name(self, part: int) -> str:
-        return f"part-{part:05d}-{self.job}-c000.snappy.parquet"
-
-    def schema_of(self, table: pa.Table) -> pa.Schema:
-        """The file schema for ``table``'s columns: the input's types where known, the table's otherwise."""
-        known = set(self.columns.names)
-        fields = [self.columns.field(f.name) if f.name in known else f for f in table.schema]
-        schema = pa.schema(fields)
-        return schema.with_metadata({SPARK_ROW_METADATA: spark_schema_json(schema, self.metadata)})
-
-    def discard(self) -> None:
-        """Remove the staging directory if it is still there (not committed)."""
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class ActorSink:
-    """What the pool's actors write themselves: the output's part files, and the quarantined rows' ones."""
-
-    output: PartFiles
-    errors: PartFiles | None = None  # key columns and a ``reason``, in quarantine mode
-
-    def discard(self) -> None:
-        for parts in (self.output, self.errors):
-            if parts is not None:
-                parts.discard()
-
-
-class PartWriter:
-    """One part file of :class:`PartFiles` as an actor writes it, made complete at once.
-
-    Every table written must have the same columns (the first one's decide
-    the file's schema, even with no rows). Rows are gathered into row groups
-    of about :data:`ROW_GROUP_ROWS` rows (or :data:`ROW_GROUP_BYTES`) and
-    written into a hidden file of this process's own, renamed onto the
-    part's name by :meth:`close`: a piece scored again (its actor died)
-    replaces the part, and a piece cut short leaves only a hidden file,
-    which Spark skips and the commit removes. Cost: up to one row group of
-    predictions (and kept columns) in memory.
-    """
-
-    def __init__(self, parts: PartFiles, part: int, *, keep_empty: bool = False) -> None:
-        self._parts = parts
-        self.path = os.path.join(parts.staging, parts.name(part))
-        self._tmp = os.path.join(parts.staging, f".{parts.name(part)}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        self._keep_empty = keep_empty  # one file per output holds its schema even when it has no rows
-        self._schema: pa.Schema | None = None
-        self._pending: list[pa.Table] = []
-        self._pending_rows = self._pending_bytes = 0
-        self._writer: pq.ParquetWriter | None = None
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        if self._schema is None:
-            self._schema = self._parts.schema_of(table)
-        if not table.num_rows:
-            return
-        table = table.cast(self._schema)
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self._pending_bytes += table.nbytes
-        self.rows += table.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._writer is None:
-            assert self._schema is not None
-            self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="snappy")
-        if self._pending:
-            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self._pending_rows)
-        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
-
-    def close(self) -> int:
-        """Finish the file and give it the part's name (no file for no rows, unless ``keep_empty``); its rows."""
-        if self._schema is not None and (self.rows or self._keep_empty):
-            self._flush()
-        if self._writer is not None:
-            self._writer.close()
-            os.replace(self._tmp, self.path)
-        return self.rows
-
-    def abandon(self) -> None:
-        """Drop the unfinished file (the piece failed)."""
-        if self._writer is not None:
-            self._writer.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
-
-
 def check_output_free(cfg: OutputConfig, spark: Any | None = None) -> None:
     """Refuse an output that exists (``mode: error``) or is a plain file, before any work."""
     if cfg.format == "table":
@@ -350,56 +129,108 @@ def staging_path(path: str) -> str:
 
 
 class StagedWrite:
-    """A path output written by one or more Spark jobs into a hidden staging directory, committed at once.
+    """One output written by Spark jobs, then committed at once.
 
-    :meth:`append` adds a DataFrame's rows (one Spark write job, its own
-    part files); :meth:`commit` counts what all of them wrote, stores the
-    run report beside it and renames the directory onto ``cfg.path``;
-    :meth:`discard` removes whatever was not committed. Until the commit,
-    nothing is at the target: a failed job leaves nothing looking complete.
+    A path output goes into a hidden staging directory: :meth:`append` adds a
+    DataFrame's rows (one Spark write job, its own part files); :meth:`commit`
+    counts what was written, stores the run report beside it and renames
+    the directory onto ``cfg.path``; :meth:`discard` removes whatever was not
+    committed. Until the commit, nothing is at the target: a failed job
+    leaves nothing looking complete. A table is written by Spark's
+    ``saveAsTable`` at :meth:`append` (the catalog has no staging), and
+    :meth:`commit` checks its rows.
     """
 
-    def __init__(self, spark: Any, cfg: OutputConfig, parts: PartFiles | None = None) -> None:
-        self.spark, self.cfg, self.parts = spark, cfg, parts
+    def __init__(self, spark: Any, cfg: OutputConfig) -> None:
+        self.spark, self.cfg = spark, cfg
         self.path = cfg.path or ""
-        # With ``parts`` the pool's actors have written (or are writing) the files: no append.
-        self.staging = parts.staging if parts is not None else staging_path(self.path)
-        with translate_errors("output.path", OutputError):
-            self.fs = HadoopFS(spark, self.path)
+        self.staging = staging_path(self.path) if cfg.format != "table" else ""
+        if cfg.format != "table":
+            with translate_errors("output.path", OutputError):
+                self.fs = HadoopFS(spark, self.path)
 
     def append(self, sdf: Any) -> None:
+        if self.cfg.format == "table":
+            with translate_errors("output.table", OutputError):
+                mode = "overwrite" if self.cfg.mode == "overwrite" else "errorifexists"
+                _writer(sdf, self.cfg).mode(mode).saveAsTable(self.cfg.table)
+            return
         with translate_errors("output.path", OutputError):
             _writer(sdf, self.cfg).format(self.cfg.format).mode("append").save(self.staging)
 
     def commit(self, expected_rows: int, report: Any, report_name: str = REPORT_NAME) -> int:
-        """Check the staged rows are ``expected_rows``; store ``report(written)`` as ``report_name``; commit."""
+        """Check the written rows are ``expected_rows``; store ``report(written)`` as ``report_name``; commit."""
+        if self.cfg.format == "table":
+            with translate_errors("output.table", OutputError):
+                written = int(self.spark.table(self.cfg.table).count())
+            if written != expected_rows:
+                raise OutputError(
+                    f"output.table: {self.cfg.table} holds {written} rows for {expected_rows} input rows")
+            return written
         with translate_errors("output.path", OutputError):
-            if self.parts is not None:
-                _tidy_parts(self.staging)
             written = count_written(self.spark, self.cfg, self.staging)
             if written != expected_rows:
-                hint = (" (the pool's actors wrote the part files on their nodes: output.path must be on storage "
-                        "every node mounts, else set output.writer: spark)") if self.parts is not None else ""
-                raise OutputError(
-                    f"output: wrote {written} rows for {expected_rows} input rows; nothing committed{hint}"
-                )
+                raise OutputError(f"output: wrote {written} rows for {expected_rows} input rows; nothing committed")
             self.fs.write_text(f"{self.staging}/{report_name}", report(written))
             _commit(self.fs, self.staging, self.path, self.cfg.mode)
         return written
 
     def discard(self) -> None:
         """Remove the staging directory if it is still there (not committed); safe to call twice."""
+        if self.cfg.format == "table":
+            return
         with translate_errors("output.path", OutputError):
             if self.fs.exists(self.staging):
                 self.fs.delete(self.staging)
 
 
-def _tidy_parts(staging: str) -> None:
-    """Make the actors' part files look like Spark's output: no hidden leftovers of cut-short pieces, a _SUCCESS."""
-    for name in os.listdir(staging):
-        if name.startswith("."):
-            os.remove(os.path.join(staging, name))
-    open(os.path.join(staging, "_SUCCESS"), "wb").close()
+def split_quarantined(sdf: Any, plan: Plan) -> tuple[Any, Any]:
+    """(scored rows, error rows) of ``sdf`` as Spark DataFrames: outputs beside keep_columns; keys beside a reason."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    if not plan.quarantine:
+        return sdf, None
+    good = sdf.filter(F.col(REASON).isNull()).select(*plan.keep_columns, *plan.output_columns)
+    bad = sdf.filter(F.col(REASON).isNotNull()).select(*plan.key_columns, F.col(REASON).alias("reason"))
+    return good, bad
+
+
+def write_scored(spark: Any, scoring: Scoring, plan: Plan, output: OutputConfig, errors: OutputConfig | None,
+                 report: Callable[[int, int], str], clock: StageClock, report_name: str = REPORT_NAME
+                 ) -> tuple[int, int]:
+    """Write ``scoring``'s rows to ``output`` (and quarantined ones to ``errors``), count them, commit both.
+
+    The Spark job that writes is the one that reads the input and streams
+    it through the pool (``predict`` in ``clock``); the count and commit
+    are ``write``. In quarantine mode the scored rows are kept on Spark's
+    executors' disks (``DISK_ONLY``) for the two writes, so the model scores
+    each row once. ``report(rows scored, rows quarantined)`` gives the text
+    committed as ``report_name`` with each output. Returns the same two counts.
+    """
+    from pyspark import StorageLevel  # noqa: PLC0415
+
+    frame = scoring.frame.persist(StorageLevel.DISK_ONLY) if plan.quarantine else scoring.frame
+    good, bad = split_quarantined(frame, plan)
+    writes = [StagedWrite(spark, output)]
+    if bad is not None:
+        assert errors is not None
+        writes.append(StagedWrite(spark, errors))
+    try:
+        with clock.stage("predict"):
+            for write, sdf in zip(writes, (good, bad)):
+                write.append(sdf)
+        rows, quarantined = int(scoring.counters.rows.value), int(scoring.counters.quarantined.value)
+        text = lambda _written: report(rows, quarantined)  # noqa: E731
+        with clock.stage("write"):
+            if bad is not None:
+                writes[1].commit(quarantined, text, report_name)
+            writes[0].commit(rows - quarantined, text, report_name)
+        return rows, quarantined
+    finally:
+        for write in writes:
+            write.discard()
+        if plan.quarantine:
+            frame.unpersist()
 
 
 def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any,
@@ -410,8 +241,6 @@ def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, re
     stored as ``report_name`` in the output, committed with it. Returns the
     number of rows written.
     """
-    if cfg.format == "table":
-        return _write_table(spark, sdf, cfg, expected_rows)
     staged = StagedWrite(spark, cfg)
     try:
         staged.append(sdf)
@@ -455,13 +284,3 @@ def _commit(fs: HadoopFS, staging: str, path: str, mode: str) -> None:
         fs.fs.mkdirs(fs.path(parent))
     if not fs.rename(staging, path):
         raise OutputError(f"output.path: could not rename the new output onto {path}")
-
-
-def _write_table(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int) -> int:
-    with translate_errors("output.table", OutputError):
-        mode = "overwrite" if cfg.mode == "overwrite" else "errorifexists"
-        _writer(sdf, cfg).mode(mode).saveAsTable(cfg.table)
-        written = spark.table(cfg.table).count()
-    if written != expected_rows:
-        raise OutputError(f"output.table: {cfg.table} holds {written} rows for {expected_rows} input rows")
-    return written

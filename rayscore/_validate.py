@@ -32,7 +32,8 @@ from ._config import Config, OutputConfig, load_config
 from ._convert import Plan, make_plan
 from ._errors import ConfigError, InputError, ModelError, RayscoreError, translate_errors
 from ._model import ModelSpec, loaders
-from ._pipeline import SAMPLE_ROWS, check_pool, inspect_model, max_actors_hint, plan_job
+from ._plan import SAMPLE_ROWS, errors_output, inspect_model, max_actors_hint, plan_job
+from ._pool import check_pool
 from ._placement import PoolPlan, format_bytes
 from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
@@ -143,14 +144,11 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
         if ok:
             found.passed(f"input: {_describe_source(cfg)} read, {len(df.columns)} columns")
         if ok and spec is not None and ref is not None:
-            planned = _plan(found, cfg, spec, df)
-            if planned is not None:
-                plan, files = planned
+            plan = _plan(found, cfg, spec, df)
+            if plan is not None:
                 found.passed(_describe_plan(plan))
-                if not getattr(plan, "quarantine", False):
-                    by = f"Ray, from the input's {len(files)} parquet file(s)" if files else "Spark"
-                    found.passed(f"sample: the first {SAMPLE_ROWS} rows convert to the model's inputs "
-                                 f"(read by {by})")
+                if not plan.quarantine:
+                    found.passed(f"sample: the first {SAMPLE_ROWS} rows convert to the model's inputs")
                 ok, line = found.attempt(_run_model, df, plan, ref)
                 if ok:
                     found.passed(line)
@@ -167,8 +165,6 @@ def _outputs(cfg: Config) -> list[tuple[str, OutputConfig]]:
     """The output locations ``run`` checks: the output, and the errors output when quarantining."""
     outputs = [("output." + ("table" if cfg.output.format == "table" else "path"), cfg.output)]
     if getattr(cfg.predict, "on_bad_rows", "fail") == "quarantine":
-        from ._pipeline import errors_output  # noqa: PLC0415 - only with quarantine
-
         outputs.append(("output.errors_path", errors_output(cfg)))
     return outputs
 
@@ -178,8 +174,8 @@ def _is_local(out: OutputConfig) -> bool:
     return out.format != "table" and local_dir(out.path or "") is not None
 
 
-def _plan(found: _Findings, cfg: Config, spec: ModelSpec, df: Any) -> tuple[Plan, list[str] | None] | None:
-    """``run``'s plan, input files and sample check; on failure, every column problem, not only the first."""
+def _plan(found: _Findings, cfg: Config, spec: ModelSpec, df: Any) -> Plan | None:
+    """``run``'s plan and sample check; on failure, every column problem, not only the first."""
     try:
         return plan_job(cfg, spec, df)
     except RayscoreError as exc:

@@ -308,11 +308,11 @@ def test_predict_not_a_mapping() -> None:
 # --------------------------------------------------------------------------- formats
 
 
-def test_input_reader() -> None:
-    assert load_config(cfg()).input.reader == "auto"
-    assert load_config(cfg(input={"path": "x", "reader": "spark"})).input.reader == "spark"
-    assert error_of(cfg(input={"path": "x", "reader": "pyarrow"})) == \
-        "input.reader must be one of 'auto' or 'spark', got 'pyarrow'"
+def test_the_removed_reader_and_writer_keys_are_unknown_keys() -> None:
+    """There is one way in and out (Spark's): the keys that chose another are refused, not ignored."""
+    assert error_of(cfg(input={"path": "x", "reader": "spark"})) == \
+        "input.reader is not a known key (known keys: format, options, path, query, table)"
+    assert error_of(cfg(output={"path": "o", "writer": "spark"})).startswith("output.writer is not a known key")
 
 
 def test_unknown_input_format() -> None:

@@ -191,8 +191,3 @@ def test_translate_errors_passes_interrupts() -> None:
     with pytest.raises(KeyboardInterrupt):
         with translate_errors("predict"):
             raise KeyboardInterrupt
-
-
-def test_predict_refuses_an_unknown_reader_before_touching_the_dataframe() -> None:
-    with pytest.raises(ConfigError, match=r"^reader must be 'auto' or 'spark', got 'arrow'$"):
-        rayscore.predict(None, model="m.keras", reader="arrow")

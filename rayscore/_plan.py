@@ -1,0 +1,139 @@
+"""Planning a job before anything is scored: the model found and inspected, bound to the input's columns, checked.
+
+Shared by ``run`` and ``predict`` (:mod:`rayscore._pipeline`), ``validate``
+and resume: each check here runs before any batch is scored, most before
+any actor starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+from pydantic import ValidationError
+
+from ._cache import cache_root, cached_model
+from ._config import Config, ModelConfig, OutputConfig, PredictConfig, format_validation_error
+from ._convert import Plan, make_plan, to_tensors
+from ._errors import ConfigError, InputError, translate_errors
+from ._model import ModelSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
+from ._predict import ModelRef, first_bad_row
+from ._report import RunResult
+from ._storage import is_remote
+
+__all__ = ["inspect_model", "plan_job", "bind", "check_sample", "errors_output", "max_actors_hint", "new_result",
+           "validated", "SAMPLE_ROWS"]
+
+SAMPLE_ROWS = 1000
+
+
+def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
+    """Find the model and read its inputs/outputs without loading its weights.
+
+    A remote model is first copied into this node's cache (one streamed read;
+    reused while its listing is unchanged), which gives its fingerprint and a
+    local copy to inspect; actors on this node then reuse that copy.
+    """
+    import_custom_objects(model.custom_objects)  # a bad import path fails here, not in every actor
+    if is_remote(model.uri):
+        root = cache_root(model.cache_dir, model.uri)
+        assert root is not None
+        copy = cached_model(model.uri, root, storage_options=model.storage_options)
+        path, digest, nbytes, fetched = copy.path, copy.fingerprint, copy.nbytes, copy.copied
+        local, loader = resolve_loader(path, model.format, uri=model.uri)
+    else:
+        local, loader = resolve_loader(model.uri, model.format)
+        path, digest, nbytes, fetched = local, fingerprint(local), model_bytes(local), False
+        root = model.cache_dir
+    options = getattr(loader, "options", ())
+    ref = ModelRef(path=model.uri if is_remote(model.uri) else local, loader=loader.name,
+                   safe_mode=model.safe_mode, fingerprint=digest, nbytes=nbytes, cache_dir=root,
+                   signature=model.signature if "signature" in options else None,
+                   custom_objects=model.custom_objects if "custom_objects" in options else None,
+                   storage_options=model.storage_options, fetched=fetched)
+    return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
+
+
+def check_sample(df: Any, plan: Plan) -> None:
+    """Convert the first rows exactly as the actors will, so bad shapes fail before scoring.
+
+    Cost: one small Spark job (``SAMPLE_ROWS`` rows). In quarantine mode bad
+    rows are expected, so only the columns' types are checked.
+    """
+    if plan.quarantine:
+        return
+    with translate_errors("reading a sample of the input", InputError):
+        batches = df.select(*plan.read_columns).limit(SAMPLE_ROWS)._collect_as_arrow()
+    sample = pa.Table.from_batches(batches) if batches else None
+    if sample is not None and sample.num_rows:
+        try:
+            to_tensors(sample, plan.bindings, reject_nan=plan.reject_nan)
+        except InputError as exc:
+            raise first_bad_row(sample, plan, exc) from None
+
+
+def plan_job(cfg: Config, spec: ModelSpec, df: Any, *, sample: bool = True) -> Plan:
+    """Bind the config's model to the DataFrame's columns; check a sample of rows (unless ``sample=False``)."""
+    from ._source import arrow_schema  # noqa: PLC0415 - pyspark's types, only once Spark is up
+
+    plan = bind(cfg, spec, arrow_schema(df))
+    if sample:
+        check_sample(df, plan)
+    return plan
+
+
+def bind(cfg: Config, spec: ModelSpec, schema: pa.Schema) -> Plan:
+    """The column plan of ``cfg`` for a model with ``spec`` over columns ``schema``."""
+    return make_plan(
+        spec, schema, inputs=cfg.model.inputs, outputs=cfg.model.outputs,
+        keep_columns=cfg.output.keep_columns, key_columns=cfg.output.keys,
+        quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
+        max_retries=cfg.predict.max_retries,
+    )
+
+
+def max_actors_hint(predict: PredictConfig) -> int:
+    """The largest pool a local Ray should make room for (``auto``: one per core)."""
+    return (os.cpu_count() or 1) if predict.actors == "auto" else predict.actors.max
+
+
+def errors_output(cfg: Config) -> OutputConfig:
+    """Where quarantined rows go: output.errors_path, in the output's format (parquet for tables)."""
+    fmt = "parquet" if cfg.output.format == "table" else cfg.output.format
+    mode = "overwrite" if cfg.output.mode == "resume" else cfg.output.mode
+    return OutputConfig(format=fmt, path=cfg.output.errors_path, mode=mode, options=cfg.output.options)
+
+
+def new_result(cfg: Config, ref: ModelRef, spec: ModelSpec, plan: Plan) -> RunResult:
+    """A RunResult with what is known before scoring."""
+    return RunResult(
+        output=cfg.output.path or cfg.output.table,
+        model_uri=cfg.model.uri,
+        model_format=spec.format,
+        model_bytes=ref.nbytes,
+        model_fingerprint=ref.fingerprint,
+        model_copies=int(ref.fetched),
+        batch_size=cfg.predict.batch_size,
+        output_columns=list(plan.keep_columns) + list(plan.output_columns),
+        errors_output=cfg.output.errors_path if plan.quarantine else None,
+    )
+
+
+def validated(cls: type[Any], data: Any, prefix: str, extra: Mapping[str, Any] | None = None) -> Any:
+    """``data`` (plus the non-None ``extra`` keys) as a ``cls`` config; errors name ``prefix.key``."""
+    if isinstance(data, cls):
+        data = data.model_dump()
+    data = dict(data)
+    for key, value in (extra or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        cfg = cls.model_validate(data)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, cls)
+        raise ConfigError("; ".join(f"{prefix}.{part}" for part in msg.split("; "))) from None
+    if cls is ModelConfig and "://" not in cfg.uri:
+        cfg = cfg.model_copy(update={"uri": os.path.abspath(os.path.expanduser(cfg.uri))})
+    return cfg

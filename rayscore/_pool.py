@@ -1,0 +1,190 @@
+"""The actor pool: long-lived :class:`Predictor` actors, one model copy each, found by name from Spark.
+
+A :class:`Pool` asks Ray for its actors as soon as it is made; they load
+the model meanwhile (while Spark starts, for ``rayscore run``). Each actor
+is named, so Spark's Python workers (:mod:`rayscore._stream`) can reach it
+with nothing but its name; the model itself never travels. Actors are
+spread over the nodes (one per node before two on one, so fewer copies
+per node's memory and cache), each asks for its memory (``_placement``),
+and one that dies is started again by Ray, its in-flight calls run again.
+
+Pools made by :func:`rayscore.predict` live as long as the Ray session
+(:func:`pool_for`, :func:`stop_pools`); ``rayscore run`` makes its own and
+stops it when the job ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from ._config import PredictConfig
+from ._errors import PredictError, translate_errors
+from ._model import ModelSpec
+from ._placement import ACTOR_PROCESS_BYTES, PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
+from ._predict import LoadLedger, ModelRef, Predictor, summarize_loads
+from ._report import RunResult, StageClock
+
+__all__ = ["Pool", "check_pool", "pool_for", "stop_pools", "POOL_START_TIMEOUT_S", "MAX_RESTARTS"]
+
+log = logging.getLogger("rayscore")
+
+POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load (copy) the model
+# An actor that dies (killed, out of memory, its node lost) is started again up to this many times,
+# and the calls it had in flight are run again; after that its batches fail the job.
+MAX_RESTARTS = 3
+
+
+def check_pool(spark_cpus: float, predict: PredictConfig, model: ModelRef, spec: ModelSpec,
+               spark_memory: int = 0) -> PoolPlan:
+    """Size the pool from the model and the cluster's nodes, or refuse it before it starts.
+
+    Memory per actor is the process before its model (``ACTOR_PROCESS_BYTES``),
+    the model's bytes times its loader's measured factor and a few batches;
+    each node holds as many actors as its CPUs, GPUs and memory allow
+    beside Spark's executors.
+    """
+    import ray  # noqa: PLC0415
+
+    return plan_pool(
+        nodes_from_ray(ray.nodes()),
+        actors=predict.actors,
+        model_bytes=model.nbytes,
+        memory_factor=memory_factor_for(model.loader, predict.memory_factor),
+        batch_bytes=batch_bytes(spec, predict.batch_size),
+        cpus_per_actor=predict.cpus_per_actor,
+        gpus_per_actor=predict.gpus_per_actor,
+        spark_cpus=spark_cpus,
+        spark_memory=spark_memory,
+        process_bytes=ACTOR_PROCESS_BYTES,
+    )
+
+
+class Pool:
+    """``plan.max_actors`` predictor actors for one model; scoring may begin once ``plan.min_actors`` have loaded.
+
+    Actors that do not fit yet stay queued in Ray and join when placed.
+    Cost: one model load per actor (plus one per restart), for the pool's life.
+    """
+
+    def __init__(self, model: ModelRef, predict: PredictConfig, plan: PoolPlan) -> None:
+        import ray  # noqa: PLC0415
+
+        self.model, self.predict, self.plan = model, predict, plan
+        self.namespace = ray.get_runtime_context().namespace
+        self.started = time.time()
+        prefix = f"rayscore-{uuid.uuid4().hex[:12]}"
+        self.ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
+        options: dict[str, Any] = {
+            "num_cpus": predict.cpus_per_actor,
+            "memory": plan.memory_per_actor,  # so Ray never packs more model copies than a node holds
+            "scheduling_strategy": "SPREAD",
+            "max_restarts": MAX_RESTARTS,
+            "max_task_retries": -1,  # bounded by the restarts
+        }
+        if predict.gpus_per_actor:
+            options["num_gpus"] = predict.gpus_per_actor
+        self.names = tuple(f"{prefix}-{i}" for i in range(plan.max_actors))
+        actor = ray.remote(Predictor)
+        self.actors = [actor.options(name=name, **options).remote(model, self.ledger) for name in self.names]
+        self._ready: float | None = None
+
+    def wait(self, timeout: float = POOL_START_TIMEOUT_S) -> float:
+        """Wait until ``plan.min_actors`` actors have loaded the model; the seconds that took. Raises a load error."""
+        import ray  # noqa: PLC0415
+
+        if self._ready is not None:
+            return self._ready
+        began = time.perf_counter()
+        pending = [a.__ray_ready__.remote() for a in self.actors]
+        ready = 0
+        with translate_errors("loading the model", PredictError):
+            while ready < self.plan.min_actors:
+                left = timeout - (time.perf_counter() - began)
+                done, pending = ray.wait(pending, num_returns=1, timeout=max(left, 0))
+                if not done:
+                    raise PredictError(
+                        f"predict.actors: {ready} of the {self.plan.min_actors} actors the pool needs loaded the "
+                        f"model within {timeout:.0f} s (the cluster lacks room for them, or the model is slow to load)"
+                    )
+                ray.get(done[0])
+                ready += 1
+        self._ready = time.perf_counter() - began
+        return self._ready
+
+    def spec(self) -> ModelSpec:
+        """The model's inputs and outputs as a loaded copy knows them (waits for the pool)."""
+        import ray  # noqa: PLC0415
+
+        self.wait()
+        with translate_errors("loading the model", PredictError):
+            done, _ = ray.wait([a.spec.remote() for a in self.actors], num_returns=1)
+            return ray.get(done[0])
+
+    def loads(self) -> dict[str, Any]:
+        """The pool's loads so far, as the run report shows them."""
+        import ray  # noqa: PLC0415
+
+        with translate_errors("predict", PredictError):
+            loads = summarize_loads(ray.get(self.ledger.loads.remote()))
+            loads["working_batch_size"] = ray.get(self.ledger.working_batch_size.remote())
+            loads["first_scored"] = ray.get(self.ledger.first_scored.remote())
+        loads["pool"] = {"min": self.plan.min_actors, "max": self.plan.max_actors,
+                         "memory_per_actor": self.plan.memory_per_actor}
+        return loads
+
+    def report_into(self, result: RunResult, clock: StageClock) -> None:
+        """The pool's loads, its slowest load and its first prediction into ``result`` and ``clock``.
+
+        Called again as the job goes on: it replaces what it put in before.
+        """
+        loads = self.loads()
+        result.model_loads = result.model_copies = 0
+        result.actor_memory = []
+        result.add_loads(loads)
+        result.model_copies += int(self.model.fetched)
+        clock.seconds["load"] = round(loads["load_seconds_max"], 3)
+        if loads.get("first_scored") is not None:
+            clock.seconds["first_prediction"] = clock.since_start(loads["first_scored"])
+        clock.seconds["total"] = clock.since_start()
+        result.seconds = dict(clock.seconds)
+
+    def stop(self) -> None:
+        """Kill the actors and the ledger now (their model copies and CPUs go back to Ray); safe to call twice."""
+        import ray  # noqa: PLC0415
+
+        if not ray.is_initialized():  # its Ray was stopped, and the actors with it (a call would start a new Ray)
+            return
+        for actor in [*self.actors, self.ledger]:
+            try:
+                ray.kill(actor)
+            except Exception as exc:  # noqa: BLE001 - best effort: the job's own error matters more
+                log.debug("stopping a pool actor: %s", exc)
+        self.actors = []
+
+
+_lock = threading.Lock()
+_pools: dict[tuple[Any, ...], Pool] = {}  # the session's pools, for rayscore.predict
+
+
+def pool_for(model: ModelRef, spec: ModelSpec, predict: PredictConfig, spark_cpus: float) -> Pool:
+    """The session's pool for ``model`` and these pool settings, made on first use (one load per actor)."""
+    key = (model, predict.actors, predict.cpus_per_actor, predict.gpus_per_actor, predict.memory_factor,
+           predict.batch_size)
+    with _lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = Pool(model, predict, check_pool(spark_cpus, predict, model, spec))
+        return pool
+
+
+def stop_pools() -> None:
+    """Stop every pool :func:`pool_for` made (the session is ending)."""
+    with _lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.stop()

@@ -1,0 +1,239 @@
+"""Spark's side of scoring: each Spark task streams its partition's Arrow batches to the pool.
+
+:func:`scored_frame` turns a DataFrame into a lazy one: a ``mapInArrow``
+whose function runs in Spark's Python workers on RayDP's executors (Ray
+actors, so their workers can reach Ray). Each worker joins Ray once, finds
+the pool's actors by name, and for every batch of its partition sends the
+rows (Arrow IPC, through Ray's object store) to a loaded actor, keeping a
+few batches in flight so that Spark reads the next while the model scores
+this one; it yields the predictions to Spark as they come back. Nothing is
+read ahead of what the pool scores, nothing is kept once written, and
+Spark's own task retry covers a lost executor. Cost per worker: one Ray
+connection (about a second, once per Python worker process).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ._convert import Plan, from_ipc, output_type, to_ipc
+from ._errors import PredictError, RayscoreError, find_rayscore_error, one_line
+from ._model import ModelSpec
+from ._predict import REASON, ModelRef
+
+__all__ = ["Route", "Counters", "Scoring", "score", "scored_frame", "score_partition", "rebatch", "remote_error",
+           "prediction_schema", "with_model_identity", "model_identity"]
+
+IN_FLIGHT_PER_ACTOR = 2  # batches a worker keeps at each actor: one scored, one waiting
+READY_TIMEOUT_S = 3600  # for a worker to see one loaded actor (the pool may still be placing its actors)
+_ready: set[str] = set()  # actors this worker process has seen loaded (a restarted one keeps its name)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a Spark task needs to reach the pool: small and picklable (no handles, no model)."""
+
+    address: str  # Ray's GCS
+    namespace: str
+    actors: tuple[str, ...]
+    plan: Plan
+    batch_rows: int
+    schema: pa.Schema  # the predictions, as Spark expects them
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Spark accumulators the tasks add to: rows sent to the pool, rows it quarantined.
+
+    Spark merges a task's updates only when the task succeeds, so a task run
+    again after a failure is counted once.
+    """
+
+    rows: Any
+    quarantined: Any
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A DataFrame's predictions: a lazy Spark DataFrame, computed by each action on it, and its counters."""
+
+    frame: Any
+    counters: Counters
+
+
+def score(df: Any, plan: Plan, pool: Any, spec: ModelSpec, batch_rows: int) -> Scoring:
+    """``df`` scored by ``pool``: ``plan.carried_columns``, then one column per output, tagged with the model.
+
+    The output columns' types come from ``spec`` when the model file states
+    every output's shape and dtype, else from a loaded actor (waiting for
+    the pool). Nothing is read or scored until an action runs.
+    """
+    from ._source import arrow_schema  # noqa: PLC0415 - pyspark's types
+
+    known = all(t.shape is not None and t.dtype is not None for t in spec.outputs)
+    schema = prediction_schema(arrow_schema(df), plan, spec if known else pool.spec())
+    frame, counters = scored_frame(df, plan, pool, batch_rows, schema)
+    return Scoring(with_model_identity(frame, plan, pool.model), counters)
+
+
+def prediction_schema(columns: pa.Schema, plan: Plan, spec: ModelSpec) -> pa.Schema:
+    """The Arrow schema of the predictions: carried input columns, outputs, and the problem column in quarantine."""
+    outputs = {t.name: t for t in spec.outputs}
+    fields = [columns.field(c) for c in plan.carried_columns]
+    fields += [pa.field(col, output_type(outputs[name])) for name, col in plan.outputs]
+    if plan.quarantine:
+        fields.append(pa.field(REASON, pa.string()))
+    return pa.schema(fields)
+
+
+def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
+    """Tag each prediction column with the model that made it (Spark column metadata).
+
+    Spark keeps column metadata in the schema it stores with parquet and ORC
+    files and in table catalogs, so a score can be traced to its model from
+    the output alone: ``df.schema["click"].metadata["rayscore"]``.
+    """
+    identity = model_identity(plan, model)
+    return sdf.select(*[  # sdf[c], not F.col(c): a name with a dot is not a struct field here
+        sdf[c].alias(c, metadata=identity[c]) if c in identity else sdf[c] for c in sdf.columns])
+
+
+def model_identity(plan: Plan, model: ModelRef) -> dict[str, dict[str, Any]]:
+    """Each prediction column's Spark column metadata: ``{"rayscore": {model_uri, …, model_output}}``."""
+    identity = {"model_uri": model.path, "model_format": model.loader, "model_bytes": model.nbytes,
+                "model_fingerprint": model.fingerprint}
+    return {column: {"rayscore": {**identity, "model_output": name}} for name, column in plan.outputs}
+
+
+def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: pa.Schema) -> tuple[Any, Counters]:
+    """``df``'s ``plan.read_columns`` scored by ``pool``, as a lazy Spark DataFrame with ``arrow_schema``'s columns."""
+    import ray  # noqa: PLC0415
+    from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415
+
+    sc = df.sparkSession.sparkContext
+    counters = Counters(sc.accumulator(0), sc.accumulator(0))
+    route = Route(ray.get_runtime_context().gcs_address, pool.namespace, pool.names, plan, batch_rows, arrow_schema)
+    fn = functools.partial(score_partition, route, counters)
+    return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
+
+
+def score_partition(route: Route, counters: Counters | None, batches: Iterable[pa.RecordBatch]
+                    ) -> Iterator[pa.RecordBatch]:
+    """Run in a Spark Python worker: score ``batches`` on the pool, yield the predictions in order."""
+    import ray  # noqa: PLC0415
+
+    try:
+        if not ray.is_initialized():
+            # Spark's Python workers inherit the executor's environment: Ray's token included.
+            ray.init(address=route.address, namespace=route.namespace, logging_level="ERROR",
+                     log_to_driver=False, configure_logging=False)
+        picker = _Picker([ray.get_actor(name, namespace=route.namespace) for name in route.actors], route.actors)
+        in_flight: collections.deque[tuple[Any, int]] = collections.deque()
+        for table in rebatch(batches, route.batch_rows):
+            in_flight.append((picker.submit(route.plan, to_ipc(table)), table.num_rows))
+            while len(in_flight) >= IN_FLIGHT_PER_ACTOR * picker.ready:
+                yield from _take(in_flight.popleft(), picker, route, counters)
+        while in_flight:
+            yield from _take(in_flight.popleft(), picker, route, counters)
+    except RayscoreError:
+        raise
+    except Exception as exc:
+        raise remote_error(exc) from None
+
+
+def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters | None
+          ) -> Iterator[pa.RecordBatch]:
+    import ray  # noqa: PLC0415
+
+    ref, rows = call
+    table = from_ipc(ray.get(ref))
+    picker.done(ref)
+    if table.num_rows != rows:
+        raise PredictError(f"a pool actor returned {table.num_rows} rows for a batch of {rows}")
+    if counters is not None:
+        counters.rows.add(rows)
+        if REASON in table.column_names:
+            counters.quarantined.add(rows - table.column(REASON).null_count)
+    yield from table.select(route.schema.names).cast(route.schema).to_batches()
+
+
+class _Picker:
+    """Which actor gets the next batch: a loaded one with the fewest of this worker's batches in flight."""
+
+    def __init__(self, actors: list[Any], names: tuple[str, ...]) -> None:
+        self._actors, self._names = actors, names
+        self._busy = [0] * len(actors)
+        self._of: dict[Any, int] = {}
+        self._next = os.getpid()  # workers start on different actors
+        self._pending = {a.__ray_ready__.remote(): i for i, a in enumerate(actors) if names[i] not in _ready}
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for n in self._names if n in _ready) or 1
+
+    def _refresh(self) -> None:
+        import ray  # noqa: PLC0415
+
+        if not self._pending:
+            return
+        wait_s = 0 if any(n in _ready for n in self._names) else READY_TIMEOUT_S
+        done, _ = ray.wait(list(self._pending), num_returns=1, timeout=wait_s)
+        if wait_s and not done:
+            raise PredictError(f"no actor of the pool loaded the model within {READY_TIMEOUT_S} s")
+        if done:
+            done, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
+        for ref in done:
+            i = self._pending.pop(ref)
+            ray.get(ref)  # an actor that failed to load raises its error here
+            _ready.add(self._names[i])
+
+    def submit(self, plan: Plan, batch: pa.Buffer) -> Any:
+        self._refresh()
+        loaded = [i for i, n in enumerate(self._names) if n in _ready]
+        self._next += 1
+        i = min(loaded, key=lambda j: (self._busy[j], (j - self._next) % len(self._names)))
+        ref = self._actors[i].score.remote(plan, batch)
+        self._busy[i] += 1
+        self._of[ref] = i
+        return ref
+
+    def done(self, ref: Any) -> None:
+        self._busy[self._of.pop(ref)] -= 1
+
+
+def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """``batches`` regrouped into tables of ``rows`` rows (the last may be shorter), without copying rows."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        held.append(batch)
+        count += batch.num_rows
+        if count < rows:
+            continue
+        table = pa.Table.from_batches(held)
+        start = 0
+        while count - start >= rows:
+            yield table.slice(start, rows)
+            start += rows
+        held = table.slice(start).to_batches()
+        count -= start
+    if count:
+        yield pa.Table.from_batches(held)
+
+
+def remote_error(exc: BaseException) -> RayscoreError:
+    """What a Spark task raises for ``exc``: rayscore's own error as itself (one line), else a PredictError."""
+    inner = find_rayscore_error(exc)
+    if inner is not None:
+        return type(inner)(str(inner).split("\n")[0])
+    return PredictError(f"the actor pool failed: {type(exc).__name__}: {one_line(str(exc))}")
+
