@@ -15,8 +15,7 @@ What it measures, one after another in one invocation:
    ``keep_columns: [id]``). The seconds per stage come from the
    :class:`rayscore.RunResult` it returns; "end to end after start-up" is
    ``total - startup``, from Ray and Spark being up until the output is
-   committed (the stages overlap: ``load`` and, for a parquet path scored
-   ahead, ``predict`` overlap start-up; ``write`` overlaps ``predict``).
+   committed (the stages overlap: ``load`` overlaps start-up).
 
 Then it checks that rayscore's predictions equal the limit's on the same rows
 (joined by ``id``; max abs difference <= 1e-5 for ``click`` and ``topics``)
@@ -163,11 +162,7 @@ class RayscoreRun:
 
     @property
     def after_startup_seconds(self) -> float:
-        """From Ray and Spark being up until the output is committed.
-
-        What the pool scored while Spark started (``scored_ahead``) is not in
-        it: see :attr:`job_seconds` for the whole job.
-        """
+        """From Ray and Spark being up until the output is committed (:attr:`job_seconds`: the whole job)."""
         if "total" in self.seconds:
             return self.seconds["total"] - self.seconds.get("startup", 0.0)
         return sum(self.seconds.get(s, 0.0) for s in ("read_convert", "predict", "write"))
@@ -200,7 +195,12 @@ class Check:
 
 
 def make_workload(workdir: str, rows: int) -> Workload:
-    """Child process: the example model as .keras and ``rows`` feature rows as parquet."""
+    """Child process: the example model as .keras and ``rows`` feature rows as parquet.
+
+    Beside the model's features the rows hold a ``country`` column (never
+    ``'xx'``), for the filtered DataFrame that ``compare.py`` scores.
+    """
+    import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     ex = _make_example()
@@ -208,7 +208,9 @@ def make_workload(workdir: str, rows: int) -> Workload:
     model_path = os.path.join(workdir, "ctr.keras")
     data_path = os.path.join(workdir, "features.parquet")
     ex.build_model().save(model_path)
-    pq.write_table(ex.make_table(rows), data_path, row_group_size=ROW_GROUP_SIZE)
+    table = ex.make_table(rows)
+    countries = pa.array(["de", "fr", "us", "jp"] * (rows // 4) + ["de"] * (rows % 4))
+    pq.write_table(table.append_column("country", countries), data_path, row_group_size=ROW_GROUP_SIZE)
     return Workload(model_path, data_path, rows, time.perf_counter() - t0)
 
 

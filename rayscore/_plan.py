@@ -59,15 +59,16 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
 def check_sample(df: Any, plan: Plan) -> None:
     """Convert the first rows exactly as the actors will, so bad shapes fail before scoring.
 
-    Cost: one small Spark job (``SAMPLE_ROWS`` rows). In quarantine mode bad
-    rows are expected, so only the columns' types are checked.
+    Cost: one small Spark job (``SAMPLE_ROWS`` rows). An input with no rows
+    is refused. In quarantine mode bad rows are expected, so only the
+    columns' types are checked.
     """
-    if plan.quarantine:
-        return
     with translate_errors("reading a sample of the input", InputError):
         batches = df.select(*plan.read_columns).limit(SAMPLE_ROWS)._collect_as_arrow()
     sample = pa.Table.from_batches(batches) if batches else None
-    if sample is not None and sample.num_rows:
+    if sample is None or not sample.num_rows:
+        raise InputError("the input has no rows; nothing to score")
+    if not plan.quarantine:
         try:
             to_tensors(sample, plan.bindings, reject_nan=plan.reject_nan)
         except InputError as exc:

@@ -73,6 +73,7 @@ class Pool:
     def __init__(self, model: ModelRef, predict: PredictConfig, plan: PoolPlan) -> None:
         import ray  # noqa: PLC0415
 
+        _make_room(predict, plan)
         self.model, self.predict, self.plan = model, predict, plan
         self.namespace = ray.get_runtime_context().namespace
         self.started = time.time()
@@ -166,19 +167,41 @@ class Pool:
         self.actors = []
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _pools: dict[tuple[Any, ...], Pool] = {}  # the session's pools, for rayscore.predict
 
 
 def pool_for(model: ModelRef, spec: ModelSpec, predict: PredictConfig, spark_cpus: float) -> Pool:
     """The session's pool for ``model`` and these pool settings, made on first use (one load per actor)."""
-    key = (model, predict.actors, predict.cpus_per_actor, predict.gpus_per_actor, predict.memory_factor,
+    key = (model.path, model.fingerprint, model.loader, model.safe_mode, model.signature, model.custom_objects,
+           model.cache_dir, predict.actors, predict.cpus_per_actor, predict.gpus_per_actor, predict.memory_factor,
            predict.batch_size)
     with _lock:
         pool = _pools.get(key)
         if pool is None:
             pool = _pools[key] = Pool(model, predict, check_pool(spark_cpus, predict, model, spec))
         return pool
+
+
+def _make_room(predict: PredictConfig, plan: PoolPlan) -> None:
+    """Stop the session's pools (:func:`pool_for`) if a new pool's minimum would not fit beside them.
+
+    A session keeps each ``rayscore.predict`` pool for its later actions;
+    one that stands in the way of another pool is stopped, and a DataFrame
+    it scored then fails its next action with a clear error.
+    """
+    import ray  # noqa: PLC0415
+
+    with _lock:
+        if not _pools:
+            return
+        free = ray.available_resources()
+        need = {"CPU": plan.min_actors * predict.cpus_per_actor, "GPU": plan.min_actors * predict.gpus_per_actor,
+                "memory": plan.min_actors * plan.memory_per_actor}
+        if all(free.get(k, 0.0) >= v for k, v in need.items() if v):
+            return
+        log.info("stopping the session's %d earlier actor pool(s) to make room for a new one", len(_pools))
+        stop_pools()
 
 
 def stop_pools() -> None:

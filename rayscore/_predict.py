@@ -192,6 +192,9 @@ class Predictor:
 
         t0 = time.perf_counter()
         self._ledger = ledger
+        prepare = getattr(loaders[model.loader], "prepare", None)
+        if prepare is not None:  # the framework's import (TensorFlow), so that what follows is the model's
+            prepare()
         rss_before = _peak_rss()
         path, copied = local_copy(model)
         devices = _prepare_devices()

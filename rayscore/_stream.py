@@ -134,7 +134,13 @@ def score_partition(route: Route, counters: Counters | None, batches: Iterable[p
             # Spark's Python workers inherit the executor's environment: Ray's token included.
             ray.init(address=route.address, namespace=route.namespace, logging_level="ERROR",
                      log_to_driver=False, configure_logging=False)
-        picker = _Picker([ray.get_actor(name, namespace=route.namespace) for name in route.actors], route.actors)
+        try:
+            actors = [ray.get_actor(name, namespace=route.namespace) for name in route.actors]
+        except ValueError:
+            raise PredictError(
+                "the actor pool this DataFrame was scored with has stopped (its session ended, or a later pool "
+                "needed its room): call rayscore.predict again") from None
+        picker = _Picker(actors, route.actors)
         in_flight: collections.deque[tuple[Any, int]] = collections.deque()
         for table in rebatch(batches, route.batch_rows):
             in_flight.append((picker.submit(route.plan, to_ipc(table)), table.num_rows))

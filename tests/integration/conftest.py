@@ -75,9 +75,16 @@ def assert_matches_model(table: pa.Table, workload: dict, click: str = "click", 
 
 
 def settled_free_cpus(rs: rayscore.Session, timeout: float = 60.0) -> float:
-    """Free CPUs once nothing but Spark's executors holds any (waits for actors being torn down)."""
+    """Free CPUs once nothing but Spark's executors holds any (waits for actors being torn down).
+
+    The session's ``rayscore.predict`` pools, which live as long as the session
+    by design, are stopped first: what is checked is what a run left behind.
+    """
     import ray
 
+    from rayscore._pool import stop_pools
+
+    stop_pools()
     expected = ray.cluster_resources()["CPU"] - rs.spark_cpus
     deadline = time.monotonic() + timeout
     free = ray.available_resources().get("CPU", 0.0)
