@@ -56,21 +56,29 @@ def main() -> None:
     try:
         for fmt in args.formats.split(","):
             t0 = time.perf_counter()
-            path = write_keras(work / "big.keras", vocab) if fmt == "keras" else write_savedmodel(
-                work / "big_savedmodel", vocab)
+            path = (
+                write_keras(work / "big.keras", vocab)
+                if fmt == "keras"
+                else write_savedmodel(work / "big_savedmodel", vocab)
+            )
             built = time.perf_counter() - t0
             size = model_bytes(str(path))
             out = work / f"scores-{fmt}"
             config = work / f"job-{fmt}.json"  # JSON is YAML
-            config.write_text(json.dumps({
-                "input": {"format": "parquet", "path": str(work / "tokens.parquet")},
-                "model": {"uri": str(path)},
-                "predict": {"batch_size": args.batch_size, "actors": args.actors},
-                "output": {"path": str(out), "keep_columns": ["id"], "mode": "overwrite"},
-            }))
+            config.write_text(
+                json.dumps(
+                    {
+                        "input": {"format": "parquet", "path": str(work / "tokens.parquet")},
+                        "model": {"uri": str(path)},
+                        "predict": {"batch_size": args.batch_size, "actors": args.actors},
+                        "output": {"path": str(out), "keep_columns": ["id"], "mode": "overwrite"},
+                    }
+                )
+            )
             t0 = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "rayscore", "run", str(config), "--json"],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "rayscore", "run", str(config), "--json"], capture_output=True, text=True
+            )
             wall = time.perf_counter() - t0
             if done.returncode != 0:
                 lines.append(f"{fmt:<10} {size / 1e9:7.2f} rayscore run failed: {done.stderr.strip()}")
@@ -86,16 +94,19 @@ def main() -> None:
                     f"{fmt:<10} {size / 1e9:7.2f} {built:7.1f} {actor['load_seconds']:7.1f} "
                     f"{actor['rss_before_load'] / 1e9:8.2f} {actor['peak_rss'] / 1e9:8.2f} "
                     f"{actor['peak_rss'] / size:6.2f} {report['rows_out'] / s['predict']:9.0f} "
-                    f"{report['rows_out'] / after_startup:9.0f} {s['startup']:6.1f} {wall:6.1f} {err:8.1e}")
+                    f"{report['rows_out'] / after_startup:9.0f} {s['startup']:6.1f} {wall:6.1f} {err:8.1e}"
+                )
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
     print("format      file GB build s  load s base GB  peak GB  xfile pred r/s  e2e r/s startup   wall  max err")
     print("\n".join(lines))
-    print("per actor: load s = the actor's model load (cache, build, weights in); base GB = its RSS before the "
-          "load; peak GB = its peak RSS, loading then predicting; xfile = peak / file size; e2e r/s = rows / "
-          "(total - startup: Ray and Spark up until the output is committed); max err = |score - formula| on 2000 rows")
+    print(
+        "per actor: load s = the actor's model load (cache, build, weights in); base GB = its RSS before the "
+        "load; peak GB = its peak RSS, loading then predicting; xfile = peak / file size; e2e r/s = rows / "
+        "(total - startup: Ray and Spark up until the output is committed); max err = |score - formula| on 2000 rows"
+    )
 
 
 if __name__ == "__main__":

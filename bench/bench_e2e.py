@@ -136,7 +136,7 @@ class Workload:
 @dataclass
 class LimitResult:
     rows: int
-    read_seconds: float   # pyarrow read + features_of
+    read_seconds: float  # pyarrow read + features_of
     predict_seconds: float  # model.predict over every row, after the warm-up
     load_seconds: float
     warmup_seconds: float
@@ -187,8 +187,7 @@ class Check:
 
     @property
     def ok(self) -> bool:
-        return (self.missing_ids == 0 and self.extra_ids == 0
-                and all(d <= TOLERANCE for d in self.max_abs_diff.values()))
+        return self.missing_ids == 0 and self.extra_ids == 0 and all(d <= TOLERANCE for d in self.max_abs_diff.values())
 
 
 # --------------------------------------------------------------------------- the ways
@@ -243,8 +242,11 @@ def run_limit(workload: Workload, workdir: str) -> LimitResult:
     predict_seconds = time.perf_counter() - t0
 
     path = os.path.join(workdir, "limit_predictions.npz")
-    np.savez(path, id=table.column("id").to_numpy(),
-             **{name: np.asarray(out[name]).reshape(table.num_rows, -1) for name in OUTPUTS})
+    np.savez(
+        path,
+        id=table.column("id").to_numpy(),
+        **{name: np.asarray(out[name]).reshape(table.num_rows, -1) for name in OUTPUTS},
+    )
     return LimitResult(
         rows=table.num_rows,
         read_seconds=read_seconds,
@@ -257,8 +259,9 @@ def run_limit(workload: Workload, workdir: str) -> LimitResult:
     )
 
 
-def rayscore_config(workload: Workload, output_path: str, actors: int, batch_size: int,
-                    spark: dict[str, Any] | None = None) -> dict[str, Any]:
+def rayscore_config(
+    workload: Workload, output_path: str, actors: int, batch_size: int, spark: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The job config: the embedded defaults (local Ray + RayDP Spark) plus our files."""
     return {
         "spark": dict(spark or {}),
@@ -329,30 +332,69 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n else ""
 
 
-def render(args: argparse.Namespace, workload: Workload, limit: LimitResult, scored: RayscoreRun,
-           check: Check) -> str:
+def render(args: argparse.Namespace, workload: Workload, limit: LimitResult, scored: RayscoreRun, check: Check) -> str:
     s = scored.seconds
     rows_l, rows_r = limit.rows, scored.rows_out
     lines: list[tuple[str, str, str, str, str]] = [
         ("way", "rows", "seconds", "rows/s", "peak RSS"),
-        ("limit: read + features_of (pyarrow)", f"{rows_l:,}", f"{limit.read_seconds:.2f}",
-         f"{_rate(rows_l, limit.read_seconds):,.0f}", ""),
-        (f"limit: model.predict (bs {LIMIT_BATCH_SIZE}, {limit.cpus} cores)", f"{rows_l:,}",
-         f"{limit.predict_seconds:.2f}", f"{_rate(rows_l, limit.predict_seconds):,.0f}", ""),
-        ("limit: read + predict", f"{rows_l:,}", f"{limit.seconds:.2f}",
-         f"{_rate(rows_l, limit.seconds):,.0f}", _gib(limit.peak_rss_bytes)),
+        (
+            "limit: read + features_of (pyarrow)",
+            f"{rows_l:,}",
+            f"{limit.read_seconds:.2f}",
+            f"{_rate(rows_l, limit.read_seconds):,.0f}",
+            "",
+        ),
+        (
+            f"limit: model.predict (bs {LIMIT_BATCH_SIZE}, {limit.cpus} cores)",
+            f"{rows_l:,}",
+            f"{limit.predict_seconds:.2f}",
+            f"{_rate(rows_l, limit.predict_seconds):,.0f}",
+            "",
+        ),
+        (
+            "limit: read + predict",
+            f"{rows_l:,}",
+            f"{limit.seconds:.2f}",
+            f"{_rate(rows_l, limit.seconds):,.0f}",
+            _gib(limit.peak_rss_bytes),
+        ),
         ("rayscore: startup (Ray + Spark)", "", f"{s.get('startup', 0.0):.2f}", "", ""),
-        ("rayscore:   read_convert", f"{scored.rows_in:,}", f"{s.get('read_convert', 0.0):.2f}",
-         f"{_rate(scored.rows_in, s.get('read_convert', 0.0)):,.0f}", ""),
+        (
+            "rayscore:   read_convert",
+            f"{scored.rows_in:,}",
+            f"{s.get('read_convert', 0.0):.2f}",
+            f"{_rate(scored.rows_in, s.get('read_convert', 0.0)):,.0f}",
+            "",
+        ),
         ("rayscore:   load (slowest actor, in predict)", "", f"{s.get('load', 0.0):.2f}", "", ""),
-        ("rayscore:   predict", f"{rows_r:,}", f"{s.get('predict', 0.0):.2f}",
-         f"{_rate(rows_r, s.get('predict', 0.0)):,.0f}", ""),
-        ("rayscore:   write", f"{rows_r:,}", f"{s.get('write', 0.0):.2f}",
-         f"{_rate(rows_r, s.get('write', 0.0)):,.0f}", ""),
-        ("rayscore: end to end after start-up", f"{rows_r:,}", f"{scored.after_startup_seconds:.2f}",
-         f"{_rate(rows_r, scored.after_startup_seconds):,.0f}", _gib(scored.peak_rss_bytes)),
-        ("rayscore: run() wall (start-up .. stop)", f"{rows_r:,}", f"{scored.wall_seconds:.2f}",
-         f"{_rate(rows_r, scored.wall_seconds):,.0f}", ""),
+        (
+            "rayscore:   predict",
+            f"{rows_r:,}",
+            f"{s.get('predict', 0.0):.2f}",
+            f"{_rate(rows_r, s.get('predict', 0.0)):,.0f}",
+            "",
+        ),
+        (
+            "rayscore:   write",
+            f"{rows_r:,}",
+            f"{s.get('write', 0.0):.2f}",
+            f"{_rate(rows_r, s.get('write', 0.0)):,.0f}",
+            "",
+        ),
+        (
+            "rayscore: end to end after start-up",
+            f"{rows_r:,}",
+            f"{scored.after_startup_seconds:.2f}",
+            f"{_rate(rows_r, scored.after_startup_seconds):,.0f}",
+            _gib(scored.peak_rss_bytes),
+        ),
+        (
+            "rayscore: run() wall (start-up .. stop)",
+            f"{rows_r:,}",
+            f"{scored.wall_seconds:.2f}",
+            f"{_rate(rows_r, scored.wall_seconds):,.0f}",
+            "",
+        ),
         ("rayscore:   of which in no stage (checks, stop)", "", f"{scored.unstaged_seconds:.2f}", "", ""),
     ]
     widths = [max(len(row[i]) for row in lines) for i in range(5)]
@@ -364,8 +406,11 @@ def render(args: argparse.Namespace, workload: Workload, limit: LimitResult, sco
         "",
     ]
     for i, row in enumerate(lines):
-        out.append("  ".join(row[0].ljust(widths[0]) if j == 0 else cell.rjust(widths[j])
-                             for j, cell in enumerate(row)).rstrip())
+        out.append(
+            "  ".join(
+                row[0].ljust(widths[0]) if j == 0 else cell.rjust(widths[j]) for j, cell in enumerate(row)
+            ).rstrip()
+        )
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     out.append("")
@@ -375,8 +420,10 @@ def render(args: argparse.Namespace, workload: Workload, limit: LimitResult, sco
         f"{check.missing_ids} missing, {check.extra_ids} extra; max abs diff {diffs} (tolerance {TOLERANCE:g})"
     )
     r = ratios(limit, scored)
-    out.append(f"ratio rayscore / limit rows/s: end to end after start-up vs read + predict "
-               f"{r['e2e']:.3f}; predict stage vs model.predict {r['predict']:.3f}")
+    out.append(
+        f"ratio rayscore / limit rows/s: end to end after start-up vs read + predict "
+        f"{r['e2e']:.3f}; predict stage vs model.predict {r['predict']:.3f}"
+    )
     out.append("peak RSS: summed over the process tree, sampled; shared pages (object store) count per process")
     return "\n".join(out)
 
@@ -395,16 +442,24 @@ def summary(args: argparse.Namespace, limit: LimitResult, scored: RayscoreRun, c
         "actors": args.actors,
         "batch_size": args.batch_size,
         "cpus": os.cpu_count(),
-        "limit": {**asdict(limit), "seconds": limit.seconds,
-                  "rows_per_second": _rate(limit.rows, limit.seconds),
-                  "predict_rows_per_second": _rate(limit.rows, limit.predict_seconds)},
-        "rayscore": {"rows_in": scored.rows_in, "rows_out": scored.rows_out, "seconds": scored.seconds,
-                     "after_startup_seconds": scored.after_startup_seconds,
-                     "rows_per_second": _rate(scored.rows_out, scored.after_startup_seconds),
-                     "predict_rows_per_second": _rate(scored.rows_out, scored.seconds.get("predict", 0.0)),
-                     "wall_seconds": scored.wall_seconds, "unstaged_seconds": scored.unstaged_seconds,
-                     "model_loads": scored.model_loads,
-                     "peak_rss_bytes": scored.peak_rss_bytes},
+        "limit": {
+            **asdict(limit),
+            "seconds": limit.seconds,
+            "rows_per_second": _rate(limit.rows, limit.seconds),
+            "predict_rows_per_second": _rate(limit.rows, limit.predict_seconds),
+        },
+        "rayscore": {
+            "rows_in": scored.rows_in,
+            "rows_out": scored.rows_out,
+            "seconds": scored.seconds,
+            "after_startup_seconds": scored.after_startup_seconds,
+            "rows_per_second": _rate(scored.rows_out, scored.after_startup_seconds),
+            "predict_rows_per_second": _rate(scored.rows_out, scored.seconds.get("predict", 0.0)),
+            "wall_seconds": scored.wall_seconds,
+            "unstaged_seconds": scored.unstaged_seconds,
+            "model_loads": scored.model_loads,
+            "peak_rss_bytes": scored.peak_rss_bytes,
+        },
         "check": {**asdict(check), "ok": check.ok, "tolerance": TOLERANCE},
         "ratio": ratios(limit, scored),
     }
@@ -418,8 +473,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=200_000, help="feature rows to score (default 200000)")
     parser.add_argument("--actors", type=int, default=2, help="rayscore predictor actors (default 2)")
     parser.add_argument("--batch-size", type=int, default=1024, help="rayscore rows per model call (default 1024)")
-    parser.add_argument("--workdir", default=None,
-                        help="where the model, data and outputs go (default: a temp dir, removed afterwards)")
+    parser.add_argument(
+        "--workdir", default=None, help="where the model, data and outputs go (default: a temp dir, removed afterwards)"
+    )
     parser.add_argument("--json", action="store_true", help="also print a one-line JSON summary at the end")
     args = parser.parse_args(argv)
     for name in ("rows", "actors", "batch_size"):

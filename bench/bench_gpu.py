@@ -89,8 +89,11 @@ def choose_backend(flag: str) -> tuple[str, str]:
 
 def _third_party(names: set[str]) -> list[str]:
     tops = {n.split(".")[0] for n in names}
-    return sorted(t for t in tops if t not in sys.stdlib_module_names and not t.startswith("_")
-                  and t not in ("rayscore", "cython_runtime"))
+    return sorted(
+        t
+        for t in tops
+        if t not in sys.stdlib_module_names and not t.startswith("_") and t not in ("rayscore", "cython_runtime")
+    )
 
 
 def import_core() -> tuple[types.ModuleType, types.ModuleType, types.ModuleType, dict[str, Any]]:
@@ -139,13 +142,18 @@ def framework_devices(backend: str) -> dict[str, Any]:
     if backend == "jax":
         import jax  # noqa: PLC0415
 
-        return {"default_backend": jax.default_backend(), "jax_version": jax.__version__,
-                "devices": [f"{d} ({d.platform}, {getattr(d, 'device_kind', '?')})" for d in jax.devices()]}
+        return {
+            "default_backend": jax.default_backend(),
+            "jax_version": jax.__version__,
+            "devices": [f"{d} ({d.platform}, {getattr(d, 'device_kind', '?')})" for d in jax.devices()],
+        }
     if backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
 
-        return {"tensorflow_version": tf.__version__,
-                "devices": [f"{d.name} ({d.device_type})" for d in tf.config.list_logical_devices()]}
+        return {
+            "tensorflow_version": tf.__version__,
+            "devices": [f"{d.name} ({d.device_type})" for d in tf.config.list_logical_devices()],
+        }
     if backend == "torch":
         import torch  # noqa: PLC0415
 
@@ -210,8 +218,9 @@ class TimedPredict:
 
 
 def rayscore_pass(predict_table: Any, loaded: Any, plan: Any, table: Any, batch_size: int) -> list[Any]:
-    return [predict_table(loaded, plan, table.slice(start, batch_size))
-            for start in range(0, table.num_rows, batch_size)]
+    return [
+        predict_table(loaded, plan, table.slice(start, batch_size)) for start in range(0, table.num_rows, batch_size)
+    ]
 
 
 def batch_shapes(rows: int, batch_size: int) -> list[int]:
@@ -258,8 +267,10 @@ def run(args: argparse.Namespace, backend: str, why: str) -> dict[str, Any]:
     import keras  # noqa: PLC0415
 
     if keras.backend.backend() != backend:
-        raise SystemExit(f"asked for Keras backend {backend!r} but Keras runs {keras.backend.backend()!r} "
-                         "(was keras imported before KERAS_BACKEND was set?)")
+        raise SystemExit(
+            f"asked for Keras backend {backend!r} but Keras runs {keras.backend.backend()!r} "
+            "(was keras imported before KERAS_BACKEND was set?)"
+        )
     keras_import_seconds = time.perf_counter() - t0
     devices = framework_devices(backend)
 
@@ -353,8 +364,12 @@ def run(args: argparse.Namespace, backend: str, why: str) -> dict[str, Any]:
         "features_of_plus_predict_rows_per_second": _rate(args.rows, base_s + features_of_seconds),
         "ratio": _rate(args.rows, ray_s) / _rate(args.rows, base_s),
         "ratio_vs_features_of_plus_predict": _rate(args.rows, ray_s) / _rate(args.rows, base_s + features_of_seconds),
-        "check": {"max_abs_diff": diffs, "ids_in_order": ids_ok, "tolerance": TOLERANCE,
-                  "ok": ids_ok and all(d <= TOLERANCE for d in diffs.values())},
+        "check": {
+            "max_abs_diff": diffs,
+            "ids_in_order": ids_ok,
+            "tolerance": TOLERANCE,
+            "ok": ids_ok and all(d <= TOLERANCE for d in diffs.values()),
+        },
     }
 
 
@@ -369,7 +384,11 @@ def render(r: dict[str, Any]) -> str:
         f"Python {r['python']}, Keras {r['keras_version']}",
         f"backend: {r['backend']} ({r['backend_why']})",
         f"framework devices: {'; '.join(r['framework'].get('devices', [])) or 'none listed'}"
-        + (f"  [jax default backend: {r['framework']['default_backend']}]" if "default_backend" in r["framework"] else ""),
+        + (
+            f"  [jax default backend: {r['framework']['default_backend']}]"
+            if "default_backend" in r["framework"]
+            else ""
+        ),
         f"core: rayscore._model, ._convert, ._predict from {core['rayscore_file']}; third-party modules they "
         f"imported: {', '.join(core['third_party_modules']) or 'none'}; Ray/RayDP/Spark imported: "
         f"{', '.join(core['forbidden_loaded']) or 'no'}",
@@ -379,8 +398,10 @@ def render(r: dict[str, Any]) -> str:
     for who, label in (("rayscore_model", "rayscore's loaded model"), ("baseline_model", "baseline model")):
         p = r["placement"][who]
         extra = "".join(f", {k} {p[k]}" for k in ("platform", "device_kind", "sharding") if p.get(k))
-        lines.append(f"placement: {label}: variable {p.get('variable', '?')} on {p.get('device')}{extra} "
-                     f"-> {'GPU' if p.get('is_gpu') else 'not a GPU'}")
+        lines.append(
+            f"placement: {label}: variable {p.get('variable', '?')} on {p.get('device')}{extra} "
+            f"-> {'GPU' if p.get('is_gpu') else 'not a GPU'}"
+        )
     lines += [
         f"set-up (not timed as a way): workload {s['workload']:.2f} s, rayscore inspect+plan+load "
         f"{s['rayscore_load']:.2f} s, baseline load {s['baseline_load']:.2f} s, warm-up {s['warmup']:.2f} s",
@@ -388,19 +409,33 @@ def render(r: dict[str, Any]) -> str:
     ]
     rows = [
         ("way", "seconds", "rows/s"),
-        (f"rayscore predict_table (Arrow in/out, bs {r['batch_size']})", f"{_median(s['rayscore_passes']):.3f}",
-         f"{r['rayscore_rows_per_second']:,.0f}"),
-        ("  of which inside the model call", f"{_median(s['rayscore_model_call_passes']):.3f}",
-         f"({r['rayscore_model_call_share']:.0%})"),
-        (f"model.predict (numpy in/out, bs {r['batch_size']})", f"{_median(s['model_predict_passes']):.3f}",
-         f"{r['model_predict_rows_per_second']:,.0f}"),
+        (
+            f"rayscore predict_table (Arrow in/out, bs {r['batch_size']})",
+            f"{_median(s['rayscore_passes']):.3f}",
+            f"{r['rayscore_rows_per_second']:,.0f}",
+        ),
+        (
+            "  of which inside the model call",
+            f"{_median(s['rayscore_model_call_passes']):.3f}",
+            f"({r['rayscore_model_call_share']:.0%})",
+        ),
+        (
+            f"model.predict (numpy in/out, bs {r['batch_size']})",
+            f"{_median(s['model_predict_passes']):.3f}",
+            f"{r['model_predict_rows_per_second']:,.0f}",
+        ),
         ("features_of (Arrow -> numpy, for model.predict)", f"{s['features_of']:.3f}", ""),
-        ("features_of + model.predict", f"{_median(s['model_predict_passes']) + s['features_of']:.3f}",
-         f"{r['features_of_plus_predict_rows_per_second']:,.0f}"),
+        (
+            "features_of + model.predict",
+            f"{_median(s['model_predict_passes']) + s['features_of']:.3f}",
+            f"{r['features_of_plus_predict_rows_per_second']:,.0f}",
+        ),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)).rstrip())
+        lines.append(
+            "  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)).rstrip()
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     c = r["check"]
@@ -420,12 +455,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="feature rows to score (default 200000)")
     parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call, both ways (default 4096)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each way; the median counts (default 3)")
-    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
-                        help="Keras backend (default auto: $KERAS_BACKEND, else tensorflow if importable, else jax; "
-                             "torch is offered but has not been run yet)")
-    parser.add_argument("--require-gpu", action="store_true",
-                        help="exit 3 when the models' variables are not on a GPU")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed passes of each way; the median counts (default 3)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help="Keras backend (default auto: $KERAS_BACKEND, else tensorflow if importable, else jax; "
+        "torch is offered but has not been run yet)",
+    )
+    parser.add_argument("--require-gpu", action="store_true", help="exit 3 when the models' variables are not on a GPU")
     parser.add_argument("--json", action="store_true", help="also print a one-line JSON summary at the end")
     args = parser.parse_args(argv)
     for name in ("rows", "batch_size", "repeats"):

@@ -115,13 +115,26 @@ def child(fmt: str, path: str, vocab: int) -> None:
     assert all(len(v) == 1024 for v in out.values())
     size = model_bytes(path)
     peak = max(predict_peak, _maxrss())
-    print(json.dumps({
-        "format": fmt, "model_bytes": size, "base_rss": base, "base_uss": base_uss,
-        "load_peak": load_peak, "after_load": after_load, "predict_peak": predict_peak,
-        "after_predict": after_predict, "after_predict_uss": uss, "ru_maxrss": _maxrss(),
-        "growth": peak - base, "factor": (peak - base) / size,
-        "load_s": load_s, "predict_s": predict_s,
-    }))
+    print(
+        json.dumps(
+            {
+                "format": fmt,
+                "model_bytes": size,
+                "base_rss": base,
+                "base_uss": base_uss,
+                "load_peak": load_peak,
+                "after_load": after_load,
+                "predict_peak": predict_peak,
+                "after_predict": after_predict,
+                "after_predict_uss": uss,
+                "ru_maxrss": _maxrss(),
+                "growth": peak - base,
+                "factor": (peak - base) / size,
+                "load_s": load_s,
+                "predict_s": predict_s,
+            }
+        )
+    )
 
 
 def build(mb: float, root: Path) -> tuple[dict[str, Path], int]:
@@ -137,8 +150,9 @@ def build(mb: float, root: Path) -> tuple[dict[str, Path], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, nargs="+", default=[400.0],
-                        help="embedding table size(s) in MiB (default 400)")
+    parser.add_argument(
+        "--mb", type=float, nargs="+", default=[400.0], help="embedding table size(s) in MiB (default 400)"
+    )
     parser.add_argument("--formats", nargs="+", default=["keras", "h5"])
     parser.add_argument("--child", nargs=3, metavar=("FORMAT", "PATH", "VOCAB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -149,37 +163,52 @@ def main() -> None:
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    print(f"# {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
-          f"keras {keras.__version__}, tensorflow {tf.__version__}")
-    print(f"{'format':<6} {'MiB':>6} {'file MiB':>9} {'base RSS':>9} {'load peak':>10} {'after load':>11} "
-          f"{'pred peak':>10} {'after pred':>11} {'growth':>8} {'factor':>7} {'load s':>7} {'base USS':>9}")
+    print(
+        f"# {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
+        f"keras {keras.__version__}, tensorflow {tf.__version__}"
+    )
+    print(
+        f"{'format':<6} {'MiB':>6} {'file MiB':>9} {'base RSS':>9} {'load peak':>10} {'after load':>11} "
+        f"{'pred peak':>10} {'after pred':>11} {'growth':>8} {'factor':>7} {'load s':>7} {'base USS':>9}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="rayscore-bench-mem-") as tmp:
         for mb in args.mb:
             # Build in a child too, so the parent stays small and its pages do not linger.
-            code = (f"import sys, json; sys.path[:0] = [{str(HERE)!r}]; import bench_load_memory as b; "
-                    f"from pathlib import Path; p, v = b.build({mb}, Path({tmp!r})); "
-                    f"print(json.dumps([{{k: str(x) for k, x in p.items()}}, v]))")
+            code = (
+                f"import sys, json; sys.path[:0] = [{str(HERE)!r}]; import bench_load_memory as b; "
+                f"from pathlib import Path; p, v = b.build({mb}, Path({tmp!r})); "
+                f"print(json.dumps([{{k: str(x) for k, x in p.items()}}, v]))"
+            )
             made = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
             paths, vocab = json.loads(made.stdout.strip().splitlines()[-1])
             for fmt in args.formats:
-                res = subprocess.run([sys.executable, __file__, "--child", fmt, paths[fmt], str(vocab)],
-                                     check=True, capture_output=True, text=True)
+                res = subprocess.run(
+                    [sys.executable, __file__, "--child", fmt, paths[fmt], str(vocab)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 r["mb"] = mb
                 rows.append(r)
                 m = lambda k: r[k] / MiB  # noqa: E731
-                print(f"{fmt:<6} {mb:>6g} {m('model_bytes'):>9.1f} {m('base_rss'):>9.1f} {m('load_peak'):>10.1f} "
-                      f"{m('after_load'):>11.1f} {m('predict_peak'):>10.1f} {m('after_predict'):>11.1f} "
-                      f"{m('growth'):>8.1f} {r['factor']:>7.2f} {r['load_s']:>7.2f} {m('base_uss'):>9.1f}", flush=True)
+                print(
+                    f"{fmt:<6} {mb:>6g} {m('model_bytes'):>9.1f} {m('base_rss'):>9.1f} {m('load_peak'):>10.1f} "
+                    f"{m('after_load'):>11.1f} {m('predict_peak'):>10.1f} {m('after_predict'):>11.1f} "
+                    f"{m('growth'):>8.1f} {r['factor']:>7.2f} {r['load_s']:>7.2f} {m('base_uss'):>9.1f}",
+                    flush=True,
+                )
     for fmt in args.formats:
         mine = sorted((r for r in rows if r["format"] == fmt), key=lambda r: r["model_bytes"])
         if len(mine) >= 2:
             a, b = mine[0], mine[-1]
             slope = (b["growth"] - a["growth"]) / (b["model_bytes"] - a["model_bytes"])
             fixed = a["growth"] - slope * a["model_bytes"]
-            print(f"{fmt}: growth = {slope:.2f} x model bytes + {fixed / MiB:.0f} MiB "
-                  f"(from {a['mb']:g} and {b['mb']:g} MiB)")
+            print(
+                f"{fmt}: growth = {slope:.2f} x model bytes + {fixed / MiB:.0f} MiB "
+                f"(from {a['mb']:g} and {b['mb']:g} MiB)"
+            )
 
 
 if __name__ == "__main__":

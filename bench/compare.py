@@ -83,20 +83,31 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
     os.environ["PYSPARK_PYTHON"] = sys.executable
     t0 = time.perf_counter()
     java = " ".join(JAVA_OPTIONS)
-    spark = (SparkSession.builder.master(f"local[{cores}]").appName(f"bench-{way}")
-             .config("spark.driver.extraJavaOptions", java).config("spark.executor.extraJavaOptions", java)
-             .config("spark.driver.memory", "8g").config("spark.ui.enabled", "false")
-             .config("spark.sql.parquet.enableNestedColumnVectorizedReader", "true")
-             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(UDF_BATCH_SIZE))
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    spark = (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName(f"bench-{way}")
+        .config("spark.driver.extraJavaOptions", java)
+        .config("spark.executor.extraJavaOptions", java)
+        .config("spark.driver.memory", "8g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.parquet.enableNestedColumnVectorizedReader", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(UDF_BATCH_SIZE))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     startup = time.perf_counter() - t0
     model_path = workload.model_path
     out = os.path.join(workdir, f"spark_{way}.parquet")
     t0 = time.perf_counter()
     df = spark.read.parquet(workload.data_path).where(FILTER)
-    schema = StructType([StructField("id", LongType()), StructField("click", FloatType()),
-                         StructField("topics", ArrayType(FloatType()))])
+    schema = StructType(
+        [
+            StructField("id", LongType()),
+            StructField("click", FloatType()),
+            StructField("topics", ArrayType(FloatType())),
+        ]
+    )
     if way == "predict_batch_udf":
         from pyspark.ml.functions import predict_batch_udf  # noqa: PLC0415
 
@@ -107,18 +118,30 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
             model = keras.saving.load_model(model_path, compile=False)
 
             def predict(t0, t1, t2, t3, hours, price):
-                out = model.predict_on_batch({"title_0": t0, "title_1": t1, "title_2": t2, "title_3": t3,
-                                              "hour_of_week": hours.reshape(-1, 24, 7), "price": price})
+                out = model.predict_on_batch(
+                    {
+                        "title_0": t0,
+                        "title_1": t1,
+                        "title_2": t2,
+                        "title_3": t3,
+                        "hour_of_week": hours.reshape(-1, 24, 7),
+                        "price": price,
+                    }
+                )
                 return {"click": np.asarray(out["click"]).reshape(-1), "topics": np.asarray(out["topics"])}
 
             return predict
 
         returns = StructType(schema.fields[1:])
-        score = predict_batch_udf(make_predict_fn, return_type=returns, batch_size=UDF_BATCH_SIZE,
-                                  input_tensor_shapes=[[20], [20], [20], [20], [168], None])
-        scored = df.select("id", score("title_0", "title_1", "title_2", "title_3", "hour_of_week", "price")
-                           .alias("p")).select("id", F.col("p.click").alias("click"),
-                                               F.col("p.topics").alias("topics"))
+        score = predict_batch_udf(
+            make_predict_fn,
+            return_type=returns,
+            batch_size=UDF_BATCH_SIZE,
+            input_tensor_shapes=[[20], [20], [20], [20], [168], None],
+        )
+        scored = df.select(
+            "id", score("title_0", "title_1", "title_2", "title_3", "hour_of_week", "price").alias("p")
+        ).select("id", F.col("p.click").alias("click"), F.col("p.topics").alias("topics"))
     else:
         zeros = way == "zeros"
 
@@ -134,6 +157,7 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
                 if zeros:
                     click, topics = np.zeros(n, np.float32), np.zeros((n, 5), np.float32)
                 else:
+
                     def tensor(name, *shape, dtype=np.float32):
                         values = batch.column(name).flatten().to_numpy(zero_copy_only=False)
                         return values.astype(dtype, copy=False).reshape(n, *shape)
@@ -145,10 +169,15 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
                     click = np.asarray(predicted["click"]).reshape(n)
                     topics = np.asarray(predicted["topics"], np.float32).reshape(n, 5)
                 yield pa.RecordBatch.from_arrays(
-                    [batch.column("id"), pa.array(click),
-                     pa.ListArray.from_arrays(pa.array(np.arange(0, 5 * n + 1, 5, dtype=np.int32)),
-                                              pa.array(topics.reshape(-1)))],
-                    names=["id", "click", "topics"])
+                    [
+                        batch.column("id"),
+                        pa.array(click),
+                        pa.ListArray.from_arrays(
+                            pa.array(np.arange(0, 5 * n + 1, 5, dtype=np.int32)), pa.array(topics.reshape(-1))
+                        ),
+                    ],
+                    names=["id", "click", "topics"],
+                )
 
         columns = ["id", *(f"title_{i}" for i in range(4)), "hour_of_week", "price"]
         scored = df.select(*columns).mapInArrow(arrow_udf, schema)
@@ -159,8 +188,7 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
     return UdfResult(rows, seconds, startup, out)
 
 
-def run_predict_api(workload: e2e.Workload, workdir: str, actors: int, batch_size: int,
-                    spark_cfg: dict) -> UdfResult:
+def run_predict_api(workload: e2e.Workload, workdir: str, actors: int, batch_size: int, spark_cfg: dict) -> UdfResult:
     """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark."""
     import rayscore  # noqa: PLC0415
 
@@ -170,8 +198,9 @@ def run_predict_api(workload: e2e.Workload, workdir: str, actors: int, batch_siz
         startup = time.perf_counter() - t0
         t0 = time.perf_counter()
         df = s.spark.read.parquet(workload.data_path).where(FILTER)
-        scored = rayscore.predict(df, model=workload.model_path, keep_columns=["id"], batch_size=batch_size,
-                                  actors=actors)
+        scored = rayscore.predict(
+            df, model=workload.model_path, keep_columns=["id"], batch_size=batch_size, actors=actors
+        )
         scored.write.mode("overwrite").parquet(out)
         seconds = time.perf_counter() - t0
         rows = s.spark.read.parquet(out).count()
@@ -212,7 +241,8 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     print("5/7 rayscore run, SQL input (the filtered rows) ...", flush=True)
     with e2e.PeakMemory() as mem:
         runs["rayscore run, SQL"] = e2e._in_child(
-            e2e.run_rayscore, sql_config(workload, os.path.join(workdir, "scores-sql.parquet"), args))
+            e2e.run_rayscore, sql_config(workload, os.path.join(workdir, "scores-sql.parquet"), args)
+        )
     runs["rayscore run, SQL"].peak_rss_bytes = mem.peak_bytes
     print("6/7 rayscore.predict on the filtered DataFrame, written by Spark ...", flush=True)
     with e2e.PeakMemory() as mem:
@@ -220,8 +250,9 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     api.peak_rss_bytes = mem.peak_bytes
     spark_ways["rayscore.predict"] = api
     print("7/7 rayscore run, parquet input ...", flush=True)
-    config = e2e.rayscore_config(workload, os.path.join(workdir, "scores-parquet.parquet"), args.actors,
-                                 args.batch_size, spark=_spark(args))
+    config = e2e.rayscore_config(
+        workload, os.path.join(workdir, "scores-parquet.parquet"), args.actors, args.batch_size, spark=_spark(args)
+    )
     with e2e.PeakMemory() as mem:
         runs["rayscore run, parquet"] = e2e._in_child(e2e.run_rayscore, config)
     runs["rayscore run, parquet"].peak_rss_bytes = mem.peak_bytes
@@ -232,29 +263,42 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     rate.update({name: r.rows / r.seconds for name, r in spark_ways.items()})
     rate.update({name: rows / run.after_startup_seconds for name, run in runs.items()})
     print()
-    print(f"# {rows:,} rows, {cores} cores; filter {FILTER!r}; rayscore: {args.actors} actor(s), "
-          f"batch {args.batch_size}, Spark executor cores {args.executor_cores or 'default'}")
+    print(
+        f"# {rows:,} rows, {cores} cores; filter {FILTER!r}; rayscore: {args.actors} actor(s), "
+        f"batch {args.batch_size}, Spark executor cores {args.executor_cores or 'default'}"
+    )
     print(f"{'way':<26}{'rows/s':>10}{'seconds':>9}{'peak GiB':>10}  detail")
-    print(f"{'limit (model.predict)':<26}{rate['limit']:>10,.0f}{limit.seconds:>9.1f}"
-          f"{limit.peak_rss_bytes / 2**30:>10.2f}  read {limit.read_seconds:.1f} s, predict {limit.predict_seconds:.1f} s")
+    print(
+        f"{'limit (model.predict)':<26}{rate['limit']:>10,.0f}{limit.seconds:>9.1f}"
+        f"{limit.peak_rss_bytes / 2**30:>10.2f}  read {limit.read_seconds:.1f} s, predict {limit.predict_seconds:.1f} s"
+    )
     for name, r in spark_ways.items():
-        print(f"{name:<26}{rate[name]:>10,.0f}{r.seconds:>9.1f}{r.peak_rss_bytes / 2**30:>10.2f}"
-              f"  after a {r.startup_seconds:.1f} s start; read, score, write {r.rows:,} rows")
+        print(
+            f"{name:<26}{rate[name]:>10,.0f}{r.seconds:>9.1f}{r.peak_rss_bytes / 2**30:>10.2f}"
+            f"  after a {r.startup_seconds:.1f} s start; read, score, write {r.rows:,} rows"
+        )
     for name, run in runs.items():
         s = run.seconds
-        print(f"{name:<26}{rate[name]:>10,.0f}{run.after_startup_seconds:>9.1f}{run.peak_rss_bytes / 2**30:>10.2f}"
-              f"  after a {s.get('startup', 0):.1f} s start; read_convert {s.get('read_convert', 0):.1f}, "
-              f"predict {s.get('predict', 0):.1f} (load {s.get('load', 0):.1f}), write {s.get('write', 0):.1f}; "
-              f"first prediction {s.get('first_prediction', 0):.1f} s after run() began")
+        print(
+            f"{name:<26}{rate[name]:>10,.0f}{run.after_startup_seconds:>9.1f}{run.peak_rss_bytes / 2**30:>10.2f}"
+            f"  after a {s.get('startup', 0):.1f} s start; read_convert {s.get('read_convert', 0):.1f}, "
+            f"predict {s.get('predict', 0):.1f} (load {s.get('load', 0):.1f}), write {s.get('write', 0):.1f}; "
+            f"first prediction {s.get('first_prediction', 0):.1f} s after run() began"
+        )
     for name in ("rayscore run, SQL", "rayscore.predict"):
-        print(f"{name}: {rate[name] / rate['spark mapInArrow UDF']:.2f}x the mapInArrow UDF (target >= 1.0), "
-              f"{rate[name] / rate['predict_batch_udf']:.2f}x predict_batch_udf (target >= 3), "
-              f"{rate[name] / rate['limit']:.2f}x the limit (aim >= 0.5), "
-              f"{rate[name] / rate['spark, no model']:.2f}x Spark with no model (the ceiling)")
+        print(
+            f"{name}: {rate[name] / rate['spark mapInArrow UDF']:.2f}x the mapInArrow UDF (target >= 1.0), "
+            f"{rate[name] / rate['predict_batch_udf']:.2f}x predict_batch_udf (target >= 3), "
+            f"{rate[name] / rate['limit']:.2f}x the limit (aim >= 0.5), "
+            f"{rate[name] / rate['spark, no model']:.2f}x Spark with no model (the ceiling)"
+        )
     for name, check in checks.items():
-        print(f"{name} vs limit: {check.rows_compared:,} rows compared, missing {check.missing_ids}, "
-              f"extra {check.extra_ids}, max abs diff "
-              + ", ".join(f"{k} {v:.1e}" for k, v in check.max_abs_diff.items()) + (" OK" if check.ok else " FAIL"))
+        print(
+            f"{name} vs limit: {check.rows_compared:,} rows compared, missing {check.missing_ids}, "
+            f"extra {check.extra_ids}, max abs diff "
+            + ", ".join(f"{k} {v:.1e}" for k, v in check.max_abs_diff.items())
+            + (" OK" if check.ok else " FAIL")
+        )
     return 0 if all(c.ok for c in checks.values()) else 1
 
 
@@ -289,8 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="rayscore's peak memory at each --rows")
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--executor-cores", type=int, default=None,
-                        help="spark.executor_cores (default: rayscore's, the machine's cores on a local Ray)")
+    parser.add_argument(
+        "--executor-cores",
+        type=int,
+        default=None,
+        help="spark.executor_cores (default: rayscore's, the machine's cores on a local Ray)",
+    )
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     args.json = False

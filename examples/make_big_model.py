@@ -131,8 +131,9 @@ def write_savedmodel(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -
     module = Scorer()
     for start in range(0, vocab, SLICE_ROWS):  # fill in place: never a second copy of the table
         stop = min(vocab, start + SLICE_ROWS)
-        gen_array_ops.resource_strided_slice_assign(ref=module.table.handle, begin=[start], end=[stop],
-                                                    strides=[1], value=embedding_rows(start, stop, dim))
+        gen_array_ops.resource_strided_slice_assign(
+            ref=module.table.handle, begin=[start], end=[stop], strides=[1], value=embedding_rows(start, stop, dim)
+        )
     tf.raw_ops.DisableCopyOnRead(resource=module.table.handle)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return Path(path)

@@ -56,11 +56,12 @@ class CachedCopy:
 
 
 def _local_uri(uri: str) -> str:
-    return "file://" + os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+    return "file://" + os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
 
 
-def cached_model(uri: str, root: str, *, fingerprint: str | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> CachedCopy:
+def cached_model(
+    uri: str, root: str, *, fingerprint: str | None = None, storage_options: Mapping[str, Any] | None = None
+) -> CachedCopy:
     """A verified local copy of the model at ``uri`` under ``root``.
 
     With ``fingerprint`` (an actor, after the driver planned the job) the copy

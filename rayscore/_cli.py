@@ -34,21 +34,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rayscore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run a scoring job described by a YAML config",
-                         description="Score the config's input with its model and write the predictions.")
+    run = sub.add_parser(
+        "run",
+        help="run a scoring job described by a YAML config",
+        description="Score the config's input with its model and write the predictions.",
+    )
     run.add_argument("config", help="path to the job's YAML config (see configs/example.yaml)")
     run.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
-    run.add_argument("-v", "--verbose", action="store_true",
-                     help="show Ray's, Spark's and TensorFlow's own logs on the terminal "
-                          "(by default they go to a log file)")
-    check = sub.add_parser("validate", help="check a job (config, model, input, output) without scoring it",
-                           description="Check the config, the model, the input's columns and first rows, the "
-                                       "output location, and predict a few rows in this process; list every "
-                                       "problem. Starts no predictor actor and writes nothing.")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Ray's, Spark's and TensorFlow's own logs on the terminal (by default they go to a log file)",
+    )
+    check = sub.add_parser(
+        "validate",
+        help="check a job (config, model, input, output) without scoring it",
+        description="Check the config, the model, the input's columns and first rows, the "
+        "output location, and predict a few rows in this process; list every "
+        "problem. Starts no predictor actor and writes nothing.",
+    )
     check.add_argument("config", help="path to the job's YAML config (see configs/example.yaml)")
-    check.add_argument("-v", "--verbose", action="store_true",
-                       help="show Ray's, Spark's and TensorFlow's own logs on the terminal "
-                            "(by default they go to a log file)")
+    check.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Ray's, Spark's and TensorFlow's own logs on the terminal (by default they go to a log file)",
+    )
     return parser
 
 

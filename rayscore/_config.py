@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -41,7 +41,6 @@ __all__ = [
     "load_config",
     "parse_actors",
 ]
-
 
 
 def _scalars(value: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +169,7 @@ def parse_actors(value: Any) -> Any:
 # _path drops the tags from error locations.
 _ACTORS_TAGS = ("[pool]", "[auto]")
 Actors = Annotated[
-    Union[Annotated[ActorsConfig, Tag(_ACTORS_TAGS[0])], Annotated[Literal["auto"], Tag(_ACTORS_TAGS[1])]],
+    Annotated[ActorsConfig, Tag(_ACTORS_TAGS[0])] | Annotated[Literal["auto"], Tag(_ACTORS_TAGS[1])],
     Discriminator(lambda v: _ACTORS_TAGS[1] if v == "auto" else _ACTORS_TAGS[0]),
 ]
 
@@ -299,8 +298,7 @@ class Config(_Frozen):
         clash = [c for c in self.output.keep_columns if c in outs]
         if clash:
             raise ValueError(
-                f"output.keep_columns: {clash[0]!r} is also a model output column "
-                "(rename it in model.outputs)"
+                f"output.keep_columns: {clash[0]!r} is also a model output column (rename it in model.outputs)"
             )
         return self
 
@@ -310,8 +308,7 @@ class Config(_Frozen):
 
 def _key_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """``loc`` without the validator names and union tags pydantic puts into it."""
-    return tuple(p for p in loc
-                 if not (isinstance(p, str) and (p.startswith("function-") or p in _ACTORS_TAGS)))
+    return tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p in _ACTORS_TAGS)))
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -349,9 +346,16 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
         text = messages[kind]()
     elif kind.endswith(("_type", "_parsing")):
         wanted = kind.replace("_parsing", "").replace("_type", "")
-        wanted = {"int": "a whole number", "float": "a number", "bool": "true or false",
-                  "string": "a string", "dict": "a mapping", "model": "a mapping",
-                  "list": "a list", "tuple": "a list"}.get(wanted, wanted)
+        wanted = {
+            "int": "a whole number",
+            "float": "a number",
+            "bool": "true or false",
+            "string": "a string",
+            "dict": "a mapping",
+            "model": "a mapping",
+            "list": "a list",
+            "tuple": "a list",
+        }.get(wanted, wanted)
         text = f"must be {wanted}"
     else:
         text = str(err["msg"]).lower()
@@ -368,8 +372,7 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         members = getattr(annotation, "__args__", (annotation,))
         # a tagged union's members are Annotated[...]: look inside each
         members = tuple(a.__origin__ if hasattr(a, "__metadata__") else a for a in members)
-        current = next((a for a in members
-                        if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+        current = next((a for a in members if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
     fields = getattr(current, "model_fields", None) or {}
     return sorted(fields)
 
@@ -434,9 +437,11 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> 
         update={
             "input": config.input.model_copy(update={"path": _resolve_local(config.input.path, base)}),
             "model": config.model.model_copy(update={"uri": _resolve_local(config.model.uri, base)}),
-            "output": config.output.model_copy(update={
-                "path": _resolve_local(config.output.path, base),
-                "errors_path": _resolve_local(config.output.errors_path, base),
-            }),
+            "output": config.output.model_copy(
+                update={
+                    "path": _resolve_local(config.output.path, base),
+                    "errors_path": _resolve_local(config.output.errors_path, base),
+                }
+            ),
         }
     )

@@ -123,16 +123,16 @@ def make_plan(
     """Bind model inputs to columns of ``schema`` and outputs to new columns.
 
     ``inputs`` maps model input → column; an input it does not name (or
-    every input, when omitted) reads the column of its own name; ``outputs`` maps model output → column (omitted: every output
-    under its own name). Raises ConfigError/InputError naming what is missing.
+    every input, when omitted) reads the column of its own name; ``outputs``
+    maps model output → column (omitted: every output under its own name).
+    Raises ConfigError/InputError naming what is missing.
     """
     names = set(schema.names)
     if inputs is not None:
         unknown = [k for k in inputs if k not in spec.input_names]
         if unknown:
             raise ConfigError(
-                f"model.inputs: {unknown[0]!r} is not an input of the model "
-                f"(inputs: {', '.join(spec.input_names)})"
+                f"model.inputs: {unknown[0]!r} is not an input of the model (inputs: {', '.join(spec.input_names)})"
             )
     mapping = dict(inputs) if inputs is not None else {}
     bindings = []
@@ -157,8 +157,7 @@ def make_plan(
         unknown = [k for k in outputs if k not in spec.output_names]
         if unknown:
             raise ConfigError(
-                f"model.outputs: {unknown[0]!r} is not an output of the model "
-                f"(outputs: {', '.join(spec.output_names)})"
+                f"model.outputs: {unknown[0]!r} is not an output of the model (outputs: {', '.join(spec.output_names)})"
             )
         out_pairs = tuple((k, v) for k, v in outputs.items())
     else:
@@ -168,16 +167,22 @@ def make_plan(
         missing = [c for c in wanted if c not in names]
         if missing:
             raise InputError(
-                f"output.{key}: column {missing[0]!r} is not in the input "
-                f"(columns: {', '.join(schema.names)})"
+                f"output.{key}: column {missing[0]!r} is not in the input (columns: {', '.join(schema.names)})"
             )
     clash = [c for c in keep_columns if c in {col for _, col in out_pairs}]
     if clash:
         raise ConfigError(
             f"output.keep_columns: {clash[0]!r} is also a model output column (rename it in model.outputs)"
         )
-    return Plan(tuple(bindings), out_pairs, tuple(keep_columns), tuple(key_columns or keep_columns),
-                quarantine, reject_nan, max_retries)
+    return Plan(
+        tuple(bindings),
+        out_pairs,
+        tuple(keep_columns),
+        tuple(key_columns or keep_columns),
+        quarantine,
+        reject_nan,
+        max_retries,
+    )
 
 
 def _concrete_shape(tensor: TensorSpec) -> tuple[int, ...]:
@@ -209,7 +214,9 @@ def _flatten_lists(column: pa.ChunkedArray | pa.Array, binding: Binding) -> tupl
         per_row *= lo or 0
         arr = arr.flatten()
         if arr.null_count:
-            raise InputError(f"column {binding.column!r} has null values inside its arrays (model input {binding.input!r})")
+            raise InputError(
+                f"column {binding.column!r} has null values inside its arrays (model input {binding.input!r})"
+            )
     if rows and per_row != binding.size:
         raise InputError(
             f"column {binding.column!r} has {per_row} values per row, model input "
@@ -289,17 +296,25 @@ def row_problems(table: pa.Table, bindings: Iterable[Binding], *, reject_nan: bo
         parents = np.arange(rows)
         values = arr
         depth = 0
-        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        while (
+            pa.types.is_list(values.type)
+            or pa.types.is_large_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)
+        ):
             parents = parents[pc.list_parent_indices(values).to_numpy()]
             values = values.flatten()
             depth += 1
         if depth:
             counts = np.bincount(parents, minlength=rows)
-            mark(counts != binding.size,
-                 lambda i: f"column {name!r}: {counts[i]} values, model input {binding.input!r} expects {binding.size}")
+            mark(
+                counts != binding.size,
+                lambda i: f"column {name!r}: {counts[i]} values, model input {binding.input!r} expects {binding.size}",
+            )
         leaf_null = values.is_null().to_numpy(zero_copy_only=False)
         if leaf_null.any():
-            mark(np.bincount(parents[leaf_null], minlength=rows) > 0, lambda i: f"column {name!r}: null inside the array")
+            mark(
+                np.bincount(parents[leaf_null], minlength=rows) > 0, lambda i: f"column {name!r}: null inside the array"
+            )
             values = values.filter(pc.invert(values.is_null()))
             parents = parents[~leaf_null]
         flat = _leaf_numpy(values)
@@ -323,7 +338,9 @@ def output_type(tensor: TensorSpec) -> pa.DataType:
     return value if (tensor.size or 0) == 1 else pa.list_(value)
 
 
-def to_columns(predictions: Mapping[str, np.ndarray], outputs: Iterable[tuple[str, str]], rows: int) -> dict[str, pa.Array]:
+def to_columns(
+    predictions: Mapping[str, np.ndarray], outputs: Iterable[tuple[str, str]], rows: int
+) -> dict[str, pa.Array]:
     """Arrow columns from model outputs: scalars as numbers, larger as ``list<float>``.
 
     ``list<…>`` (not ``fixed_size_list`` nor Ray's tensor extension) because

@@ -161,7 +161,9 @@ def _keras_tensor_specs(config: Mapping[str, Any]) -> tuple[tuple[TensorSpec, ..
     return tuple(inputs), tuple(outputs)
 
 
-def _keras_predict(model: Any, output_names: tuple[str, ...]) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+def _keras_predict(
+    model: Any, output_names: tuple[str, ...]
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
     single = len(model.inputs) == 1 and not isinstance(getattr(model, "_inputs_struct", None), Mapping)
 
     def predict(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -193,8 +195,9 @@ def import_custom_objects(dotted: str | None) -> dict[str, Any] | None:
     except (ImportError, AttributeError, ValueError) as exc:
         raise ModelError(f"model.custom_objects: cannot import {dotted!r}: {exc}") from None
     if not isinstance(value, Mapping):
-        raise ModelError(f"model.custom_objects: {dotted!r} must be a dict of name -> class, "
-                         f"got {type(value).__name__}")
+        raise ModelError(
+            f"model.custom_objects: {dotted!r} must be a dict of name -> class, got {type(value).__name__}"
+        )
     return dict(value)
 
 
@@ -223,15 +226,17 @@ def _load_keras(path: str, fmt: str, safe_mode: bool, custom_objects: str | None
             ) from exc
         unknown = _unknown_class(exc)
         if unknown:
-            raise ModelError(f"model {path} uses a class Keras does not know: {unknown} "
-                             "(name a dict of your classes in model.custom_objects)") from exc
+            raise ModelError(
+                f"model {path} uses a class Keras does not know: {unknown} "
+                "(name a dict of your classes in model.custom_objects)"
+            ) from exc
         raise ModelError(f"model {path} cannot be loaded as {fmt}: {_first_line(text)}") from exc
     except Exception as exc:  # noqa: BLE001 - h5py/zip/keras raise many kinds
-        raise ModelError(f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {_first_line(str(exc))}") from exc
+        raise ModelError(
+            f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {_first_line(str(exc))}"
+        ) from exc
     names = tuple(getattr(model, "output_names", None) or [_layer_name(model, t) for t in model.outputs])
-    inputs = tuple(
-        TensorSpec(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs
-    )
+    inputs = tuple(TensorSpec(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs)
     outputs = tuple(TensorSpec(n, tuple(t.shape[1:]), str(t.dtype)) for n, t in zip(names, model.outputs))
     return LoadedModel(ModelSpec(inputs, outputs, fmt), _keras_predict(model, names))
 
@@ -375,7 +380,7 @@ def fingerprint(path: str, chunk: int = 1 << 22) -> str:
 def local_model_path(uri: str) -> str:
     """The local filesystem path of ``uri`` (a plain path or ``file://``)."""
     if uri.startswith("file://"):
-        return uri[len("file://"):]
+        return uri[len("file://") :]
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
         raise ModelError(f"model.uri: scheme {scheme}:// is not supported yet, got {uri!r}")
@@ -399,8 +404,7 @@ def resolve_loader(location: str, fmt: str = "auto", *, uri: str | None = None) 
         if loader.matches(path):
             return path, loader
     raise ModelError(
-        f"model.format: cannot tell the format of {shown} from its name; "
-        f"set model.format to one of {sorted(_LOADERS)}"
+        f"model.format: cannot tell the format of {shown} from its name; set model.format to one of {sorted(_LOADERS)}"
     )
 
 

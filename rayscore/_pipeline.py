@@ -51,16 +51,23 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         check_output_free(errors_output(cfg))
     own = session is None
     if own:
-        session = Session(cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict),
-                          cpus_per_actor=cfg.predict.cpus_per_actor)
+        session = Session(
+            cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict), cpus_per_actor=cfg.predict.cpus_per_actor
+        )
     assert session is not None
     pool: Pool | None = None
+
+    def start_pool() -> Pool:
+        nonlocal pool
+        if pool is None:
+            pool = Pool(ref, cfg.predict, check_pool(session.spark_cpus, cfg.predict, ref, spec))
+        return pool
+
     try:
         if own:
             session.start_ray()
-        # Asked for now, the actors load the model while Spark starts.
-        pool = Pool(ref, cfg.predict, check_pool(session.spark_cpus, cfg.predict, ref, spec))
-        if own:
+            if cfg.output.mode != "resume":  # resume starts it once a shard needs scoring
+                start_pool()  # its actors load the model while Spark starts
             session.start_spark()
         clock.add("startup", session.startup_seconds if own else 0.0)
         spark = session.spark
@@ -70,24 +77,25 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
             check_output_free(cfg.output, spark)
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)
-        pool.wait()
         if cfg.output.mode == "resume":
             from ._resume import run_resumable  # noqa: PLC0415 - only for mode: resume
 
-            return run_resumable(cfg, df, plan, pool, spec, clock)
+            return run_resumable(cfg, df, plan, start_pool, ref, spec, clock)
+        scorer = start_pool()
+        scorer.wait()
         result = new_result(cfg, ref, spec, plan)
 
         def report(rows: int, quarantined: int) -> str:
             result.rows_in, result.rows_quarantined, result.rows_out = rows, quarantined, rows - quarantined
-            pool.report_into(result, clock)
+            scorer.report_into(result, clock)
             if cfg.output.path:
                 result.report_path = f"{cfg.output.path.rstrip('/')}/{REPORT_NAME}"
             return result.to_json()
 
-        scoring = score(df, plan, pool, spec, cfg.predict.batch_size)
+        scoring = score(df, plan, scorer, spec, cfg.predict.batch_size)
         errors = errors_output(cfg) if plan.quarantine else None
         write_scored(spark, scoring, plan, cfg.output, errors, report, clock)
-        pool.report_into(result, clock)
+        scorer.report_into(result, clock)
         return result
     finally:
         if pool is not None:
@@ -130,14 +138,31 @@ def predict(
         ...                               batch_size=1024, actors=2)
         ...     scored.write.parquet("scores.parquet")
     """
-    model_cfg = validated(ModelConfig, model if not isinstance(model, str) else {"uri": model}, "model",
-                          extra={"inputs": inputs, "outputs": outputs})
-    predict_cfg = validated(PredictConfig, {"batch_size": batch_size, "actors": actors,
-                                            "cpus_per_actor": cpus_per_actor,
-                                            "gpus_per_actor": gpus_per_actor}, "predict")
+    model_cfg = validated(
+        ModelConfig,
+        model if not isinstance(model, str) else {"uri": model},
+        "model",
+        extra={"inputs": inputs, "outputs": outputs},
+    )
+    predict_cfg = validated(
+        PredictConfig,
+        {
+            "batch_size": batch_size,
+            "actors": actors,
+            "cpus_per_actor": cpus_per_actor,
+            "gpus_per_actor": gpus_per_actor,
+        },
+        "predict",
+    )
     ref, spec = inspect_model(model_cfg)
-    plan = make_plan(spec, arrow_schema(df), inputs=model_cfg.inputs, outputs=model_cfg.outputs,
-                     keep_columns=tuple(keep_columns), max_retries=predict_cfg.max_retries)
+    plan = make_plan(
+        spec,
+        arrow_schema(df),
+        inputs=model_cfg.inputs,
+        outputs=model_cfg.outputs,
+        keep_columns=tuple(keep_columns),
+        max_retries=predict_cfg.max_retries,
+    )
     check_sample(df, plan)
     pool = pool_for(ref, spec, predict_cfg, _spark_cpus(df.sparkSession))
     return score(df, plan, pool, spec, predict_cfg.batch_size).frame
@@ -146,4 +171,3 @@ def predict(
 def _spark_cpus(spark: Any) -> float:
     conf = spark.sparkContext.getConf()
     return float(conf.get("spark.executor.instances", "1")) * float(conf.get("spark.executor.cores", "1"))
-

@@ -122,12 +122,14 @@ def nodes_from_ray(ray_nodes: Iterable[Mapping[str, Any]]) -> list[NodeShape]:
         if not node.get("Alive", node.get("alive", False)):
             continue
         resources = node.get("Resources") or {}
-        shapes.append(NodeShape(
-            node_id=str(node.get("NodeID", "")),
-            cpus=float(resources.get("CPU", 0.0)),
-            gpus=float(resources.get("GPU", 0.0)),
-            memory=int(resources.get("memory", 0)),
-        ))
+        shapes.append(
+            NodeShape(
+                node_id=str(node.get("NodeID", "")),
+                cpus=float(resources.get("CPU", 0.0)),
+                gpus=float(resources.get("GPU", 0.0)),
+                memory=int(resources.get("memory", 0)),
+            )
+        )
     return shapes
 
 
@@ -177,8 +179,10 @@ def actor_memory(model_bytes: int, *, memory_factor: float, batch_bytes: int, pr
     True
     """
     if model_bytes < 0 or batch_bytes < 0 or process_bytes < 0:
-        raise ValueError(f"sizes must be >= 0, got model_bytes={model_bytes}, batch_bytes={batch_bytes}, "
-                         f"process_bytes={process_bytes}")
+        raise ValueError(
+            f"sizes must be >= 0, got model_bytes={model_bytes}, batch_bytes={batch_bytes}, "
+            f"process_bytes={process_bytes}"
+        )
     if memory_factor <= 0:
         raise ValueError(f"memory_factor must be > 0, got {memory_factor}")
     return math.ceil(process_bytes + model_bytes * memory_factor + BATCH_BUFFERS * batch_bytes)
@@ -266,8 +270,11 @@ def plan_pool(
     need = _need_text(model_bytes, memory_factor, batch_bytes, process_bytes)
     spark = f" besides Spark's {_num(spark_cpus)}" if spark_cpus else ""
     if capacity == 0:
-        raise ConfigError(_why_none_fits(ids, mem, need, free_mem, free_cpu, gpus, cpu_slots, gpu_slots,
-                                         cpus_per_actor, gpus_per_actor, spark))
+        raise ConfigError(
+            _why_none_fits(
+                ids, mem, need, free_mem, free_cpu, gpus, cpu_slots, gpu_slots, cpus_per_actor, gpus_per_actor, spark
+            )
+        )
 
     if actors == "auto":
         return PoolPlan(1, capacity, mem, per_node)
@@ -303,8 +310,7 @@ def plan_pool(
         what.append(f"{format_bytes(mem)} of memory")
         spread = ", ".join(f"{i}: {per_node[i]}" for i in ids)
         raise ConfigError(
-            f"predict.actors: {n} actors need {', '.join(what[:-1])} and {what[-1]} each on one node; "
-            f"{held} ({spread})"
+            f"predict.actors: {n} actors need {', '.join(what[:-1])} and {what[-1]} each on one node; {held} ({spread})"
         )
     return PoolPlan(actors.min, min(actors.max, capacity), mem, per_node)
 
@@ -318,20 +324,33 @@ def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process
     return text
 
 
-def _why_none_fits(ids: list[str], mem: int, need: str, free_mem: Mapping[str, float],
-                   free_cpu: Mapping[str, float], gpus: Mapping[str, float],
-                   cpu_slots: Mapping[str, float], gpu_slots: Mapping[str, float],
-                   cpus_per_actor: float, gpus_per_actor: float, spark: str) -> str:
+def _why_none_fits(
+    ids: list[str],
+    mem: int,
+    need: str,
+    free_mem: Mapping[str, float],
+    free_cpu: Mapping[str, float],
+    gpus: Mapping[str, float],
+    cpu_slots: Mapping[str, float],
+    gpu_slots: Mapping[str, float],
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+    spark: str,
+) -> str:
     """The one-line reason no node holds even one actor."""
     if not ids:
         return "ray: the cluster has no alive nodes"
     largest_mem = max(free_mem.values())
     if largest_mem < mem:
-        return (f"model: one actor needs {format_bytes(mem)} of memory ({need}), "
-                f"the largest node has {format_bytes(largest_mem)} free")
+        return (
+            f"model: one actor needs {format_bytes(mem)} of memory ({need}), "
+            f"the largest node has {format_bytes(largest_mem)} free"
+        )
     if all(cpu_slots[i] < 1 for i in ids):
-        return (f"predict.cpus_per_actor: one actor needs {_plural(cpus_per_actor, 'CPU')}{spark}, "
-                f"the largest node has {_plural(max(free_cpu.values()), 'CPU')} free")
+        return (
+            f"predict.cpus_per_actor: one actor needs {_plural(cpus_per_actor, 'CPU')}{spark}, "
+            f"the largest node has {_plural(max(free_cpu.values()), 'CPU')} free"
+        )
     if all(gpu_slots[i] < 1 for i in ids):
         most = max(gpus.values())
         has = f"the largest node has {_plural(most, 'GPU')}" if most else "no node has a GPU"
@@ -340,11 +359,15 @@ def _why_none_fits(ids: list[str], mem: int, need: str, free_mem: Mapping[str, f
         # Nodes with room for an actor's CPUs (and GPUs) exist, but their memory is too small.
         room = [i for i in ids if cpu_slots[i] >= 1 and gpu_slots[i] >= 1]
         kind = "GPU node" if gpus_per_actor > 0 else f"node with {_plural(cpus_per_actor, 'CPU')} free"
-        return (f"model: one actor needs {format_bytes(mem)} of memory ({need}), "
-                f"the largest {kind} has {format_bytes(max(free_mem[i] for i in room))} free")
+        return (
+            f"model: one actor needs {format_bytes(mem)} of memory ({need}), "
+            f"the largest {kind} has {format_bytes(max(free_mem[i] for i in room))} free"
+        )
     # Some nodes have the CPUs, others the GPUs, none both.
-    return (f"predict.gpus_per_actor: one actor needs {_plural(gpus_per_actor, 'GPU')} and "
-            f"{_plural(cpus_per_actor, 'CPU')} on one node{spark}; no GPU node has the CPUs free")
+    return (
+        f"predict.gpus_per_actor: one actor needs {_plural(gpus_per_actor, 'GPU')} and "
+        f"{_plural(cpus_per_actor, 'CPU')} on one node{spark}; no GPU node has the CPUs free"
+    )
 
 
 def format_bytes(n: float) -> str:

@@ -23,8 +23,17 @@ from ._predict import ModelRef, first_bad_row
 from ._report import RunResult
 from ._storage import is_remote
 
-__all__ = ["inspect_model", "plan_job", "bind", "check_sample", "errors_output", "max_actors_hint", "new_result",
-           "validated", "SAMPLE_ROWS"]
+__all__ = [
+    "inspect_model",
+    "plan_job",
+    "bind",
+    "check_sample",
+    "errors_output",
+    "max_actors_hint",
+    "new_result",
+    "validated",
+    "SAMPLE_ROWS",
+]
 
 SAMPLE_ROWS = 1000
 
@@ -48,11 +57,18 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         path, digest, nbytes, fetched = local, fingerprint(local), model_bytes(local), False
         root = model.cache_dir
     options = getattr(loader, "options", ())
-    ref = ModelRef(path=model.uri if is_remote(model.uri) else local, loader=loader.name,
-                   safe_mode=model.safe_mode, fingerprint=digest, nbytes=nbytes, cache_dir=root,
-                   signature=model.signature if "signature" in options else None,
-                   custom_objects=model.custom_objects if "custom_objects" in options else None,
-                   storage_options=model.storage_options, fetched=fetched)
+    ref = ModelRef(
+        path=model.uri if is_remote(model.uri) else local,
+        loader=loader.name,
+        safe_mode=model.safe_mode,
+        fingerprint=digest,
+        nbytes=nbytes,
+        cache_dir=root,
+        signature=model.signature if "signature" in options else None,
+        custom_objects=model.custom_objects if "custom_objects" in options else None,
+        storage_options=model.storage_options,
+        fetched=fetched,
+    )
     return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
 
 
@@ -88,9 +104,14 @@ def plan_job(cfg: Config, spec: ModelSpec, df: Any, *, sample: bool = True) -> P
 def bind(cfg: Config, spec: ModelSpec, schema: pa.Schema) -> Plan:
     """The column plan of ``cfg`` for a model with ``spec`` over columns ``schema``."""
     return make_plan(
-        spec, schema, inputs=cfg.model.inputs, outputs=cfg.model.outputs,
-        keep_columns=cfg.output.keep_columns, key_columns=cfg.output.keys,
-        quarantine=cfg.predict.on_bad_rows == "quarantine", reject_nan=cfg.predict.reject_nan,
+        spec,
+        schema,
+        inputs=cfg.model.inputs,
+        outputs=cfg.model.outputs,
+        keep_columns=cfg.output.keep_columns,
+        key_columns=cfg.output.keys,
+        quarantine=cfg.predict.on_bad_rows == "quarantine",
+        reject_nan=cfg.predict.reject_nan,
         max_retries=cfg.predict.max_retries,
     )
 

@@ -38,8 +38,9 @@ POOL_START_TIMEOUT_S = 3600  # for the minimal pool to place its actors and load
 MAX_RESTARTS = 3
 
 
-def check_pool(spark_cpus: float, predict: PredictConfig, model: ModelRef, spec: ModelSpec,
-               spark_memory: int = 0) -> PoolPlan:
+def check_pool(
+    spark_cpus: float, predict: PredictConfig, model: ModelRef, spec: ModelSpec, spark_memory: int = 0
+) -> PoolPlan:
     """Size the pool from the model and the cluster's nodes, or refuse it before it starts.
 
     Memory per actor is the process before its model (``ACTOR_PROCESS_BYTES``),
@@ -133,8 +134,11 @@ class Pool:
             loads = summarize_loads(ray.get(self.ledger.loads.remote()))
             loads["working_batch_size"] = ray.get(self.ledger.working_batch_size.remote())
             loads["first_scored"] = ray.get(self.ledger.first_scored.remote())
-        loads["pool"] = {"min": self.plan.min_actors, "max": self.plan.max_actors,
-                         "memory_per_actor": self.plan.memory_per_actor}
+        loads["pool"] = {
+            "min": self.plan.min_actors,
+            "max": self.plan.max_actors,
+            "memory_per_actor": self.plan.memory_per_actor,
+        }
         return loads
 
     def report_into(self, result: RunResult, clock: StageClock) -> None:
@@ -173,9 +177,20 @@ _pools: dict[tuple[Any, ...], Pool] = {}  # the session's pools, for rayscore.pr
 
 def pool_for(model: ModelRef, spec: ModelSpec, predict: PredictConfig, spark_cpus: float) -> Pool:
     """The session's pool for ``model`` and these pool settings, made on first use (one load per actor)."""
-    key = (model.path, model.fingerprint, model.loader, model.safe_mode, model.signature, model.custom_objects,
-           model.cache_dir, predict.actors, predict.cpus_per_actor, predict.gpus_per_actor, predict.memory_factor,
-           predict.batch_size)
+    key = (
+        model.path,
+        model.fingerprint,
+        model.loader,
+        model.safe_mode,
+        model.signature,
+        model.custom_objects,
+        model.cache_dir,
+        predict.actors,
+        predict.cpus_per_actor,
+        predict.gpus_per_actor,
+        predict.memory_factor,
+        predict.batch_size,
+    )
     with _lock:
         pool = _pools.get(key)
         if pool is None:
@@ -196,8 +211,11 @@ def _make_room(predict: PredictConfig, plan: PoolPlan) -> None:
         if not _pools:
             return
         free = ray.available_resources()
-        need = {"CPU": plan.min_actors * predict.cpus_per_actor, "GPU": plan.min_actors * predict.gpus_per_actor,
-                "memory": plan.min_actors * plan.memory_per_actor}
+        need = {
+            "CPU": plan.min_actors * predict.cpus_per_actor,
+            "GPU": plan.min_actors * predict.gpus_per_actor,
+            "memory": plan.min_actors * plan.memory_per_actor,
+        }
         if all(free.get(k, 0.0) >= v for k, v in need.items() if v):
             return
         log.info("stopping the session's %d earlier actor pool(s) to make room for a new one", len(_pools))

@@ -135,15 +135,19 @@ class BatchLimit:
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is a device (or host) allocation failure that a smaller batch may avoid."""
     text = str(exc)
-    return (type(exc).__name__ in ("ResourceExhaustedError", "OutOfMemoryError", "MemoryError")
-            or "RESOURCE_EXHAUSTED" in text or "OOM when allocating" in text or "out of memory" in text.lower())
+    return (
+        type(exc).__name__ in ("ResourceExhaustedError", "OutOfMemoryError", "MemoryError")
+        or "RESOURCE_EXHAUSTED" in text
+        or "OOM when allocating" in text
+        or "out of memory" in text.lower()
+    )
 
 
 def _predict_in_chunks(model: Any, feeds: dict[str, np.ndarray], rows: int, limit: BatchLimit) -> dict[str, np.ndarray]:
     while True:
         size = min(rows, limit.rows or rows)
         try:
-            parts = [model.predict({k: v[i:i + size] for k, v in feeds.items()}) for i in range(0, rows, size)]
+            parts = [model.predict({k: v[i : i + size] for k, v in feeds.items()}) for i in range(0, rows, size)]
         except Exception as exc:
             if not is_out_of_memory(exc) or size <= limit.floor:
                 raise
@@ -155,8 +159,9 @@ def _predict_in_chunks(model: Any, feeds: dict[str, np.ndarray], rows: int, limi
         return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
 
 
-def _predict_with_retries(model: Any, plan: Plan, batch: pa.Table, feeds: dict[str, np.ndarray],
-                          limit: BatchLimit | None = None) -> Any:
+def _predict_with_retries(
+    model: Any, plan: Plan, batch: pa.Table, feeds: dict[str, np.ndarray], limit: BatchLimit | None = None
+) -> Any:
     attempts = plan.max_retries + 1
     limit = limit or BatchLimit()
     for attempt in range(1, attempts + 1):
@@ -205,16 +210,20 @@ class Predictor:
         self._scored = False
         self._reported_rss = 0
         if ledger is not None:
-            ray.get(ledger.record.remote({
-                "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id(),
-                "load_seconds": time.perf_counter() - t0,
-                "output_shapes": {t.name: list(t.shape or ()) for t in self._model.spec.outputs},
-                "loaded_from": path,
-                "copied": copied,
-                "rss_before_load": rss_before,
-                **devices,
-            }))
+            ray.get(
+                ledger.record.remote(
+                    {
+                        "pid": os.getpid(),
+                        "node": ray.get_runtime_context().get_node_id(),
+                        "load_seconds": time.perf_counter() - t0,
+                        "output_shapes": {t.name: list(t.shape or ()) for t in self._model.spec.outputs},
+                        "loaded_from": path,
+                        "copied": copied,
+                        "rss_before_load": rss_before,
+                        **devices,
+                    }
+                )
+            )
         self._report_rss()
 
     def spec(self) -> ModelSpec:
@@ -321,7 +330,14 @@ def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
         "nodes": len({x["node"] for x in loads}),
         "model_copies": sum(1 for x in loads if x.get("copied")),
         "gpu_ids": sorted({g for x in loads for g in x.get("gpu_ids", [])}),
-        "actor_memory": [{"node": x["node"][:12], "pid": x["pid"], "load_seconds": round(float(x["load_seconds"]), 3),
-                          "rss_before_load": x.get("rss_before_load", 0), "peak_rss": x.get("peak_rss", 0)}
-                         for x in loads],
+        "actor_memory": [
+            {
+                "node": x["node"][:12],
+                "pid": x["pid"],
+                "load_seconds": round(float(x["load_seconds"]), 3),
+                "rss_before_load": x.get("rss_before_load", 0),
+                "peak_rss": x.get("peak_rss", 0),
+            }
+            for x in loads
+        ],
     }

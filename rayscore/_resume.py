@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ._config import Config, OutputConfig
@@ -31,6 +32,7 @@ from ._errors import OutputError, translate_errors
 from ._model import ModelSpec
 from ._plan import errors_output, new_result
 from ._pool import Pool
+from ._predict import ModelRef
 from ._report import RunResult, StageClock
 from ._sink import REPORT_NAME, HadoopFS, write_scored
 from ._stream import score
@@ -46,7 +48,7 @@ def _input_fingerprint(cfg: Config, df: Any) -> str:
     """What the input is: its config, schema, and files with their sizes and times."""
     files = []
     for name in sorted(df.inputFiles()):
-        local = name[len("file:"):] if name.startswith("file:") else name
+        local = name[len("file:") :] if name.startswith("file:") else name
         try:
             st = os.stat(local)
             files.append([name, st.st_size, st.st_mtime_ns])
@@ -92,13 +94,24 @@ def _check_manifest(old: dict[str, Any], new: dict[str, Any], path: str) -> None
         )
 
 
-def run_resumable(cfg: Config, df: Any, plan: Plan, pool: Pool, spec: ModelSpec, clock: StageClock) -> RunResult:
-    """Score the shards of ``df`` that ``output.path`` does not hold yet, one Spark job per shard, on ``pool``."""
+def run_resumable(
+    cfg: Config,
+    df: Any,
+    plan: Plan,
+    start_pool: Callable[[], Pool],
+    model: ModelRef,
+    spec: ModelSpec,
+    clock: StageClock,
+) -> RunResult:
+    """Score the shards of ``df`` that ``output.path`` does not hold yet, one Spark job per shard.
+
+    ``start_pool`` gives the job's actor pool; it is called only if a shard needs scoring.
+    """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     spark = df.sparkSession
     path = (cfg.output.path or "").rstrip("/")
-    result = new_result(cfg, pool.model, spec, plan)
+    result = new_result(cfg, model, spec, plan)
     with clock.stage("read_convert"), translate_errors("output.path", OutputError):
         fs = HadoopFS(spark, path)
         manifest = _manifest(cfg, df, result.model_fingerprint, plan)
@@ -126,25 +139,44 @@ def run_resumable(cfg: Config, df: Any, plan: Plan, pool: Pool, spec: ModelSpec,
     result.shards = {"total": cfg.output.shards, "reused": len(done), "scored": 0}
     rows_out = sum(done.values())
     quarantined = 0
+    pool = start_pool() if todo else None
+    if pool is not None:
+        pool.wait()
     for shard in todo:
         part = keyed.filter(F.col(SHARD_COLUMN) == shard).drop(SHARD_COLUMN)
-        marker = lambda rows, bad, shard=shard: json.dumps({  # noqa: E731
-            "shard": shard, "rows": rows - bad, "quarantined": bad,
-            "model": manifest["model"], "input": manifest["input"]})
-        shard_out = OutputConfig(format=cfg.output.format, path=f"{path}/{SHARD_COLUMN}={shard}",
-                                 mode="error", options=cfg.output.options)
+        marker = lambda rows, bad, shard=shard: json.dumps(
+            {  # noqa: E731
+                "shard": shard,
+                "rows": rows - bad,
+                "quarantined": bad,
+                "model": manifest["model"],
+                "input": manifest["input"],
+            }
+        )
+        shard_out = OutputConfig(
+            format=cfg.output.format, path=f"{path}/{SHARD_COLUMN}={shard}", mode="error", options=cfg.output.options
+        )
         errors = None
         if plan.quarantine:
             errors = errors_output(cfg)
             errors = errors.model_copy(update={"path": f"{(errors.path or '').rstrip('/')}/{SHARD_COLUMN}={shard}"})
-        rows, bad = write_scored(spark, score(part, plan, pool, spec, cfg.predict.batch_size), plan, shard_out,
-                                 errors, marker, clock, SHARD_MARKER)
+        rows, bad = write_scored(
+            spark,
+            score(part, plan, pool, spec, cfg.predict.batch_size),
+            plan,
+            shard_out,
+            errors,
+            marker,
+            clock,
+            SHARD_MARKER,
+        )
         if rows != expected[shard]:
             raise OutputError(f"output: shard {shard} scored {rows} rows for its {expected[shard]} input rows")
         rows_out += rows - bad
         quarantined += bad
         result.shards["scored"] += 1
-    pool.report_into(result, clock)
+    if pool is not None:
+        pool.report_into(result, clock)
     result.rows_out = rows_out
     result.rows_quarantined = quarantined + sum(_marker(fs, path, s).get("quarantined", 0) for s in done)
     if result.rows_out + result.rows_quarantined != result.rows_in:
@@ -173,7 +205,7 @@ def _committed_shards(fs: HadoopFS, path: str, names: list[str]) -> dict[int, in
         if name.startswith(".") and ".rayscore-" in name:
             fs.delete(f"{path}/{name}")  # staging of a run that died
         elif name.startswith(prefix):
-            shard = int(name[len(prefix):])
+            shard = int(name[len(prefix) :])
             if SHARD_MARKER in fs.list_names(f"{path}/{name}"):
                 done[shard] = int(_marker(fs, path, shard)["rows"])
             else:  # pragma: no cover - commit is one rename, so a shard dir has its marker

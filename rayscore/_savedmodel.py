@@ -63,7 +63,9 @@ def _check_directory(path: str) -> str:
     if not os.path.isdir(path):
         if os.path.basename(path) == SAVED_MODEL_FILE:
             parent = os.path.dirname(path) or "."
-            raise ModelError(f"model {path} is the graph file of a SavedModel; point model.uri at its directory, {parent}")
+            raise ModelError(
+                f"model {path} is the graph file of a SavedModel; point model.uri at its directory, {parent}"
+            )
         raise ModelError(f"model {path} is a file, not a SavedModel directory")
     pb = os.path.join(path, SAVED_MODEL_FILE)
     if not os.path.isfile(pb):
@@ -87,12 +89,15 @@ def _read_meta_graph(path: str) -> Any:
     try:
         saved.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"model {path} has a corrupt {SAVED_MODEL_FILE} (truncated or not a SavedModel): "
-                         f"{_one_line(exc) or type(exc).__name__}") from None
+        raise ModelError(
+            f"model {path} has a corrupt {SAVED_MODEL_FILE} (truncated or not a SavedModel): "
+            f"{_one_line(exc) or type(exc).__name__}"
+        ) from None
     graphs = list(saved.meta_graphs)
     if not graphs:
-        raise ModelError(f"model {path} has a corrupt {SAVED_MODEL_FILE} (truncated or not a SavedModel): "
-                         "it holds no MetaGraph")
+        raise ModelError(
+            f"model {path} has a corrupt {SAVED_MODEL_FILE} (truncated or not a SavedModel): it holds no MetaGraph"
+        )
     for graph in graphs:
         if SERVE_TAG in graph.meta_info_def.tags:
             return graph
@@ -129,11 +134,15 @@ def _check_batched_inputs(path: str, signature: str, meta_inputs: Mapping[str, A
     for key in sorted(meta_inputs):
         shape = meta_inputs[key].tensor_shape
         if shape.unknown_rank:
-            raise ModelError(f"model {path}: input {key!r} of signature {signature!r} has an unknown rank; "
-                             "rayscore needs a batch dimension and fixed per-row shapes")
+            raise ModelError(
+                f"model {path}: input {key!r} of signature {signature!r} has an unknown rank; "
+                "rayscore needs a batch dimension and fixed per-row shapes"
+            )
         if not shape.dim:
-            raise ModelError(f"model {path}: input {key!r} of signature {signature!r} is a scalar "
-                             "without a batch dimension; rayscore feeds whole batches")
+            raise ModelError(
+                f"model {path}: input {key!r} of signature {signature!r} is a scalar "
+                "without a batch dimension; rayscore feeds whole batches"
+            )
 
 
 def _spec_of(path: str, signature: str, meta_graph: Any, fmt: str) -> ModelSpec:
@@ -179,8 +188,9 @@ class SavedModelLoader:
         try:
             module = tf.saved_model.load(path, tags=list(meta_graph.meta_info_def.tags) or None)
         except Exception as exc:  # noqa: BLE001 - TF raises many kinds
-            raise ModelError(f"model {path} cannot be loaded as {self.name}: "
-                             f"{type(exc).__name__}: {model_error_text(exc)}") from None
+            raise ModelError(
+                f"model {path} cannot be loaded as {self.name}: {type(exc).__name__}: {model_error_text(exc)}"
+            ) from None
         signatures = module.signatures
         if signature not in signatures:
             raise _unknown_signature(path, signature, sorted(signatures.keys()))

@@ -28,10 +28,25 @@ log = logging.getLogger("rayscore")
 
 # Java 17 closes these packages; Spark, Arrow and Ray's Java serializer reach into them.
 _OPENS = [
-    "java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java.math", "java.net",
-    "java.nio", "java.text", "java.time", "java.util", "java.util.concurrent",
-    "java.util.concurrent.atomic", "java.util.regex", "jdk.internal.misc", "jdk.internal.ref",
-    "sun.nio.ch", "sun.nio.cs", "sun.security.action", "sun.util.calendar",
+    "java.lang",
+    "java.lang.invoke",
+    "java.lang.reflect",
+    "java.io",
+    "java.math",
+    "java.net",
+    "java.nio",
+    "java.text",
+    "java.time",
+    "java.util",
+    "java.util.concurrent",
+    "java.util.concurrent.atomic",
+    "java.util.regex",
+    "jdk.internal.misc",
+    "jdk.internal.ref",
+    "sun.nio.ch",
+    "sun.nio.cs",
+    "sun.security.action",
+    "sun.util.calendar",
 ]
 JAVA_OPTIONS: tuple[str, ...] = (
     "-XX:+IgnoreUnrecognizedVMOptions",
@@ -51,15 +66,21 @@ class Session:
     the driver (Spark's Python workers run ``sys.executable``).
     """
 
-    def __init__(self, ray_config: RayConfig | None = None, spark_config: SparkConfig | None = None,
-                 *, max_actors: int = 1, cpus_per_actor: float = 1.0) -> None:
+    def __init__(
+        self,
+        ray_config: RayConfig | None = None,
+        spark_config: SparkConfig | None = None,
+        *,
+        max_actors: int = 1,
+        cpus_per_actor: float = 1.0,
+    ) -> None:
         self.ray_config = ray_config or RayConfig()
         self.spark_config = spark_config or SparkConfig()
         self._max_actors = max_actors
         self._cpus_per_actor = cpus_per_actor
-        self.executor_cores = spark_executor_cores(self.spark_config.executor_cores,
-                                                   local=self.ray_config.address is None,
-                                                   physical_cpus=os.cpu_count() or 1)
+        self.executor_cores = spark_executor_cores(
+            self.spark_config.executor_cores, local=self.ray_config.address is None, physical_cpus=os.cpu_count() or 1
+        )
         self._started_ray = False
         self._started_spark = False
         self.spark: Any = None
@@ -127,9 +148,7 @@ class Session:
                 with _keep_sigterm_handler():
                     ray.init(**kwargs)
             except ConnectionError as exc:
-                raise SessionError(
-                    f"ray.address: cannot reach a Ray cluster at {cfg.address!r}: {exc}"
-                ) from exc
+                raise SessionError(f"ray.address: cannot reach a Ray cluster at {cfg.address!r}: {exc}") from exc
         self._started_ray = True
 
     def _start_spark(self) -> None:
@@ -260,8 +279,9 @@ def session(
         ...     df = s.spark.read.parquet("features.parquet")
         ...     rayscore.predict(df, model="ctr.keras").show()
     """
-    from ._config import ConfigError, format_validation_error  # noqa: PLC0415
     from pydantic import ValidationError  # noqa: PLC0415
+
+    from ._config import ConfigError, format_validation_error  # noqa: PLC0415
 
     try:
         ray_cfg = ray if isinstance(ray, RayConfig) else RayConfig.model_validate(ray or {})

@@ -20,12 +20,21 @@ from ._convert import Plan
 from ._errors import OutputError, translate_errors
 from ._predict import REASON
 from ._report import StageClock
-from ._stream import Scoring
 from ._source import data_files
 from ._storage import local_dir
+from ._stream import Scoring
 
-__all__ = ["check_output_free", "write_output", "count_written", "staging_path", "REPORT_NAME", "HadoopFS",
-           "StagedWrite", "split_quarantined", "write_scored"]
+__all__ = [
+    "check_output_free",
+    "write_output",
+    "count_written",
+    "staging_path",
+    "REPORT_NAME",
+    "HadoopFS",
+    "StagedWrite",
+    "split_quarantined",
+    "write_scored",
+]
 
 REPORT_NAME = "_rayscore_report.json"
 
@@ -164,8 +173,7 @@ class StagedWrite:
             with translate_errors("output.table", OutputError):
                 written = int(self.spark.table(self.cfg.table).count())
             if written != expected_rows:
-                raise OutputError(
-                    f"output.table: {self.cfg.table} holds {written} rows for {expected_rows} input rows")
+                raise OutputError(f"output.table: {self.cfg.table} holds {written} rows for {expected_rows} input rows")
             return written
         with translate_errors("output.path", OutputError):
             written = count_written(self.spark, self.cfg, self.staging)
@@ -195,9 +203,16 @@ def split_quarantined(sdf: Any, plan: Plan) -> tuple[Any, Any]:
     return good, bad
 
 
-def write_scored(spark: Any, scoring: Scoring, plan: Plan, output: OutputConfig, errors: OutputConfig | None,
-                 report: Callable[[int, int], str], clock: StageClock, report_name: str = REPORT_NAME
-                 ) -> tuple[int, int]:
+def write_scored(
+    spark: Any,
+    scoring: Scoring,
+    plan: Plan,
+    output: OutputConfig,
+    errors: OutputConfig | None,
+    report: Callable[[int, int], str],
+    clock: StageClock,
+    report_name: str = REPORT_NAME,
+) -> tuple[int, int]:
     """Write ``scoring``'s rows to ``output`` (and quarantined ones to ``errors``), count them, commit both.
 
     The Spark job that writes is the one that reads the input and streams
@@ -233,8 +248,9 @@ def write_scored(spark: Any, scoring: Scoring, plan: Plan, output: OutputConfig,
             frame.unpersist()
 
 
-def write_output(spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any,
-                 report_name: str = REPORT_NAME) -> int:
+def write_output(
+    spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any, report_name: str = REPORT_NAME
+) -> int:
     """Write ``sdf`` per ``cfg``, check it holds ``expected_rows``, commit with the report.
 
     ``report`` is called with the written row count and returns the JSON text

@@ -23,12 +23,29 @@ from typing import Any
 
 from ._errors import ModelError
 
-__all__ = ["RemoteFile", "is_remote", "open_filesystem", "list_model", "copy_model", "version_of", "basename", "local_dir"]
+__all__ = [
+    "RemoteFile",
+    "is_remote",
+    "open_filesystem",
+    "list_model",
+    "copy_model",
+    "version_of",
+    "basename",
+    "local_dir",
+]
 
 _ALIASES = {
-    "s3": {"endpoint_url": "endpoint_override", "endpoint": "endpoint_override", "key": "access_key",
-           "aws_access_key_id": "access_key", "secret": "secret_key", "aws_secret_access_key": "secret_key",
-           "token": "session_token", "aws_session_token": "session_token", "region_name": "region"},
+    "s3": {
+        "endpoint_url": "endpoint_override",
+        "endpoint": "endpoint_override",
+        "key": "access_key",
+        "aws_access_key_id": "access_key",
+        "secret": "secret_key",
+        "aws_secret_access_key": "secret_key",
+        "token": "session_token",
+        "aws_session_token": "session_token",
+        "region_name": "region",
+    },
 }
 COPY_CHUNK = 8 << 20
 
@@ -50,7 +67,7 @@ def is_remote(uri: str) -> bool:
 def local_dir(path: str) -> str | None:
     """A config's ``path`` as a local path, or None if it is on another filesystem (``s3a://``, ``hdfs://``, …)."""
     if path.startswith("file://"):
-        return path[len("file://"):]
+        return path[len("file://") :]
     return None if "://" in path or path.startswith("file:") else path
 
 
@@ -71,8 +88,10 @@ def open_filesystem(uri: str, options: Mapping[str, Any]) -> tuple[Any, str]:
     kwargs = {_ALIASES.get(scheme, {}).get(k, k): v for k, v in options.items()}
     classes = {"s3": "S3FileSystem", "gs": "GcsFileSystem", "gcs": "GcsFileSystem", "hdfs": "HadoopFileSystem"}
     if scheme not in classes:
-        raise ModelError(f"model.storage_options: scheme {scheme}:// takes none; "
-                         f"options are for {', '.join(sorted(set(classes) - {'gcs'}))}")
+        raise ModelError(
+            f"model.storage_options: scheme {scheme}:// takes none; "
+            f"options are for {', '.join(sorted(set(classes) - {'gcs'}))}"
+        )
     cls = getattr(pafs, classes[scheme])
     if scheme == "s3":
         kwargs.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=3))
@@ -107,11 +126,15 @@ def explain(uri: str, exc: BaseException) -> ModelError:
     """A one-line ModelError for a storage failure: unreachable, refused, or other."""
     text = str(exc)
     if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not connect" in text:
-        return ModelError(f"model.uri: cannot reach the storage for {uri} "
-                          f"(check model.storage_options.endpoint_override and the network): {_first_line(exc)}")
+        return ModelError(
+            f"model.uri: cannot reach the storage for {uri} "
+            f"(check model.storage_options.endpoint_override and the network): {_first_line(exc)}"
+        )
     if any(s in text for s in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden")):
-        return ModelError(f"model.uri: access to {uri} was denied: check the credentials "
-                          f"(model.storage_options or the environment): {_first_line(exc)}")
+        return ModelError(
+            f"model.uri: access to {uri} was denied: check the credentials "
+            f"(model.storage_options or the environment): {_first_line(exc)}"
+        )
     return ModelError(f"model.uri: cannot read {uri}: {_first_line(exc)}")
 
 
@@ -165,8 +188,10 @@ def copy_model(fs: Any, path: str, files: list[RemoteFile], dest: str, uri: str)
                     out.write(block)
                     written += len(block)
             if written != f.size:
-                raise ModelError(f"model.uri: {uri}: {f.relpath or basename(uri)} has {written} bytes, "
-                                 f"the listing said {f.size} (changed while copying?)")
+                raise ModelError(
+                    f"model.uri: {uri}: {f.relpath or basename(uri)} has {written} bytes, "
+                    f"the listing said {f.size} (changed while copying?)"
+                )
             total += written
     except OSError as exc:
         if exc.errno is not None:  # the local disk; pyarrow's storage errors carry no errno

@@ -28,8 +28,19 @@ from ._errors import PredictError, RayscoreError, find_rayscore_error, one_line
 from ._model import ModelSpec
 from ._predict import REASON, ModelRef
 
-__all__ = ["Route", "Counters", "Scoring", "score", "scored_frame", "score_partition", "rebatch", "remote_error",
-           "prediction_schema", "with_model_identity", "model_identity"]
+__all__ = [
+    "Route",
+    "Counters",
+    "Scoring",
+    "score",
+    "scored_frame",
+    "score_partition",
+    "rebatch",
+    "remote_error",
+    "prediction_schema",
+    "with_model_identity",
+    "model_identity",
+]
 
 IN_FLIGHT_PER_ACTOR = 2  # batches a worker keeps at each actor: one scored, one waiting
 READY_TIMEOUT_S = 3600  # for a worker to see one loaded actor (the pool may still be placing its actors)
@@ -101,14 +112,21 @@ def with_model_identity(sdf: Any, plan: Plan, model: ModelRef) -> Any:
     the output alone: ``df.schema["click"].metadata["rayscore"]``.
     """
     identity = model_identity(plan, model)
-    return sdf.select(*[  # sdf[c], not F.col(c): a name with a dot is not a struct field here
-        sdf[c].alias(c, metadata=identity[c]) if c in identity else sdf[c] for c in sdf.columns])
+    return sdf.select(
+        *[  # sdf[c], not F.col(c): a name with a dot is not a struct field here
+            sdf[c].alias(c, metadata=identity[c]) if c in identity else sdf[c] for c in sdf.columns
+        ]
+    )
 
 
 def model_identity(plan: Plan, model: ModelRef) -> dict[str, dict[str, Any]]:
     """Each prediction column's Spark column metadata: ``{"rayscore": {model_uri, …, model_output}}``."""
-    identity = {"model_uri": model.path, "model_format": model.loader, "model_bytes": model.nbytes,
-                "model_fingerprint": model.fingerprint}
+    identity = {
+        "model_uri": model.path,
+        "model_format": model.loader,
+        "model_bytes": model.nbytes,
+        "model_fingerprint": model.fingerprint,
+    }
     return {column: {"rayscore": {**identity, "model_output": name}} for name, column in plan.outputs}
 
 
@@ -124,22 +142,29 @@ def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: 
     return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
 
 
-def score_partition(route: Route, counters: Counters | None, batches: Iterable[pa.RecordBatch]
-                    ) -> Iterator[pa.RecordBatch]:
+def score_partition(
+    route: Route, counters: Counters | None, batches: Iterable[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
     """Run in a Spark Python worker: score ``batches`` on the pool, yield the predictions in order."""
     import ray  # noqa: PLC0415
 
     try:
         if not ray.is_initialized():
             # Spark's Python workers inherit the executor's environment: Ray's token included.
-            ray.init(address=route.address, namespace=route.namespace, logging_level="ERROR",
-                     log_to_driver=False, configure_logging=False)
+            ray.init(
+                address=route.address,
+                namespace=route.namespace,
+                logging_level="ERROR",
+                log_to_driver=False,
+                configure_logging=False,
+            )
         try:
             actors = [ray.get_actor(name, namespace=route.namespace) for name in route.actors]
         except ValueError:
             raise PredictError(
                 "the actor pool this DataFrame was scored with has stopped (its session ended, or a later pool "
-                "needed its room): call rayscore.predict again") from None
+                "needed its room): call rayscore.predict again"
+            ) from None
         picker = _Picker(actors, route.actors)
         in_flight: collections.deque[tuple[Any, int]] = collections.deque()
         for table in rebatch(batches, route.batch_rows):
@@ -154,8 +179,7 @@ def score_partition(route: Route, counters: Counters | None, batches: Iterable[p
         raise remote_error(exc) from None
 
 
-def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters | None
-          ) -> Iterator[pa.RecordBatch]:
+def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters | None) -> Iterator[pa.RecordBatch]:
     import ray  # noqa: PLC0415
 
     ref, rows = call
@@ -242,4 +266,3 @@ def remote_error(exc: BaseException) -> RayscoreError:
     if inner is not None:
         return type(inner)(str(inner).split("\n")[0])
     return PredictError(f"the actor pool failed: {type(exc).__name__}: {one_line(str(exc))}")
-

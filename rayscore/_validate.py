@@ -32,14 +32,14 @@ from ._config import Config, OutputConfig, load_config
 from ._convert import Plan, make_plan
 from ._errors import ConfigError, InputError, ModelError, RayscoreError, translate_errors
 from ._model import ModelSpec, loaders
+from ._placement import PoolPlan, format_bytes
 from ._plan import SAMPLE_ROWS, errors_output, inspect_model, max_actors_hint, plan_job
 from ._pool import check_pool
-from ._placement import PoolPlan, format_bytes
 from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
 from ._sink import check_output_free
-from ._storage import local_dir
 from ._source import arrow_schema, read_input
+from ._storage import local_dir
 
 __all__ = ["Validation", "validate", "plan_problems", "SMOKE_ROWS"]
 
@@ -91,8 +91,9 @@ class _Findings:
         return Validation(tuple(self.problems), tuple(self.checks))
 
 
-def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
-             session: Session | None = None) -> Validation:
+def validate(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session: Session | None = None
+) -> Validation:
     """Check a job without scoring it; return every problem found and the checks that passed.
 
     Reads the config, the model's signature, the input's schema and first
@@ -126,8 +127,9 @@ def validate(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *,
 
     own = session is None
     if session is None:
-        session = Session(cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict),
-                          cpus_per_actor=cfg.predict.cpus_per_actor)
+        session = Session(
+            cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict), cpus_per_actor=cfg.predict.cpus_per_actor
+        )
     try:
         if own and not found.attempt(session.start)[0]:
             return found.result()
@@ -180,9 +182,14 @@ def _plan(found: _Findings, cfg: Config, spec: ModelSpec, df: Any) -> Plan | Non
         return plan_job(cfg, spec, df)
     except RayscoreError as exc:
         found.problem(exc)
-    for problem in plan_problems(spec, arrow_schema(df), inputs=cfg.model.inputs, outputs=cfg.model.outputs,
-                                 keep_columns=cfg.output.keep_columns,
-                                 key_columns=cfg.output.key_columns):
+    for problem in plan_problems(
+        spec,
+        arrow_schema(df),
+        inputs=cfg.model.inputs,
+        outputs=cfg.model.outputs,
+        keep_columns=cfg.output.keep_columns,
+        key_columns=cfg.output.key_columns,
+    ):
         found.problem(problem)
     return None
 
@@ -214,8 +221,7 @@ def plan_problems(
             if str(exc) not in problems:
                 problems.append(str(exc))
 
-    attempt(spec, inputs=inputs, outputs=outputs, keep_columns=tuple(keep_columns),
-            key_columns=tuple(key_columns))
+    attempt(spec, inputs=inputs, outputs=outputs, keep_columns=tuple(keep_columns), key_columns=tuple(key_columns))
     for tensor in spec.inputs:
         mapping = None if inputs is None else {k: v for k, v in inputs.items() if k == tensor.name}
         attempt(dataclasses.replace(spec, inputs=(tensor,)), inputs=mapping)
@@ -236,8 +242,9 @@ def _run_model(df: Any, plan: Plan, ref: ModelRef) -> str:
     model = loaders[ref.loader].load(local_copy(ref)[0], safe_mode=ref.safe_mode, **ref.options())
     with translate_errors(f"model: predicting {table.num_rows} sample rows in the driver", ModelError):
         predict_table(model, plan, table)
-    shapes = ", ".join(f"{t.name} {list(t.shape or ())}" for t in model.spec.outputs
-                       if t.name in {name for name, _ in plan.outputs})
+    shapes = ", ".join(
+        f"{t.name} {list(t.shape or ())}" for t in model.spec.outputs if t.name in {name for name, _ in plan.outputs}
+    )
     return f"model run: {table.num_rows} sample rows predicted in this process (outputs {shapes})"
 
 
@@ -267,8 +274,10 @@ def _describe_session(cfg: Config, own: bool) -> str:
 
 def _describe_pool(cfg: Config, pool: PoolPlan, spark_cpus: float) -> str:
     size = str(pool.min_actors) if pool.min_actors == pool.max_actors else f"{pool.min_actors} to {pool.max_actors}"
-    return (f"predict.actors: a pool of {size} actor(s) with {cfg.predict.cpus_per_actor:g} CPU(s) and "
-            f"{format_bytes(pool.memory_per_actor)} each fits beside Spark's {spark_cpus:g} CPU(s)")
+    return (
+        f"predict.actors: a pool of {size} actor(s) with {cfg.predict.cpus_per_actor:g} CPU(s) and "
+        f"{format_bytes(pool.memory_per_actor)} each fits beside Spark's {spark_cpus:g} CPU(s)"
+    )
 
 
 def _describe_source(cfg: Config) -> str:

@@ -129,8 +129,7 @@ def _recording(pending: list[tuple[Any, _Lazy]]) -> Iterator[None]:
     def assign(self: Any, value: Any) -> Any:
         if isinstance(value, _Lazy):
             if tuple(self.shape) != value.shape:
-                raise ValueError(f"variable {self.path} has shape {tuple(self.shape)}, "
-                                 f"the file has {value.shape}")
+                raise ValueError(f"variable {self.path} has shape {tuple(self.shape)}, the file has {value.shape}")
             pending.append((self, value))
             return None
         return original_assign(self, value)
@@ -160,7 +159,8 @@ def _fill(pending: list[tuple[Any, _Lazy]]) -> None:
             stop = min(dataset.shape[0], start + rows)
             chunk = np.asarray(dataset[start:stop], dtype=target.dtype.as_numpy_dtype)
             gen_array_ops.resource_strided_slice_assign(
-                ref=target.handle, begin=[start], end=[stop], strides=[1], value=chunk)
+                ref=target.handle, begin=[start], end=[stop], strides=[1], value=chunk
+            )
         tf.raw_ops.DisableCopyOnRead(resource=target.handle)
 
 
@@ -193,8 +193,15 @@ def stream_keras_archive(path: str, *, safe_mode: bool, custom_objects: Mapping[
         model = saving_lib._model_from_config(config, custom_objects, False, safe_mode)
         store = LazyStore(path, mode="r")
         try:
-            saving_lib._load_state(model, weights_store=store, assets_store=None, inner_path="",
-                                   visited_saveables=set(), failed_saveables=failed, error_msgs=messages)
+            saving_lib._load_state(
+                model,
+                weights_store=store,
+                assets_store=None,
+                inner_path="",
+                visited_saveables=set(),
+                failed_saveables=failed,
+                error_msgs=messages,
+            )
             if failed:
                 saving_lib._raise_loading_failure(messages)
             _fill(pending)
@@ -220,9 +227,9 @@ def stream_h5_model(path: str, *, safe_mode: bool, custom_objects: Mapping[str, 
         legacy_h5_format.load_subset_weights_from_hdf5_group = lazy_subset
         try:
             model = legacy_h5_format.load_model_from_hdf5(
-                fh, custom_objects=dict(custom_objects or {}), compile=False, safe_mode=safe_mode)
+                fh, custom_objects=dict(custom_objects or {}), compile=False, safe_mode=safe_mode
+            )
         finally:
             legacy_h5_format.load_subset_weights_from_hdf5_group = original
         _fill(pending)
     return model
-

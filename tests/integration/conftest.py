@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from make_example import build_model, features_of, make_table
 
 import rayscore
@@ -116,8 +116,12 @@ class S3Server:
             port = probe.getsockname()[1]
         # The first 3 requests (the IAM set-up below) need no credentials; every later one does.
         env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:  # wait until it accepts connections (it is a separate process)
@@ -128,26 +132,40 @@ class S3Server:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto's S3 server did not start") from None
                 time.sleep(0.05)
-        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=self.REGION,
-                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name=self.REGION,
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
         iam.create_user(UserName="scorer")
-        iam.put_user_policy(UserName="scorer", PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="scorer",
+            PolicyName="s3",
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+            ),
+        )
         key = iam.create_access_key(UserName="scorer")["AccessKey"]
         self.key, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
 
     def options(self, **overrides: str) -> dict[str, str]:
         """model.storage_options for this server."""
-        return {"endpoint_override": self.endpoint, "access_key": self.key, "secret_key": self.secret,
-                "region": self.REGION, **overrides}
+        return {
+            "endpoint_override": self.endpoint,
+            "access_key": self.key,
+            "secret_key": self.secret,
+            "region": self.REGION,
+            **overrides,
+        }
 
     def upload(self, local: str | os.PathLike[str], uri: str) -> str:
         """Copy a local file or directory to ``s3://bucket/key``; returns the uri."""
         from pyarrow import fs as pafs
 
         s3 = pafs.S3FileSystem(**{**self.options(), "allow_bucket_creation": True})
-        target = uri[len("s3://"):]
+        target = uri[len("s3://") :]
         s3.create_dir(target.split("/")[0])
         pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
         return uri
@@ -162,3 +180,22 @@ def s3():
     server = S3Server()
     yield server
     server.stop()
+
+
+def processes_of_session(sid: int, timeout: float = 30.0) -> list[psutil.Process]:
+    """The processes in session ``sid`` (one started with ``start_new_session``, and all it started).
+
+    Processes still exiting get ``timeout`` seconds to be gone.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from make_big_model import expected_scores, vocab_for, write_keras, write_savedmodel, write_tokens
+
 from rayscore._model import model_bytes
 
 pytestmark = pytest.mark.integration
@@ -31,8 +31,13 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> dict:
     vocab = vocab_for(GB)
     paths = {"keras": write_keras(root / "big.keras", vocab), "savedmodel": write_savedmodel(root / "big_sm", vocab)}
     tokens = write_tokens(root / "tokens.parquet", ROWS, vocab)
-    yield {"root": root, "vocab": vocab, "tokens": tokens, "data": str(root / "tokens.parquet"),
-           **{k: str(v) for k, v in paths.items()}}
+    yield {
+        "root": root,
+        "vocab": vocab,
+        "tokens": tokens,
+        "data": str(root / "tokens.parquet"),
+        **{k: str(v) for k, v in paths.items()},
+    }
     for path in paths.values():  # 4.4 GB of disk: give it back as soon as the module is done
         subprocess.run(["rm", "-rf", str(path)], check=False)
 
@@ -42,23 +47,30 @@ def test_a_model_past_the_2gb_protobuf_limit_is_scored_through_rayscore_run(big,
     assert model_bytes(big[fmt]) > 2**31
     out = tmp_path / "scores"
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"format": "parquet", "path": big["data"]},
-        "model": {"uri": big[fmt]},
-        "predict": {"batch_size": 100, "actors": 1},
-        "output": {"path": str(out), "keep_columns": ["id"]},
-    }))
-    done = subprocess.run([sys.executable, "-m", "rayscore", "run", str(config), "--json"], capture_output=True,
-                          text=True, timeout=600)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"format": "parquet", "path": big["data"]},
+                "model": {"uri": big[fmt]},
+                "predict": {"batch_size": 100, "actors": 1},
+                "output": {"path": str(out), "keep_columns": ["id"]},
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "rayscore", "run", str(config), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert (report["rows_in"], report["rows_out"], report["model_loads"]) == (ROWS, ROWS, 1)
     assert report["model_format"] == fmt and report["model_bytes"] == model_bytes(big[fmt])
     [actor] = report["actor_memory"]
     assert actor["peak_rss"] > 2**31  # the weights were resident in the actor, once
-    print(f"{fmt}: {report['model_bytes'] / 1e9:.2f} GB, load {actor['load_seconds']:.1f} s, "
-          f"actor peak RSS {actor['peak_rss'] / 1e9:.2f} GB "
-          f"({actor['peak_rss'] / report['model_bytes']:.2f}x the model)")
+    print(
+        f"{fmt}: {report['model_bytes'] / 1e9:.2f} GB, load {actor['load_seconds']:.1f} s, "
+        f"actor peak RSS {actor['peak_rss'] / 1e9:.2f} GB "
+        f"({actor['peak_rss'] / report['model_bytes']:.2f}x the model)"
+    )
     table = pq.read_table(out).sort_by("id")
     assert table.column("id").to_pylist() == list(range(ROWS))
     got = table.column("score").to_numpy()

@@ -27,10 +27,16 @@ def two_nodes(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     caches = tmp_path_factory.mktemp("caches")
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 3, "num_gpus": 0, "include_dashboard": False,
-        "env_vars": {"RAYSCORE_CACHE_DIR": str(caches / "head")},
-    })
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 3,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "env_vars": {"RAYSCORE_CACHE_DIR": str(caches / "head")},
+        },
+    )
     cluster.add_node(num_cpus=3, num_gpus=2, env_vars={"RAYSCORE_CACHE_DIR": str(caches / "gpu-node")})
     cluster.wait_for_nodes()
     yield cluster, caches
@@ -40,8 +46,9 @@ def two_nodes(tmp_path_factory):
 def run_cli(config: dict, tmp_path: Path) -> dict:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = subprocess.run([sys.executable, "-m", "rayscore", "run", str(path), "--json"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "rayscore", "run", str(path), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -69,8 +76,9 @@ def assert_left_clean(address: str) -> None:
     """Still running, and once the job's driver is gone nothing of rayscore's holds anything."""
     deadline = time.monotonic() + 60
     seen = probe(address)
-    while (seen["actors"] or seen["groups"] or seen["free"].get("CPU") != seen["total"].get("CPU")) \
-            and time.monotonic() < deadline:
+    while (
+        seen["actors"] or seen["groups"] or seen["free"].get("CPU") != seen["total"].get("CPU")
+    ) and time.monotonic() < deadline:
         seen = probe(address)
     assert seen["nodes"] == 2
     assert seen["actors"] == 0 and seen["groups"] == 0

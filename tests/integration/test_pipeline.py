@@ -104,10 +104,11 @@ def test_a_filtered_parquet_dataframe_is_read_by_spark_and_scores_only_its_rows(
 
 def test_autoscaling_pool_h5_model_sql_source_and_renamed_columns(rs, workload, tmp_path):
     rs.spark.read.parquet(workload["data"]).createOrReplaceTempView("features")
-    query = ("SELECT id, title_0 AS t0, title_1 AS t1, title_2 AS t2, title_3 AS t3, "
-             "hour_of_week AS how, CAST(price AS DOUBLE) AS p FROM features")
-    inputs = {"title_0": "t0", "title_1": "t1", "title_2": "t2", "title_3": "t3",
-              "hour_of_week": "how", "price": "p"}
+    query = (
+        "SELECT id, title_0 AS t0, title_1 AS t1, title_2 AS t2, title_3 AS t3, "
+        "hour_of_week AS how, CAST(price AS DOUBLE) AS p FROM features"
+    )
+    inputs = {"title_0": "t0", "title_1": "t1", "title_2": "t2", "title_3": "t3", "hour_of_week": "how", "price": "p"}
     out = tmp_path / "scores.csv"
     result = rayscore.run(
         {
@@ -132,7 +133,9 @@ def test_mode_error_refuses_existing_output_and_overwrite_replaces_it(rs, worklo
     out = tmp_path / "scores.parquet"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with pytest.raises(rayscore.OutputError, match=r"output.path: .*scores.parquet exists \(set output.mode: overwrite"):
+    with pytest.raises(
+        rayscore.OutputError, match=r"output.path: .*scores.parquet exists \(set output.mode: overwrite"
+    ):
         rayscore.run(job(workload, out), session=rs)
     assert leftovers(out) == ["old.txt"]
     result = rayscore.run(job(workload, out, output={"mode": "overwrite"}), session=rs)
@@ -151,52 +154,87 @@ def bad_data(workload, tmp_path_factory) -> dict:
         pa.array(np.arange(0, 301 * 100, 100, dtype=np.int32)),
         pa.array(np.zeros(300 * 100, dtype=np.float32)),
     )
-    pq.write_table(table.set_column(table.schema.get_field_index("hour_of_week"), "hour_of_week", short),
-                   root / "short.parquet")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("hour_of_week"), "hour_of_week", short), root / "short.parquet"
+    )
     as_text = pa.array([str(v) for v in range(300)])
-    pq.write_table(table.set_column(table.schema.get_field_index("title_2"), "title_2", as_text),
-                   root / "text.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("title_2"), "title_2", as_text), root / "text.parquet")
     pq.write_table(table.drop_columns(["price"]), root / "no_price.parquet")
     pq.write_table(table.slice(0, 0), root / "empty.parquet")
-    return {"short": str(root / "short.parquet"), "text": str(root / "text.parquet"),
-            "no_price": str(root / "no_price.parquet"), "empty": str(root / "empty.parquet")}
+    return {
+        "short": str(root / "short.parquet"),
+        "text": str(root / "text.parquet"),
+        "no_price": str(root / "no_price.parquet"),
+        "empty": str(root / "empty.parquet"),
+    }
 
 
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        ({"model": {"inputs": {"title_0": "title_0", "title_1": "title_1", "title_2": "title_2",
-                               "title_3": "nope", "hour_of_week": "hour_of_week", "price": "price"}}},
-         rayscore.InputError,
-         "model input 'title_3' needs column 'nope', which the input does not have (columns: id, title_0"),
-        ({"input": {"path": "no_price"}},
-         rayscore.InputError,
-         "model input 'price' has no column: the input has no column 'price' and model.inputs does not map it"),
-        ({"input": {"path": "short"}},
-         rayscore.InputError,
-         "column 'hour_of_week' has 100 values per row, model input 'hour_of_week' expects 168 (shape [24, 7])"),
-        ({"input": {"path": "text"}},
-         rayscore.InputError,
-         "column 'title_2' has type string, but model input 'title_2' expects numbers (int32, shape [20])"),
-        ({"output": {"keep_columns": ["id", "user"]}},
-         rayscore.InputError,
-         "output.keep_columns: column 'user' is not in the input"),
-        ({"output": {"keep_columns": ["id", "price"]}, "model": {"outputs": {"click": "price"}}},
-         rayscore.ConfigError,
-         "output.keep_columns: 'price' is also a model output column"),
-        ({"model": {"outputs": {"clicks": "c"}}},
-         rayscore.ConfigError,
-         "model.outputs: 'clicks' is not an output of the model (outputs: click, topics)"),
+        (
+            {
+                "model": {
+                    "inputs": {
+                        "title_0": "title_0",
+                        "title_1": "title_1",
+                        "title_2": "title_2",
+                        "title_3": "nope",
+                        "hour_of_week": "hour_of_week",
+                        "price": "price",
+                    }
+                }
+            },
+            rayscore.InputError,
+            "model input 'title_3' needs column 'nope', which the input does not have (columns: id, title_0",
+        ),
+        (
+            {"input": {"path": "no_price"}},
+            rayscore.InputError,
+            "model input 'price' has no column: the input has no column 'price' and model.inputs does not map it",
+        ),
+        (
+            {"input": {"path": "short"}},
+            rayscore.InputError,
+            "column 'hour_of_week' has 100 values per row, model input 'hour_of_week' expects 168 (shape [24, 7])",
+        ),
+        (
+            {"input": {"path": "text"}},
+            rayscore.InputError,
+            "column 'title_2' has type string, but model input 'title_2' expects numbers (int32, shape [20])",
+        ),
+        (
+            {"output": {"keep_columns": ["id", "user"]}},
+            rayscore.InputError,
+            "output.keep_columns: column 'user' is not in the input",
+        ),
+        (
+            {"output": {"keep_columns": ["id", "price"]}, "model": {"outputs": {"click": "price"}}},
+            rayscore.ConfigError,
+            "output.keep_columns: 'price' is also a model output column",
+        ),
+        (
+            {"model": {"outputs": {"clicks": "c"}}},
+            rayscore.ConfigError,
+            "model.outputs: 'clicks' is not an output of the model (outputs: click, topics)",
+        ),
         # Found by Spark's side while the pool starts: raised as itself, not as the read tasks' echo.
-        ({"input": {"path": "empty"}},
-         rayscore.InputError,
-         "the input has no rows; nothing to score"),
+        ({"input": {"path": "empty"}}, rayscore.InputError, "the input has no rows; nothing to score"),
     ],
-    ids=["missing-column", "input-without-column", "wrong-array-length", "string-column",
-         "missing-keep-column", "keep-column-clash", "unknown-output", "empty-input"],
+    ids=[
+        "missing-column",
+        "input-without-column",
+        "wrong-array-length",
+        "string-column",
+        "missing-keep-column",
+        "keep-column-clash",
+        "unknown-output",
+        "empty-input",
+    ],
 )
-def test_bad_input_is_reported_before_scoring_and_nothing_is_written(rs, workload, bad_data, tmp_path,
-                                                                     change, error, message):
+def test_bad_input_is_reported_before_scoring_and_nothing_is_written(
+    rs, workload, bad_data, tmp_path, change, error, message
+):
     if "input" in change:
         change = {"input": {"path": bad_data[change["input"]["path"]]}}
     out = tmp_path / "scores.parquet"
@@ -247,14 +285,25 @@ def test_the_sessions_jvms_keep_the_jvms_defaults_but_for_java_17s_module_rules(
     ours = psutil.Process().children(recursive=True)  # this session's Ray and Spark, no one else's
     java = [proc.cmdline() for proc in ours if proc.name() == "java"]
     driver = [c for c in java if "org.apache.spark.deploy.SparkSubmit" in c]
-    executors = [c for c in java if any("CoarseGrainedExecutorBackend" in a or "RayCoarseGrainedExecutor" in a
-                                        for a in c)]
+    executors = [
+        c for c in java if any("CoarseGrainedExecutorBackend" in a or "RayCoarseGrainedExecutor" in a for a in c)
+    ]
     assert len(driver) == 1
     for flags in [*driver, *executors]:
         assert "--add-opens=java.base/java.nio=ALL-UNNAMED" in flags
     for flags in java:
-        assert not [f for f in flags if f.startswith(("-XX:-BytecodeVerification", "-XX:TieredStopAtLevel",
-                                                      "-XX:SharedArchiveFile", "-XX:ArchiveClassesAtExit"))]
+        assert not [
+            f
+            for f in flags
+            if f.startswith(
+                (
+                    "-XX:-BytecodeVerification",
+                    "-XX:TieredStopAtLevel",
+                    "-XX:SharedArchiveFile",
+                    "-XX:ArchiveClassesAtExit",
+                )
+            )
+        ]
 
 
 def test_actors_auto_sizes_the_pool_from_the_node_and_reports_it(rs, workload, tmp_path):
@@ -297,6 +346,7 @@ def test_a_savedmodel_directory_is_scored_through_its_serving_signature(rs, work
     assert result.rows_out == ROWS
     assert_matches_model(read_parquet_dir(out), workload)
     with pytest.raises(rayscore.ModelError, match=r"model.signature: 'nope' is not a signature of .*ctr_savedmodel"):
-        rayscore.run(job(workload, tmp_path / "other.parquet", model={"uri": str(saved), "signature": "nope"}),
-                     session=rs)
+        rayscore.run(
+            job(workload, tmp_path / "other.parquet", model={"uri": str(saved), "signature": "nope"}), session=rs
+        )
     assert not (tmp_path / "other.parquet").exists()

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from make_example import build_model, features_of
 
 import rayscore
-from make_example import build_model, features_of
 
 from .conftest import ROWS, VOCAB, assert_matches_model, read_parquet_dir
 
@@ -35,7 +35,8 @@ def job(workload: dict, out: Path, uri: str, options: dict, cache: Path) -> dict
 
 
 def test_an_s3_model_is_copied_once_per_node_reused_and_fetched_again_when_it_changes(
-        rs, workload, s3, tmp_path, monkeypatch):
+    rs, workload, s3, tmp_path, monkeypatch
+):
     uri = s3.upload(workload["keras"], "s3://models/ctr/ctr.keras")
     monkeypatch.setenv("RAYSCORE_TEST_S3_SECRET", s3.secret)
     options = s3.options(secret_key="${RAYSCORE_TEST_S3_SECRET}")  # the secret from the environment
@@ -62,8 +63,10 @@ def test_an_s3_model_is_copied_once_per_node_reused_and_fetched_again_when_it_ch
     changed = rayscore.run(job(workload, tmp_path / "three", uri, options, cache), session=rs)
     assert changed.model_copies == 1 and changed.model_fingerprint != first.model_fingerprint
     expected = retrained.predict(features_of(workload["table"]), batch_size=2048, verbose=0)
-    assert_matches_model(read_parquet_dir(tmp_path / "three"), {
-        **workload, "click": np.asarray(expected["click"])[:, 0], "topics": np.asarray(expected["topics"])})
+    assert_matches_model(
+        read_parquet_dir(tmp_path / "three"),
+        {**workload, "click": np.asarray(expected["click"])[:, 0], "topics": np.asarray(expected["topics"])},
+    )
     assert len([p for p in cache.iterdir() if p.name.endswith("-ctr.keras")]) == 1  # the old copy is gone
 
 
@@ -83,18 +86,35 @@ def test_a_savedmodel_directory_on_s3_is_scored(rs, workload, s3, tmp_path):
 def cli(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run([sys.executable, "-m", "rayscore", "run", str(path)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    return subprocess.run(
+        [sys.executable, "-m", "rayscore", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("unreachable", r"^rayscore: error: model.uri: cannot reach the storage for s3://models/ctr/ctr.keras "
-                    r"\(check model.storage_options.endpoint_override and the network\): .*NETWORK_CONNECTION"),
-    ("wrong_secret", r"^rayscore: error: model.uri: access to s3://models/ctr/ctr.keras was denied: check the credentials "
-                     r"\(model.storage_options or the environment\): .*ACCESS_DENIED"),
-    ("missing", r"^rayscore: error: model.uri: no model at s3://models/ctr/missing.keras$"),
-    ("bad_option", r"^rayscore: error: model.storage_options.endpoint_overide: not an option of pyarrow.fs.S3FileSystem$"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        (
+            "unreachable",
+            r"^rayscore: error: model.uri: cannot reach the storage for s3://models/ctr/ctr.keras "
+            r"\(check model.storage_options.endpoint_override and the network\): .*NETWORK_CONNECTION",
+        ),
+        (
+            "wrong_secret",
+            r"^rayscore: error: model.uri: access to s3://models/ctr/ctr.keras was denied: check the credentials "
+            r"\(model.storage_options or the environment\): .*ACCESS_DENIED",
+        ),
+        ("missing", r"^rayscore: error: model.uri: no model at s3://models/ctr/missing.keras$"),
+        (
+            "bad_option",
+            r"^rayscore: error: model.storage_options.endpoint_overide: not an option of pyarrow.fs.S3FileSystem$",
+        ),
+    ],
+)
 def test_storage_problems_are_one_line_exit_2_before_any_cluster(workload, s3, tmp_path, case, expected):
     s3.upload(workload["keras"], "s3://models/ctr/ctr.keras")
     uri, options = "s3://models/ctr/ctr.keras", s3.options()
@@ -120,15 +140,23 @@ def test_storage_problems_are_one_line_exit_2_before_any_cluster(workload, s3, t
 
 def test_the_model_identity_is_in_the_output_files_metadata(rs, workload, tmp_path):
     out = tmp_path / "scored"
-    cfg = {"input": {"format": "parquet", "path": workload["data"]}, "model": {"uri": workload["keras"]},
-           "predict": {"actors": 1}, "output": {"path": str(out), "keep_columns": ["id"]}}
+    cfg = {
+        "input": {"format": "parquet", "path": workload["data"]},
+        "model": {"uri": workload["keras"]},
+        "predict": {"actors": 1},
+        "output": {"path": str(out), "keep_columns": ["id"]},
+    }
     result = rayscore.run(cfg, session=rs)
     schema = rs.spark.read.parquet(str(out)).schema
     for column in ("click", "topics"):
         identity = schema[column].metadata["rayscore"]
-        assert identity == {"model_uri": workload["keras"], "model_format": "keras",
-                            "model_bytes": result.model_bytes, "model_fingerprint": result.model_fingerprint,
-                            "model_output": column}
+        assert identity == {
+            "model_uri": workload["keras"],
+            "model_format": "keras",
+            "model_bytes": result.model_bytes,
+            "model_fingerprint": result.model_fingerprint,
+            "model_output": column,
+        }
     assert "rayscore" not in schema["id"].metadata
     meta = json.loads(schema.json())
     assert meta["fields"][0]["name"] == "id"

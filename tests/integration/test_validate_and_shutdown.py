@@ -50,8 +50,9 @@ def listing(folder: Path) -> list[str]:
 
 def actor_states() -> dict[str, str]:
     """Every actor the shared Ray has ever had, by id: ``ClassName STATE`` (no dashboard needed)."""
-    return {actor_id: f"{info['ActorClassName']} {info['State']}"
-            for actor_id, info in ray._private.state.actors().items()}
+    return {
+        actor_id: f"{info['ActorClassName']} {info['State']}" for actor_id, info in ray._private.state.actors().items()
+    }
 
 
 @pytest.fixture
@@ -69,19 +70,27 @@ def no_actor_left(rs):
 # --------------------------------------------------------------------------- validate, in process
 
 
-def test_validate_a_good_job_lists_its_checks_writes_nothing_and_starts_no_actor(rs, workload, tmp_path,
-                                                                                 no_actor_left):
+def test_validate_a_good_job_lists_its_checks_writes_nothing_and_starts_no_actor(rs, workload, tmp_path, no_actor_left):
     actors_before = actor_states()
     out = tmp_path / "scores.parquet"
     result = rayscore.validate(job(workload, out), session=rs)
     assert result.ok, result.problems
     assert result.problems == ()
     assert [check.split(":")[0] for check in result.checks] == [
-        "config", "model", "output.path", "session", "predict.actors", "input", "columns", "sample", "model run",
+        "config",
+        "model",
+        "output.path",
+        "session",
+        "predict.actors",
+        "input",
+        "columns",
+        "sample",
+        "model run",
     ]
     assert result.checks[2] == f"output.path: {out} does not exist yet and can be written"
-    assert result.checks[7] == ("sample: the first 1000 rows convert to the model's inputs "
-                                "(read by Ray, from the input's 3 parquet file(s))")
+    assert result.checks[7] == (
+        "sample: the first 1000 rows convert to the model's inputs (read by Ray, from the input's 3 parquet file(s))"
+    )
     assert result.checks[-1] == "model run: 8 sample rows predicted in this process (outputs click [1], topics [5])"
     assert listing(tmp_path) == []
     assert actor_states().keys() == actors_before.keys()  # not one actor was created, not even briefly
@@ -93,9 +102,12 @@ def test_validate_lists_every_problem_not_only_the_first(rs, workload, tmp_path,
     out = tmp_path / "scores.parquet"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    cfg = job(workload, out,
-              model={"uri": workload["keras"], "inputs": {"title_0": "missing_a", "price": "missing_b"}},
-              output={"path": str(out), "keep_columns": ["id", "user"]})
+    cfg = job(
+        workload,
+        out,
+        model={"uri": workload["keras"], "inputs": {"title_0": "missing_a", "price": "missing_b"}},
+        output={"path": str(out), "keep_columns": ["id", "user"]},
+    )
     result = rayscore.validate(cfg, session=rs)
     assert not result.ok
     assert result.problems == (
@@ -104,15 +116,20 @@ def test_validate_lists_every_problem_not_only_the_first(rs, workload, tmp_path,
         f"model input 'price' needs column 'missing_b', which the input does not have (columns: {COLUMNS})",
         f"output.keep_columns: column 'user' is not in the input (columns: {COLUMNS})",
     )
-    assert [check.split(":")[0] for check in result.checks] == ["config", "model", "session", "predict.actors",
-                                                                "input"]
+    assert [check.split(":")[0] for check in result.checks] == ["config", "model", "session", "predict.actors", "input"]
     assert listing(tmp_path) == ["scores.parquet"]
     assert listing(out) == ["old.txt"]
 
 
 def test_validate_stops_at_a_config_error(tmp_path):
-    result = rayscore.validate({"input": {"path": "x"}, "model": {"uri": "m.keras"},
-                                "output": {"path": str(tmp_path / "o")}, "predict": {"batch_size": 0}})
+    result = rayscore.validate(
+        {
+            "input": {"path": "x"},
+            "model": {"uri": "m.keras"},
+            "output": {"path": str(tmp_path / "o")},
+            "predict": {"batch_size": 0},
+        }
+    )
     assert result.problems == ("predict.batch_size must be >= 1, got 0",)
     assert result.checks == ()
     assert listing(tmp_path) == []
@@ -159,14 +176,18 @@ BAD = {
         f"output.keep_columns: column 'user' is not in the input (columns: {COLUMNS})",
     ),
     "keep-column-is-an-output": (
-        {"input": {"format": "sql", "query": "SELECT *, 0.5 AS click FROM features"},
-         "output": {"keep_columns": ["id", "click"]}},
+        {
+            "input": {"format": "sql", "query": "SELECT *, 0.5 AS click FROM features"},
+            "output": {"keep_columns": ["id", "click"]},
+        },
         rayscore.ConfigError,
         "output.keep_columns: 'click' is also a model output column (rename it in model.outputs)",
     ),
     "keep-column-is-a-renamed-output": (
-        {"model": {"uri": "MODEL", "outputs": {"click": "price", "topics": "topics"}},
-         "output": {"keep_columns": ["id", "price"]}},
+        {
+            "model": {"uri": "MODEL", "outputs": {"click": "price", "topics": "topics"}},
+            "output": {"keep_columns": ["id", "price"]},
+        },
         rayscore.ConfigError,
         "output.keep_columns: 'price' is also a model output column (rename it in model.outputs)",
     ),
@@ -184,8 +205,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_config_or_input_is_one_line_nothing_written_no_actor_left(rs, workload, empty_input, tmp_path,
-                                                                        no_actor_left, case):
+def test_bad_config_or_input_is_one_line_nothing_written_no_actor_left(
+    rs, workload, empty_input, tmp_path, no_actor_left, case
+):
     change, error, message = BAD[case]
     rs.spark.read.parquet(workload["data"]).createOrReplaceTempView("features")
     out = tmp_path / "scores.parquet"
@@ -193,8 +215,12 @@ def test_bad_config_or_input_is_one_line_nothing_written_no_actor_left(rs, workl
         out.write_text("a plain file")
     cfg = job(workload, out)
     for section, values in change.items():
-        values = {k: {"EMPTY": str(empty_input), "DATA": workload["data"], "MODEL": workload["keras"]}.get(v, v)
-                  if isinstance(v, str) else v for k, v in values.items()}
+        values = {
+            k: {"EMPTY": str(empty_input), "DATA": workload["data"], "MODEL": workload["keras"]}.get(v, v)
+            if isinstance(v, str)
+            else v
+            for k, v in values.items()
+        }
         cfg[section] = {**values, "path": str(out)} if section == "output" else values
     message = message.replace("EMPTY", str(empty_input)).replace("OUT", str(out))
 
@@ -274,9 +300,15 @@ class Cli:
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.marker = uuid.uuid4().hex
         env = {**os.environ, "RAYSCORE_TEST_MARKER": self.marker}
-        self.proc = subprocess.Popen([sys.executable, "-m", "rayscore", *args], cwd=tmp_path, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rayscore", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def finish(self, timeout: float) -> tuple[int, str, str]:
         stdout, stderr = self.proc.communicate(timeout=timeout)
@@ -332,7 +364,14 @@ def test_cli_validate_a_good_job_exits_0_with_one_line_per_check(workload, tmp_p
         lines = stdout.splitlines()
         assert all(line.startswith("rayscore: ok: ") for line in lines), stdout
         assert [line.removeprefix("rayscore: ok: ").split(":")[0] for line in lines] == [
-            "config", "model", "output.path", "session", "predict.actors", "input", "columns", "sample",
+            "config",
+            "model",
+            "output.path",
+            "session",
+            "predict.actors",
+            "input",
+            "columns",
+            "sample",
             "model run",
         ]
         assert lines[3] == "rayscore: ok: session: started a local Ray and RayDP's Spark (1 Spark executor(s))"
@@ -367,19 +406,21 @@ def test_cli_validate_a_bad_job_exits_2_with_one_line_per_problem(workload, tmp_
 # --------------------------------------------------------------------------- clean shutdown
 
 
-def map_worker_started(cli: Cli) -> bool:
-    """Whether a predictor actor (Ray Data's MapWorker) of this run and Spark's JVMs exist, or the run ended.
-
-    The pool may start before Spark (it scores a parquet path while Spark starts).
-    """
+def scoring_started(cli: Cli) -> bool:
+    """Whether a predictor actor of this run scores a batch (``ray::Predictor.score``), or the run ended."""
     if cli.proc.poll() is not None:
         return True
-    return (any(_cmdline(p).startswith("ray::") and "MapWorker" in _cmdline(p) for p in cli.descendants())
-            and "java" in cli.ray_processes().values())
+    return (
+        any(_cmdline(p).startswith("ray::Predictor.score") for p in cli.descendants())
+        and "java" in cli.ray_processes().values()
+    )
 
 
-@pytest.mark.parametrize(("signum", "group"), [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
-                         ids=["SIGTERM", "SIGINT", "Ctrl-C-to-the-process-group"])
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["SIGTERM", "SIGINT", "Ctrl-C-to-the-process-group"],
+)
 def test_signal_while_scoring_stops_everything_and_commits_nothing(workload, tmp_path, signum, group):
     """SIGTERM or Ctrl-C while the actors score: exit 130, one line, no output, no process left.
 
@@ -391,7 +432,7 @@ def test_signal_while_scoring_stops_everything_and_commits_nothing(workload, tmp
     write_job(tmp_path, job(workload, out, predict={"batch_size": 50, "actors": 2}))
     cli = Cli(tmp_path, "run", "job.yaml")
     try:
-        assert wait_until(lambda: map_worker_started(cli), timeout=300, step=0.1)
+        assert wait_until(lambda: scoring_started(cli), timeout=300, step=0.1)
         assert cli.proc.poll() is None, cli.finish(timeout=10)  # still scoring when the signal comes
         started = cli.ray_processes()
         assert {"raylet", "gcs_server", "java"} <= set(started.values()), started
@@ -399,13 +440,10 @@ def test_signal_while_scoring_stops_everything_and_commits_nothing(workload, tmp
             os.killpg(cli.proc.pid, signum)
         else:
             cli.proc.send_signal(signum)
-        sent = time.monotonic()
-        code, stdout, stderr = cli.finish(timeout=60)
-        stopped_in = time.monotonic() - sent
+        code, stdout, stderr = cli.finish(timeout=60)  # raises if it takes longer
         assert code == 130, stderr
         assert stdout == ""
         assert stderr == INTERRUPTED
-        assert stopped_in < 60
         assert not out.exists()
         assert listing(tmp_path) == ["job.yaml"]  # no output, no staging directory
         cli.assert_nothing_left(own_before, started)
@@ -413,8 +451,8 @@ def test_signal_while_scoring_stops_everything_and_commits_nothing(workload, tmp
         cli.cleanup()
 
 
-def test_spark_failing_to_start_while_the_pool_scores_ahead_stops_everything(workload, tmp_path):
-    """The pool starts scoring a parquet path once Ray is up; then Spark's driver JVM cannot start.
+def test_spark_failing_to_start_while_the_pool_loads_stops_everything(workload, tmp_path):
+    """The pool starts loading the model once Ray is up; then Spark's driver JVM cannot start.
 
     The run fails in one line naming Spark, and nothing it started is left:
     no predictor, no Ray, no JVM, no output.

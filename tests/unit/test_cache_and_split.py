@@ -112,8 +112,12 @@ def fake_model(max_rows: int, calls: list[int]) -> LoadedModel:
 
 def table(rows: int) -> pa.Table:
     values = np.arange(rows * 3, dtype=np.float32)
-    return pa.table({"id": np.arange(rows), "x": pa.ListArray.from_arrays(
-        pa.array(np.arange(0, (rows + 1) * 3, 3, dtype=np.int32)), pa.array(values))})
+    return pa.table(
+        {
+            "id": np.arange(rows),
+            "x": pa.ListArray.from_arrays(pa.array(np.arange(0, (rows + 1) * 3, 3, dtype=np.int32)), pa.array(values)),
+        }
+    )
 
 
 def test_an_out_of_memory_batch_is_split_and_the_working_size_kept():
@@ -124,8 +128,9 @@ def test_an_out_of_memory_batch_is_split_and_the_working_size_kept():
     assert limit.rows == 250 and limit.splits == 2  # 1000 -> 500 -> 250
     assert calls == [1000, 500, 250, 250, 250, 250]
     x = np.arange(3000, dtype=np.float32).reshape(1000, 3)
-    np.testing.assert_array_equal(np.stack(out.column("y").to_numpy(zero_copy_only=False)),
-                                  np.stack([x.sum(1), x.max(1)], axis=1))
+    np.testing.assert_array_equal(
+        np.stack(out.column("y").to_numpy(zero_copy_only=False)), np.stack([x.sum(1), x.max(1)], axis=1)
+    )
     calls.clear()
     predict_table(model, plan, table(1000), limit)  # the next batch starts at the size that worked
     assert calls == [250, 250, 250, 250]
@@ -135,5 +140,8 @@ def test_splitting_stops_at_the_floor_and_then_fails_naming_the_batch():
     plan = make_plan(SPEC, table(1).schema, keep_columns=["id"])
     from rayscore import PredictError
 
-    with pytest.raises(PredictError, match=r"a batch of 8 rows \(first row: id=0\) failed 1 time\(s\) .*ResourceExhaustedError: OOM when allocating"):
+    with pytest.raises(
+        PredictError,
+        match=r"a batch of 8 rows \(first row: id=0\) failed 1 time\(s\) .*ResourceExhaustedError: OOM when allocating",
+    ):
         predict_table(fake_model(max_rows=0, calls=[]), plan, table(8), BatchLimit(floor=2))

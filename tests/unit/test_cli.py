@@ -18,8 +18,9 @@ TIMEOUT = 60
 
 
 def rayscore(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rayscore", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "rayscore", *args], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 RAY_NAMES = ("raylet", "gcs_server", "plasma_store", "dashboard", "java")
@@ -43,8 +44,14 @@ def rayscore_watched(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess
     marker = uuid.uuid4().hex
     env = {**os.environ, "RAYSCORE_UNIT_TEST_MARKER": marker}
     seen: list[str] = []
-    with subprocess.Popen([sys.executable, "-m", "rayscore", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
+    with subprocess.Popen(
+        [sys.executable, "-m", "rayscore", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as popen:
         parent = psutil.Process(popen.pid)
         deadline = time.monotonic() + TIMEOUT
         while popen.poll() is None and time.monotonic() < deadline:
@@ -215,16 +222,23 @@ def _bad_model(kind: str, folder: Path, model_files: dict[str, Path]) -> tuple[P
     return path, {"uri": str(path)}
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("empty", "model {path} is not a .keras archive"),
-    ("truncated keras", "model {path} is not a .keras archive"),
-    ("truncated h5", "model {path} cannot be read: "),
-    ("keras that is h5", "model {path} is not a .keras archive (it is an HDF5 file: use format: h5 or the .h5 suffix)"),
-    ("directory not a savedmodel", "model {path} is a directory without saved_model.pb, not a SavedModel"),
-    ("unknown signature", "model.signature: 'predict' is not a signature of {path} (signatures: serving_default)"),
-])
-def test_a_broken_model_is_one_line_exit_2_before_any_cluster_and_nothing_written(tmp_path, model_files, kind,
-                                                                                  expected):
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("empty", "model {path} is not a .keras archive"),
+        ("truncated keras", "model {path} is not a .keras archive"),
+        ("truncated h5", "model {path} cannot be read: "),
+        (
+            "keras that is h5",
+            "model {path} is not a .keras archive (it is an HDF5 file: use format: h5 or the .h5 suffix)",
+        ),
+        ("directory not a savedmodel", "model {path} is a directory without saved_model.pb, not a SavedModel"),
+        ("unknown signature", "model.signature: 'predict' is not a signature of {path} (signatures: serving_default)"),
+    ],
+)
+def test_a_broken_model_is_one_line_exit_2_before_any_cluster_and_nothing_written(
+    tmp_path, model_files, kind, expected
+):
     path, model = _bad_model(kind, tmp_path, model_files)
     config = write_config(tmp_path / "job.yaml", {**base_config(output="out"), "model": model})
     result, started_procs = rayscore_watched("run", str(config), cwd=tmp_path)
@@ -250,8 +264,10 @@ def test_output_exists_with_mode_error(tmp_path: Path, model_files) -> None:
     (tmp_path / "scores").mkdir()
     config = write_config(tmp_path / "job.yaml", base_config(model=model_files["keras"], output="scores"))
     line = assert_user_error(rayscore("run", str(config), cwd=tmp_path))
-    assert line == (f"rayscore: error: output.path: {tmp_path.resolve() / 'scores'} exists "
-                    "(set output.mode: overwrite to replace it)")
+    assert line == (
+        f"rayscore: error: output.path: {tmp_path.resolve() / 'scores'} exists "
+        "(set output.mode: overwrite to replace it)"
+    )
 
 
 @pytest.mark.parametrize("flag", [[], ["--json"]])

@@ -151,8 +151,9 @@ def test_actors_int_is_a_fixed_pool() -> None:
 
 
 def test_valid_table_sql_and_table_output() -> None:
-    config = load_config(cfg(input={"format": "table", "table": "db.features"},
-                             output={"format": "table", "table": "db.scores"}))
+    config = load_config(
+        cfg(input={"format": "table", "table": "db.features"}, output={"format": "table", "table": "db.scores"})
+    )
     assert config.input.table == "db.features"
     assert config.input.path is None
     assert config.output.table == "db.scores"
@@ -163,8 +164,7 @@ def test_valid_table_sql_and_table_output() -> None:
 
 
 def test_spark_configs_and_memory_accepted() -> None:
-    config = load_config(cfg(spark={"configs": {"spark.sql.shuffle.partitions": 4},
-                                    "executor_memory": "512m"}))
+    config = load_config(cfg(spark={"configs": {"spark.sql.shuffle.partitions": 4}, "executor_memory": "512m"}))
     assert config.spark.configs == {"spark.sql.shuffle.partitions": 4}
     assert config.spark.executor_memory == "512m"
     for memory in ("2048", "2g", "2G", "4gb", "1T"):
@@ -197,9 +197,14 @@ def test_config_objects_are_frozen() -> None:
 
 
 def test_section_classes_forbid_extra_keys() -> None:
-    for cls, data in ((InputConfig, {"path": "x"}), (ModelConfig, {"uri": "m"}),
-                      (OutputConfig, {"path": "o"}), (RayConfig, {}), (SparkConfig, {}),
-                      (PredictConfig, {})):
+    for cls, data in (
+        (InputConfig, {"path": "x"}),
+        (ModelConfig, {"uri": "m"}),
+        (OutputConfig, {"path": "o"}),
+        (RayConfig, {}),
+        (SparkConfig, {}),
+        (PredictConfig, {}),
+    ):
         with pytest.raises(pydantic.ValidationError):
             cls.model_validate({**data, "surprise": 1})
 
@@ -310,8 +315,10 @@ def test_predict_not_a_mapping() -> None:
 
 def test_the_removed_reader_and_writer_keys_are_unknown_keys() -> None:
     """There is one way in and out (Spark's): the keys that chose another are refused, not ignored."""
-    assert error_of(cfg(input={"path": "x", "reader": "spark"})) == \
-        "input.reader is not a known key (known keys: format, options, path, query, table)"
+    assert (
+        error_of(cfg(input={"path": "x", "reader": "spark"}))
+        == "input.reader is not a known key (known keys: format, options, path, query, table)"
+    )
     assert error_of(cfg(output={"path": "o", "writer": "spark"})).startswith("output.writer is not a known key")
 
 
@@ -385,8 +392,12 @@ def test_keep_columns_duplicates() -> None:
 
 
 def test_keep_columns_collide_with_model_output_columns() -> None:
-    msg = error_of(cfg(model={"uri": "m.keras", "outputs": {"click": "score"}},
-                       output={"path": "o", "keep_columns": ["id", "score"]}))
+    msg = error_of(
+        cfg(
+            model={"uri": "m.keras", "outputs": {"click": "score"}},
+            output={"path": "o", "keep_columns": ["id", "score"]},
+        )
+    )
     assert msg == "output.keep_columns: 'score' is also a model output column (rename it in model.outputs)"
 
 
@@ -511,9 +522,9 @@ def test_relative_paths_resolved_against_cwd(tmp_path: Path, monkeypatch: pytest
     sub = tmp_path / "work"
     sub.mkdir()
     monkeypatch.chdir(sub)
-    config = load_config(cfg(input={"path": "data/in.parquet"},
-                             model={"uri": "../models/m.keras"},
-                             output={"path": "./out/scores"}))
+    config = load_config(
+        cfg(input={"path": "data/in.parquet"}, model={"uri": "../models/m.keras"}, output={"path": "./out/scores"})
+    )
     root = tmp_path.resolve()
     assert config.input.path == str(root / "work/data/in.parquet")
     assert config.model.uri == str(root / "models/m.keras")
@@ -523,8 +534,9 @@ def test_relative_paths_resolved_against_cwd(tmp_path: Path, monkeypatch: pytest
 
 
 def test_absolute_paths_kept(tmp_path: Path) -> None:
-    config = load_config(cfg(input={"path": "/data/in.parquet"}, model={"uri": "/models/m.keras"},
-                             output={"path": "/out/s"}))
+    config = load_config(
+        cfg(input={"path": "/data/in.parquet"}, model={"uri": "/models/m.keras"}, output={"path": "/out/s"})
+    )
     assert config.input.path == "/data/in.parquet"
     assert config.model.uri == "/models/m.keras"
     assert config.output.path == "/out/s"
@@ -537,17 +549,20 @@ def test_home_paths_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 def test_uris_left_alone() -> None:
-    config = load_config(cfg(input={"path": "s3://bucket/in.parquet"},
-                             model={"uri": "s3://bucket/models/m.keras"},
-                             output={"path": "hdfs://nn:8020/out"}))
+    config = load_config(
+        cfg(
+            input={"path": "s3://bucket/in.parquet"},
+            model={"uri": "s3://bucket/models/m.keras"},
+            output={"path": "hdfs://nn:8020/out"},
+        )
+    )
     assert config.input.path == "s3://bucket/in.parquet"
     assert config.model.uri == "s3://bucket/models/m.keras"
     assert config.output.path == "hdfs://nn:8020/out"
 
 
 def test_table_formats_keep_paths_none() -> None:
-    config = load_config(cfg(input={"format": "table", "table": "db.t"},
-                             output={"format": "table", "table": "db.o"}))
+    config = load_config(cfg(input={"format": "table", "table": "db.t"}, output={"format": "table", "table": "db.o"}))
     assert config.input.path is None
     assert config.output.path is None
 
@@ -665,11 +680,16 @@ def test_storage_options_take_secrets_from_the_environment_and_never_show_them(m
     from rayscore._predict import ModelRef
 
     monkeypatch.setenv("RS_TEST_SECRET", "s3cr3t-value")
-    model = {"uri": "s3://bucket/m.keras",
-             "storage_options": {"access_key": "AKIA-TEST", "secret_key": "${RS_TEST_SECRET}", "region": "eu-west-1"}}
+    model = {
+        "uri": "s3://bucket/m.keras",
+        "storage_options": {"access_key": "AKIA-TEST", "secret_key": "${RS_TEST_SECRET}", "region": "eu-west-1"},
+    }
     config = load_config(cfg(model=model))
-    assert config.model.storage_options == {"access_key": "AKIA-TEST", "secret_key": "s3cr3t-value",
-                                            "region": "eu-west-1"}
+    assert config.model.storage_options == {
+        "access_key": "AKIA-TEST",
+        "secret_key": "s3cr3t-value",
+        "region": "eu-west-1",
+    }
     assert "s3cr3t-value" not in repr(config) and "AKIA-TEST" not in repr(config)
     ref = ModelRef(path="s3://bucket/m.keras", loader="keras", storage_options=config.model.storage_options)
     assert "s3cr3t-value" not in repr(ref)
@@ -678,8 +698,9 @@ def test_storage_options_take_secrets_from_the_environment_and_never_show_them(m
 def test_a_storage_option_naming_an_unset_variable_is_refused(monkeypatch) -> None:
     monkeypatch.delenv("RS_TEST_UNSET", raising=False)
     msg = error_of(cfg(model={"uri": "s3://b/m.keras", "storage_options": {"secret_key": "${RS_TEST_UNSET}"}}))
-    assert msg == ("model.storage_options names the environment variable RS_TEST_UNSET for secret_key, "
-                   "which is not set")
+    assert msg == (
+        "model.storage_options names the environment variable RS_TEST_UNSET for secret_key, which is not set"
+    )
 
 
 def test_storage_options_must_be_scalars() -> None:

@@ -102,19 +102,24 @@ def test_sliced_table_gives_the_slice_values() -> None:
     ints = np.arange(rows * 20, dtype=np.int32)
     floats = np.arange(rows * 168, dtype=np.float32)
     nested = floats.reshape(rows, 24, 7)
-    table = pa.table({
-        "t": lists(ints, 20),
-        "h": lists(floats, 168),
-        "n": pa.array(nested.tolist(), type=pa.list_(pa.list_(pa.float32()))),
-        "p": pa.array(np.arange(rows, dtype=np.float64)),
-    })
+    table = pa.table(
+        {
+            "t": lists(ints, 20),
+            "h": lists(floats, 168),
+            "n": pa.array(nested.tolist(), type=pa.list_(pa.list_(pa.float32()))),
+            "p": pa.array(np.arange(rows, dtype=np.float64)),
+        }
+    )
     part = table.slice(3, 4)
-    feeds = to_tensors(part, [
-        Binding("t", "t", (20,), "int32"),
-        Binding("h", "h", (24, 7), "float32"),
-        Binding("n", "n", (24, 7), "float32"),
-        Binding("p", "p", (), "float32"),
-    ])
+    feeds = to_tensors(
+        part,
+        [
+            Binding("t", "t", (20,), "int32"),
+            Binding("h", "h", (24, 7), "float32"),
+            Binding("n", "n", (24, 7), "float32"),
+            Binding("p", "p", (), "float32"),
+        ],
+    )
     np.testing.assert_array_equal(feeds["t"], ints.reshape(rows, 20)[3:7])
     np.testing.assert_array_equal(feeds["h"], floats.reshape(rows, 24, 7)[3:7])
     np.testing.assert_array_equal(feeds["n"], nested[3:7])
@@ -149,11 +154,14 @@ def test_int64_scalar_column_cast_to_float32() -> None:
 def test_bool_and_decimal_columns_become_numbers() -> None:
     import decimal
 
-    table = pa.table({
-        "b": pa.array([True, False, True]),
-        "d": pa.array([decimal.Decimal("1.25"), decimal.Decimal("2.50"), decimal.Decimal("3.75")],
-                      pa.decimal128(5, 2)),
-    })
+    table = pa.table(
+        {
+            "b": pa.array([True, False, True]),
+            "d": pa.array(
+                [decimal.Decimal("1.25"), decimal.Decimal("2.50"), decimal.Decimal("3.75")], pa.decimal128(5, 2)
+            ),
+        }
+    )
     feeds = to_tensors(table, [Binding("b", "b", (), "float32"), Binding("d", "d", (), "float32")])
     np.testing.assert_array_equal(feeds["b"], np.array([1, 0, 1], np.float32))
     np.testing.assert_array_equal(feeds["d"], np.array([1.25, 2.5, 3.75], np.float32))
@@ -172,8 +180,7 @@ def test_ragged_list_column_refused() -> None:
     with pytest.raises(InputError) as info:
         to_tensors(table, [Binding("title_0", "tokens", (3,), "int32")])
     msg = str(info.value)
-    assert msg == ("column 'tokens' is ragged: rows hold 2 to 5 values, "
-                   "model input 'title_0' expects 3 (shape [3])")
+    assert msg == ("column 'tokens' is ragged: rows hold 2 to 5 values, model input 'title_0' expects 3 (shape [3])")
     assert "\n" not in msg
 
 
@@ -187,16 +194,16 @@ def test_wrong_fixed_length_refused() -> None:
     table = pa.table({"tokens": lists(np.arange(4 * 10, dtype=np.int32), 10)})
     with pytest.raises(InputError) as info:
         to_tensors(table, [Binding("title_0", "tokens", (20,), "int32")])
-    assert str(info.value) == ("column 'tokens' has 10 values per row, model input 'title_0' "
-                               "expects 20 (shape [20])")
+    assert str(info.value) == ("column 'tokens' has 10 values per row, model input 'title_0' expects 20 (shape [20])")
 
 
 def test_wrong_total_for_matrix_input_refused() -> None:
     table = pa.table({"how": lists(np.zeros(2 * 24, dtype=np.float32), 24)})
     with pytest.raises(InputError) as info:
         to_tensors(table, [Binding("hour_of_week", "how", (24, 7), "float32")])
-    assert str(info.value) == ("column 'how' has 24 values per row, model input 'hour_of_week' "
-                               "expects 168 (shape [24, 7])")
+    assert str(info.value) == (
+        "column 'how' has 24 values per row, model input 'hour_of_week' expects 168 (shape [24, 7])"
+    )
 
 
 def test_null_rows_refused() -> None:
@@ -299,8 +306,10 @@ def test_output_row_count_mismatch_refused() -> None:
 
 
 def test_outputs_round_trip_into_a_table() -> None:
-    preds = {"click": np.random.default_rng(0).random((3, 1), dtype=np.float32),
-             "topics": np.random.default_rng(1).random((3, 5), dtype=np.float32)}
+    preds = {
+        "click": np.random.default_rng(0).random((3, 1), dtype=np.float32),
+        "topics": np.random.default_rng(1).random((3, 5), dtype=np.float32),
+    }
     table = pa.table(to_columns(preds, [("click", "click_prob"), ("topics", "topic_probs")], 3))
     assert table.schema == pa.schema([("click_prob", pa.float32()), ("topic_probs", pa.list_(pa.float32()))])
 
@@ -317,15 +326,17 @@ SPEC = ModelSpec(
     format="keras",
 )
 
-SCHEMA = pa.schema([
-    ("id", pa.int64()),
-    ("title_0", pa.list_(pa.int32())),
-    ("hour_of_week", pa.list_(pa.float32())),
-    ("price", pa.float32()),
-    ("name", pa.string()),
-    ("tokens", pa.list_(pa.int64())),
-    ("cost", pa.float64()),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("title_0", pa.list_(pa.int32())),
+        ("hour_of_week", pa.list_(pa.float32())),
+        ("price", pa.float32()),
+        ("name", pa.string()),
+        ("tokens", pa.list_(pa.int64())),
+        ("cost", pa.float64()),
+    ]
+)
 
 
 def test_plan_default_mapping_by_name() -> None:
@@ -345,10 +356,18 @@ def test_plan_default_mapping_by_name() -> None:
 
 
 def test_plan_explicit_mapping() -> None:
-    plan = make_plan(SPEC, SCHEMA, inputs={"title_0": "tokens", "hour_of_week": "hour_of_week", "price": "cost"},
-                     outputs={"click": "click_prob", "topics": "topic_probs"}, keep_columns=["id"])
+    plan = make_plan(
+        SPEC,
+        SCHEMA,
+        inputs={"title_0": "tokens", "hour_of_week": "hour_of_week", "price": "cost"},
+        outputs={"click": "click_prob", "topics": "topic_probs"},
+        keep_columns=["id"],
+    )
     assert [(b.input, b.column) for b in plan.bindings] == [
-        ("title_0", "tokens"), ("hour_of_week", "hour_of_week"), ("price", "cost")]
+        ("title_0", "tokens"),
+        ("hour_of_week", "hour_of_week"),
+        ("price", "cost"),
+    ]
     assert plan.outputs == (("click", "click_prob"), ("topics", "topic_probs"))
     assert plan.output_columns == ("click_prob", "topic_probs")
     assert plan.keep_columns == ("id",)
@@ -361,16 +380,23 @@ def test_plan_outputs_subset() -> None:
 
 def test_plan_unknown_model_input_in_mapping() -> None:
     with pytest.raises(ConfigError) as info:
-        make_plan(SPEC, SCHEMA, inputs={"title_0": "title_0", "hour_of_week": "hour_of_week",
-                                        "price": "price", "titel_1": "x"})
-    assert str(info.value) == ("model.inputs: 'titel_1' is not an input of the model "
-                               "(inputs: title_0, hour_of_week, price)")
+        make_plan(
+            SPEC,
+            SCHEMA,
+            inputs={"title_0": "title_0", "hour_of_week": "hour_of_week", "price": "price", "titel_1": "x"},
+        )
+    assert str(info.value) == (
+        "model.inputs: 'titel_1' is not an input of the model (inputs: title_0, hour_of_week, price)"
+    )
 
 
 def test_plan_partial_mapping_reads_other_inputs_by_name() -> None:
     plan = make_plan(SPEC, SCHEMA, inputs={"price": "price"})
     assert [(b.input, b.column) for b in plan.bindings] == [
-        ("title_0", "title_0"), ("hour_of_week", "hour_of_week"), ("price", "price")]
+        ("title_0", "title_0"),
+        ("hour_of_week", "hour_of_week"),
+        ("price", "price"),
+    ]
 
 
 def test_plan_model_input_without_column() -> None:
@@ -379,15 +405,18 @@ def test_plan_model_input_without_column() -> None:
         make_plan(SPEC, schema, inputs={"title_0": "title_0", "price": "price"})
     assert str(info.value) == (
         "model input 'hour_of_week' has no column: the input has no column 'hour_of_week' "
-        f"and model.inputs does not map it (columns: {', '.join(schema.names)})")
+        f"and model.inputs does not map it (columns: {', '.join(schema.names)})"
+    )
 
 
 def test_plan_column_missing_from_schema() -> None:
     schema = pa.schema([("id", pa.int64()), ("title_0", pa.list_(pa.int32())), ("price", pa.float32())])
     with pytest.raises(InputError) as info:
         make_plan(SPEC, schema)
-    assert str(info.value) == ("model input 'hour_of_week' has no column: the input has no column "
-                               "'hour_of_week' and model.inputs does not map it (columns: id, title_0, price)")
+    assert str(info.value) == (
+        "model input 'hour_of_week' has no column: the input has no column "
+        "'hour_of_week' and model.inputs does not map it (columns: id, title_0, price)"
+    )
 
 
 def test_plan_mapped_column_missing_from_schema() -> None:
@@ -404,8 +433,9 @@ def test_plan_string_column_refused() -> None:
 
 
 def test_plan_list_of_strings_refused() -> None:
-    schema = pa.schema([("title_0", pa.list_(pa.string())), ("hour_of_week", pa.list_(pa.float32())),
-                        ("price", pa.float32())])
+    schema = pa.schema(
+        [("title_0", pa.list_(pa.string())), ("hour_of_week", pa.list_(pa.float32())), ("price", pa.float32())]
+    )
     with pytest.raises(InputError, match=r"^column 'title_0' has type list<item: string>"):
         make_plan(SPEC, schema)
 
@@ -413,8 +443,10 @@ def test_plan_list_of_strings_refused() -> None:
 def test_plan_scalar_column_for_20_value_input() -> None:
     with pytest.raises(InputError) as info:
         make_plan(SPEC, SCHEMA, inputs={"title_0": "id", "hour_of_week": "hour_of_week", "price": "price"})
-    assert str(info.value) == ("column 'id' holds one value per row, but model input 'title_0' expects "
-                               "20 values per row (shape [20]); use an array column")
+    assert str(info.value) == (
+        "column 'id' holds one value per row, but model input 'title_0' expects "
+        "20 values per row (shape [20]); use an array column"
+    )
 
 
 def test_plan_variable_dimension_refused() -> None:
@@ -433,15 +465,16 @@ def test_plan_dtype_defaults_to_float32() -> None:
 def test_plan_keep_columns_missing() -> None:
     with pytest.raises(InputError) as info:
         make_plan(SPEC, SCHEMA, keep_columns=["id", "user_id"])
-    assert str(info.value) == ("output.keep_columns: column 'user_id' is not in the input "
-                               "(columns: id, title_0, hour_of_week, price, name, tokens, cost)")
+    assert str(info.value) == (
+        "output.keep_columns: column 'user_id' is not in the input "
+        "(columns: id, title_0, hour_of_week, price, name, tokens, cost)"
+    )
 
 
 def test_plan_keep_columns_clash_with_output_column() -> None:
     with pytest.raises(ConfigError) as info:
         make_plan(SPEC, SCHEMA, outputs={"click": "name", "topics": "topics"}, keep_columns=["id", "name"])
-    assert str(info.value) == ("output.keep_columns: 'name' is also a model output column "
-                               "(rename it in model.outputs)")
+    assert str(info.value) == ("output.keep_columns: 'name' is also a model output column (rename it in model.outputs)")
 
 
 def test_plan_keep_columns_clash_with_default_output_name() -> None:
@@ -470,24 +503,32 @@ def test_plan_read_columns_keep_first_deduplicated() -> None:
 
 def test_plan_binding_feeds_to_tensors() -> None:
     rows = 3
-    table = pa.table({
-        "id": pa.array(np.arange(rows, dtype=np.int64)),
-        "title_0": lists(np.arange(rows * 20, dtype=np.int32), 20),
-        "hour_of_week": lists(np.arange(rows * 168, dtype=np.float32), 168),
-        "price": pa.array(np.ones(rows, np.float32)),
-    })
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(rows, dtype=np.int64)),
+            "title_0": lists(np.arange(rows * 20, dtype=np.int32), 20),
+            "hour_of_week": lists(np.arange(rows * 168, dtype=np.float32), 168),
+            "price": pa.array(np.ones(rows, np.float32)),
+        }
+    )
     plan = make_plan(SPEC, table.schema, keep_columns=["id"])
     feeds = to_tensors(table, plan.bindings)
-    assert {k: v.shape for k, v in feeds.items()} == {
-        "title_0": (3, 20), "hour_of_week": (3, 24, 7), "price": (3,)}
+    assert {k: v.shape for k, v in feeds.items()} == {"title_0": (3, 20), "hour_of_week": (3, 24, 7), "price": (3,)}
     assert {k: v.dtype for k, v in feeds.items()} == {
-        "title_0": np.dtype("int32"), "hour_of_week": np.dtype("float32"), "price": np.dtype("float32")}
+        "title_0": np.dtype("int32"),
+        "hour_of_week": np.dtype("float32"),
+        "price": np.dtype("float32"),
+    }
 
 
 def test_check_column_type_accepts_numbers() -> None:
     b = Binding("x", "x", (4,), "float32")
-    for t in (pa.list_(pa.float64()), pa.large_list(pa.int8()), pa.list_(pa.int16(), 4),
-              pa.list_(pa.list_(pa.float32()))):
+    for t in (
+        pa.list_(pa.float64()),
+        pa.large_list(pa.int8()),
+        pa.list_(pa.int16(), 4),
+        pa.list_(pa.list_(pa.float32())),
+    ):
         check_column_type(b, t)
     check_column_type(Binding("s", "s", (), "float32"), pa.bool_())
     check_column_type(Binding("s", "s", (1,), "float32"), pa.int64())
@@ -507,8 +548,7 @@ def test_values_an_int_input_cannot_hold_are_refused_and_pinpointed() -> None:
     table = pa.table({"tokens": pa.array([[1.0, 2.0], [3.5, 4.0], [5.0, float("nan")], [1e12, 1.0]])})
     with pytest.raises(InputError) as info:
         to_tensors(table, [binding])
-    assert str(info.value) == ("column 'tokens' holds 3 values that model input 'tokens' (int32) cannot take, "
-                               "e.g. 3.5")
+    assert str(info.value) == ("column 'tokens' holds 3 values that model input 'tokens' (int32) cannot take, e.g. 3.5")
     assert list(row_problems(table, [binding])) == [
         None,
         "column 'tokens': value 3.5 is not a valid int32",

@@ -99,7 +99,11 @@ def test_core_scores_without_ray_raydp_or_pyspark(tmp_path: Path) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, ",".join(BLOCKED), str(tmp_path), str(EXAMPLES)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, f"the core failed without {', '.join(BLOCKED)}:\n{proc.stderr[-4000:]}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -108,7 +112,11 @@ def test_core_scores_without_ray_raydp_or_pyspark(tmp_path: Path) -> None:
     assert result["columns"] == ["id", "click", "topics"]
     assert result["rows"] == 300 and result["ids"]
     assert result["feeds"] == {
-        "title_0": [300, 20], "title_1": [300, 20], "title_2": [300, 20], "title_3": [300, 20],
-        "hour_of_week": [300, 24, 7], "price": [300],
+        "title_0": [300, 20],
+        "title_1": [300, 20],
+        "title_2": [300, 20],
+        "title_3": [300, 20],
+        "hour_of_week": [300, 24, 7],
+        "price": [300],
     }
     assert all(d <= 1e-5 for d in result["diffs"].values()), result["diffs"]

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import example_module
-from rayscore import ModelError, ModelSpec, TensorSpec, register_loader
+
+from rayscore import ModelError, ModelSpec, TensorSpec, _model, register_loader
 from rayscore._model import (
     H5Loader,
     KerasLoader,
     LoadedModel,
-    local_model_path,
     loaders,
+    local_model_path,
     resolve_loader,
 )
-from rayscore import _model
 
 EXPECTED_INPUTS = (
     TensorSpec("title_0", (20,), "int32"),
@@ -130,8 +129,9 @@ def test_load_refuses_lambda_in_safe_mode(tmp_path: Path) -> None:
     model.save(path)
     with pytest.raises(ModelError) as info:
         KerasLoader().load(str(path), safe_mode=True)
-    assert str(info.value) == (f"model {path} needs arbitrary code to load (a Lambda layer); "
-                               "set model.safe_mode: false only if you trust it")
+    assert str(info.value) == (
+        f"model {path} needs arbitrary code to load (a Lambda layer); set model.safe_mode: false only if you trust it"
+    )
 
 
 # --------------------------------------------------------------------------- bad files
@@ -146,8 +146,7 @@ def test_keras_file_that_is_hdf5(model_files, tmp_path: Path) -> None:
         loader.inspect(path)
     msg = str(info.value)
     assert "HDF5" in msg
-    assert msg == (f"model {fake} is not a .keras archive "
-                   "(it is an HDF5 file: use format: h5 or the .h5 suffix)")
+    assert msg == (f"model {fake} is not a .keras archive (it is an HDF5 file: use format: h5 or the .h5 suffix)")
     # and it inspects fine when told its real format
     assert resolve_loader(str(fake), "h5")[1].inspect(str(fake)).inputs == EXPECTED_INPUTS
 
@@ -252,8 +251,10 @@ def test_missing_model_file_points_at_make_example(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelError) as info:
         resolve_loader(str(tmp_path / "models" / "ctr.keras"))
-    assert str(info.value) == (f"model.uri: no model at {tmp_path / 'models' / 'ctr.keras'} "
-                               "(make the example's model and data with: python make_example.py)")
+    assert str(info.value) == (
+        f"model.uri: no model at {tmp_path / 'models' / 'ctr.keras'} "
+        "(make the example's model and data with: python make_example.py)"
+    )
 
 
 def test_unknown_suffix(model_files, tmp_path: Path) -> None:
@@ -261,8 +262,10 @@ def test_unknown_suffix(model_files, tmp_path: Path) -> None:
     shutil.copy(model_files["keras"], odd)
     with pytest.raises(ModelError) as info:
         resolve_loader(str(odd))
-    assert str(info.value) == (f"model.format: cannot tell the format of {odd} from its name; "
-                               "set model.format to one of ['h5', 'keras', 'savedmodel']")
+    assert str(info.value) == (
+        f"model.format: cannot tell the format of {odd} from its name; "
+        "set model.format to one of ['h5', 'keras', 'savedmodel']"
+    )
 
 
 def test_unknown_explicit_format(model_files) -> None:
@@ -288,9 +291,11 @@ def test_local_model_path() -> None:
 def test_model_errors_are_one_line(tmp_path: Path) -> None:
     path = tmp_path / "garbage.keras"
     path.write_bytes(b"garbage")
-    for call in (lambda: resolve_loader(str(tmp_path / "missing.keras")),
-                 lambda: KerasLoader().inspect(str(path)),
-                 lambda: KerasLoader().load(str(path))):
+    for call in (
+        lambda: resolve_loader(str(tmp_path / "missing.keras")),
+        lambda: KerasLoader().inspect(str(path)),
+        lambda: KerasLoader().load(str(path)),
+    ):
         with pytest.raises(ModelError) as info:
             call()
         assert "\n" not in str(info.value)

@@ -40,8 +40,13 @@ def pool(n: int, m: int | None = None) -> ActorsConfig:
 
 def plan(nodes: list[NodeShape], actors: Any = "auto", **kw: Any) -> PoolPlan:
     """plan_pool with a 1 GiB model x 2.0 (2 GiB per actor), 1 CPU, no GPU, no batches, unless told."""
-    args: dict[str, Any] = {"model_bytes": 1 * GiB, "memory_factor": 2.0, "batch_bytes": 0,
-                            "cpus_per_actor": 1, "gpus_per_actor": 0}
+    args: dict[str, Any] = {
+        "model_bytes": 1 * GiB,
+        "memory_factor": 2.0,
+        "batch_bytes": 0,
+        "cpus_per_actor": 1,
+        "gpus_per_actor": 0,
+    }
     args.update(kw)
     return plan_pool(nodes, actors=actors, **args)
 
@@ -74,16 +79,24 @@ def test_actor_memory_counts_the_process_before_the_model() -> None:
 
 def test_plan_pool_fits_actors_by_their_process_too() -> None:
     node = [NodeShape("n1", cpus=16, gpus=0, memory=4 * GiB)]
-    kwargs = {"actors": "auto", "model_bytes": 100 * MiB, "memory_factor": 1.0, "batch_bytes": 0,
-              "cpus_per_actor": 1, "gpus_per_actor": 0}
+    kwargs = {
+        "actors": "auto",
+        "model_bytes": 100 * MiB,
+        "memory_factor": 1.0,
+        "batch_bytes": 0,
+        "cpus_per_actor": 1,
+        "gpus_per_actor": 0,
+    }
     assert plan_pool(node, **kwargs).max_actors == 16  # CPUs bind: 16 x 100 MiB fits in 4 GiB
     with_process = plan_pool(node, **kwargs, process_bytes=924 * MiB)
     assert with_process.max_actors == 4 and with_process.memory_per_actor == GiB
     with pytest.raises(ConfigError) as caught:
         plan_pool(node, **{**kwargs, "actors": ActorsConfig(min=5, max=5)}, process_bytes=924 * MiB)
-    assert str(caught.value) == ("predict.actors: 5 actors need 5 x 1.0 GiB of memory "
-                                 "(model 100.0 MiB x 1 + process 924.0 MiB); the cluster holds 4 "
-                                 "(largest node: 4.0 GiB free)")
+    assert str(caught.value) == (
+        "predict.actors: 5 actors need 5 x 1.0 GiB of memory "
+        "(model 100.0 MiB x 1 + process 924.0 MiB); the cluster holds 4 "
+        "(largest node: 4.0 GiB free)"
+    )
 
 
 def test_actor_memory_rounds_up_to_whole_bytes() -> None:
@@ -91,9 +104,14 @@ def test_actor_memory_rounds_up_to_whole_bytes() -> None:
     assert isinstance(actor_memory(10**9, memory_factor=1.3, batch_bytes=1), int)
 
 
-@pytest.mark.parametrize("kw", [{"model_bytes": -1, "memory_factor": 1.0, "batch_bytes": 0},
-                                {"model_bytes": 1, "memory_factor": 1.0, "batch_bytes": -1},
-                                {"model_bytes": 1, "memory_factor": 0.0, "batch_bytes": 0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"model_bytes": -1, "memory_factor": 1.0, "batch_bytes": 0},
+        {"model_bytes": 1, "memory_factor": 1.0, "batch_bytes": -1},
+        {"model_bytes": 1, "memory_factor": 0.0, "batch_bytes": 0},
+    ],
+)
 def test_actor_memory_rejects_nonsense(kw: dict[str, Any]) -> None:
     kw = dict(kw)
     model_bytes = kw.pop("model_bytes")
@@ -101,16 +119,19 @@ def test_actor_memory_rejects_nonsense(kw: dict[str, Any]) -> None:
         actor_memory(model_bytes, **kw)
 
 
-@pytest.mark.parametrize("n, text", [
-    (0, "0.0 MiB"),
-    (512 * MiB, "512.0 MiB"),
-    (1536 * 1024, "1.5 MiB"),
-    (GiB - 1, "1024.0 MiB"),
-    (GiB, "1.0 GiB"),
-    (int(13.5 * GiB), "13.5 GiB"),
-    (6 * GiB + 32 * MiB, "6.0 GiB"),
-    (2048 * GiB, "2048.0 GiB"),
-])
+@pytest.mark.parametrize(
+    "n, text",
+    [
+        (0, "0.0 MiB"),
+        (512 * MiB, "512.0 MiB"),
+        (1536 * 1024, "1.5 MiB"),
+        (GiB - 1, "1024.0 MiB"),
+        (GiB, "1.0 GiB"),
+        (int(13.5 * GiB), "13.5 GiB"),
+        (6 * GiB + 32 * MiB, "6.0 GiB"),
+        (2048 * GiB, "2048.0 GiB"),
+    ],
+)
 def test_format_bytes(n: int, text: str) -> None:
     assert format_bytes(n) == text
 
@@ -130,8 +151,12 @@ def test_every_registered_loader_has_a_measured_factor() -> None:
 
 def test_batch_bytes_counts_inputs_and_known_outputs() -> None:
     spec = ModelSpec(
-        inputs=(TensorSpec("ids", (20,), "int32"), TensorSpec("how", (24, 7), "float32"),
-                TensorSpec("price", (), "float64"), TensorSpec("text", (), "string")),
+        inputs=(
+            TensorSpec("ids", (20,), "int32"),
+            TensorSpec("how", (24, 7), "float32"),
+            TensorSpec("price", (), "float64"),
+            TensorSpec("text", (), "string"),
+        ),
         outputs=(TensorSpec("click", (1,), "float32"), TensorSpec("unknown", None, None)),
     )
     per_row = 20 * 4 + 24 * 7 * 4 + 8 + 8 + 4 + 4
@@ -152,14 +177,38 @@ def test_module_imports_no_ray_at_top_level() -> None:
 
 def test_nodes_from_ray_realistic_listing() -> None:
     listing = [
-        {"NodeID": "3f1c" * 14, "Alive": True, "NodeManagerAddress": "10.0.0.1", "NodeName": "10.0.0.1",
-         "Resources": {"CPU": 16.0, "memory": 42949672960.0, "object_store_memory": 18406716211.0,
-                       "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0}},
-        {"NodeID": "9ab2" * 14, "Alive": True, "NodeManagerAddress": "10.0.0.2",
-         "Resources": {"CPU": 8.0, "GPU": 2.0, "accelerator_type:A100": 1.0, "memory": 85899345920.0,
-                       "object_store_memory": 36000000000.0, "node:10.0.0.2": 1.0}},
-        {"NodeID": "dead" * 14, "Alive": False, "NodeManagerAddress": "10.0.0.3",
-         "Resources": {"CPU": 64.0, "memory": 1e12}},
+        {
+            "NodeID": "3f1c" * 14,
+            "Alive": True,
+            "NodeManagerAddress": "10.0.0.1",
+            "NodeName": "10.0.0.1",
+            "Resources": {
+                "CPU": 16.0,
+                "memory": 42949672960.0,
+                "object_store_memory": 18406716211.0,
+                "node:10.0.0.1": 1.0,
+                "node:__internal_head__": 1.0,
+            },
+        },
+        {
+            "NodeID": "9ab2" * 14,
+            "Alive": True,
+            "NodeManagerAddress": "10.0.0.2",
+            "Resources": {
+                "CPU": 8.0,
+                "GPU": 2.0,
+                "accelerator_type:A100": 1.0,
+                "memory": 85899345920.0,
+                "object_store_memory": 36000000000.0,
+                "node:10.0.0.2": 1.0,
+            },
+        },
+        {
+            "NodeID": "dead" * 14,
+            "Alive": False,
+            "NodeManagerAddress": "10.0.0.3",
+            "Resources": {"CPU": 64.0, "memory": 1e12},
+        },
         {"NodeID": "77aa" * 14, "Alive": True, "Resources": {"node:10.0.0.4": 1.0}},  # no CPU/memory keys
     ]
     assert nodes_from_ray(listing) == [
@@ -185,7 +234,7 @@ def test_cpu_only_single_node() -> None:
 
 
 def test_several_cpu_nodes_each_bound_by_its_own_resource() -> None:
-    nodes = [node("a", 4, 64), node("b", 2, 64), node("c", 8, 8)]   # c: 8 GiB / 2 GiB = 4
+    nodes = [node("a", 4, 64), node("b", 2, 64), node("c", 8, 8)]  # c: 8 GiB / 2 GiB = 4
     result = plan(nodes, "auto")
     assert result.per_node == {"a": 4, "b": 2, "c": 4}
     assert (result.min_actors, result.max_actors) == (1, 10)
@@ -256,8 +305,9 @@ def test_more_gpus_per_actor_than_any_node_has() -> None:
 def test_gpu_nodes_without_free_cpus() -> None:
     # the GPU node has 1 CPU, the actor needs 2; the CPU node has the CPUs but no GPU
     msg = error([node("g", 1, 64, gpus=1), node("c", 16, 64)], "auto", gpus_per_actor=1, cpus_per_actor=2)
-    assert msg == ("predict.gpus_per_actor: one actor needs 1 GPU and 2 CPUs on one node; "
-                   "no GPU node has the CPUs free")
+    assert msg == (
+        "predict.gpus_per_actor: one actor needs 1 GPU and 2 CPUs on one node; no GPU node has the CPUs free"
+    )
 
 
 # --------------------------------------------------------------------------- memory-bound
@@ -272,22 +322,28 @@ def test_memory_bound_big_model() -> None:
 
 def test_memory_bound_pool_too_large() -> None:
     msg = error([node("n1", 16, 13.5)], pool(3), model_bytes=4 * GiB, memory_factor=1.5)
-    assert msg == ("predict.actors: 3 actors need 3 x 6.0 GiB of memory (model 4.0 GiB x 1.5); "
-                   "the cluster holds 2 (largest node: 13.5 GiB free)")
+    assert msg == (
+        "predict.actors: 3 actors need 3 x 6.0 GiB of memory (model 4.0 GiB x 1.5); "
+        "the cluster holds 2 (largest node: 13.5 GiB free)"
+    )
 
 
 def test_memory_bound_pool_too_large_with_batches() -> None:
-    msg = error([node("n1", 16, 13.5)], pool(3, 5), model_bytes=4 * GiB, memory_factor=1.5,
-                batch_bytes=8 * MiB)
-    assert msg == ("predict.actors: 3 actors need 3 x 6.0 GiB of memory (model 4.0 GiB x 1.5 + batches 32.0 MiB); "
-                   "the cluster holds 2 (largest node: 13.5 GiB free)")
+    msg = error([node("n1", 16, 13.5)], pool(3, 5), model_bytes=4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB)
+    assert msg == (
+        "predict.actors: 3 actors need 3 x 6.0 GiB of memory (model 4.0 GiB x 1.5 + batches 32.0 MiB); "
+        "the cluster holds 2 (largest node: 13.5 GiB free)"
+    )
 
 
 def test_model_fits_on_no_node() -> None:
-    msg = error([node("a", 16, 4), node("b", 8, 2)], pool(1), model_bytes=4 * GiB, memory_factor=1.5,
-                batch_bytes=8 * MiB)
-    assert msg == ("model: one actor needs 6.0 GiB of memory (model 4.0 GiB x 1.5 + batches 32.0 MiB), "
-                   "the largest node has 4.0 GiB free")
+    msg = error(
+        [node("a", 16, 4), node("b", 8, 2)], pool(1), model_bytes=4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB
+    )
+    assert msg == (
+        "model: one actor needs 6.0 GiB of memory (model 4.0 GiB x 1.5 + batches 32.0 MiB), "
+        "the largest node has 4.0 GiB free"
+    )
 
 
 def test_model_fits_on_no_node_with_auto_too() -> None:
@@ -298,15 +354,17 @@ def test_model_fits_on_no_node_with_auto_too() -> None:
 def test_model_fits_only_on_a_node_without_gpus() -> None:
     nodes = [node("gpu", 8, 4, gpus=1), node("big-cpu", 32, 128)]
     msg = error(nodes, "auto", model_bytes=4 * GiB, memory_factor=1.5, gpus_per_actor=1)
-    assert msg == ("model: one actor needs 6.0 GiB of memory (model 4.0 GiB x 1.5), "
-                   "the largest GPU node has 4.0 GiB free")
+    assert msg == (
+        "model: one actor needs 6.0 GiB of memory (model 4.0 GiB x 1.5), the largest GPU node has 4.0 GiB free"
+    )
 
 
 def test_resources_each_enough_but_never_on_one_node() -> None:
     # a: CPUs but memory for 1; b: memory but 1 CPU. 5 CPU slots, 33 memory slots, 2 actors fit.
     msg = error([node("a", 4, 2), node("b", 1, 64)], pool(3))
-    assert msg == ("predict.actors: 3 actors need 1 CPU and 2.0 GiB of memory each on one node; "
-                   "the cluster holds 2 (a: 1, b: 1)")
+    assert msg == (
+        "predict.actors: 3 actors need 1 CPU and 2.0 GiB of memory each on one node; the cluster holds 2 (a: 1, b: 1)"
+    )
 
 
 def test_zero_sized_model_is_not_memory_bound() -> None:
@@ -320,8 +378,9 @@ def test_zero_sized_model_is_not_memory_bound() -> None:
 
 def test_cpu_bound_pool_too_large() -> None:
     msg = error([node("n1", 4, 64)], pool(4), spark_cpus=1)
-    assert msg == ("predict.actors: 4 actors need 4 x 1 CPU besides Spark's 1; "
-                   "the cluster holds 3 (largest node: 3 CPUs free)")
+    assert msg == (
+        "predict.actors: 4 actors need 4 x 1 CPU besides Spark's 1; the cluster holds 3 (largest node: 3 CPUs free)"
+    )
 
 
 def test_cpu_bound_without_spark() -> None:
@@ -331,8 +390,7 @@ def test_cpu_bound_without_spark() -> None:
 
 def test_actor_needs_more_cpus_than_any_node_has() -> None:
     msg = error([node("n1", 3, 64), node("n2", 2, 64)], pool(1), cpus_per_actor=4, spark_cpus=1)
-    assert msg == ("predict.cpus_per_actor: one actor needs 4 CPUs besides Spark's 1, "
-                   "the largest node has 2 CPUs free")
+    assert msg == ("predict.cpus_per_actor: one actor needs 4 CPUs besides Spark's 1, the largest node has 2 CPUs free")
 
 
 def test_no_alive_nodes() -> None:
@@ -343,7 +401,7 @@ def test_no_alive_nodes() -> None:
 
 
 def test_auto_takes_everything_that_fits() -> None:
-    nodes = [node("a", 8, 10), node("b", 8, 64, gpus=1)]   # a: 10/2 = 5 by memory; b: 8 by CPUs
+    nodes = [node("a", 8, 10), node("b", 8, 64, gpus=1)]  # a: 10/2 = 5 by memory; b: 8 by CPUs
     result = plan(nodes, "auto")
     assert result == PoolPlan(1, 13, 2 * GiB, {"a": 5, "b": 8})
 
@@ -389,8 +447,7 @@ def test_spark_larger_than_the_cluster_leaves_nothing() -> None:
 
 def test_spark_memory_can_make_the_model_not_fit() -> None:
     msg = error([node("a", 8, 8)], pool(1), model_bytes=4 * GiB, memory_factor=1.5, spark_memory=4 * GiB)
-    assert msg == ("model: one actor needs 6.0 GiB of memory (model 4.0 GiB x 1.5), "
-                   "the largest node has 4.0 GiB free")
+    assert msg == ("model: one actor needs 6.0 GiB of memory (model 4.0 GiB x 1.5), the largest node has 4.0 GiB free")
 
 
 def test_spark_is_not_taken_from_gpus() -> None:

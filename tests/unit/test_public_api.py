@@ -72,8 +72,10 @@ def test_import_does_not_start_or_import_ray_spark() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, rayscore; "
-            "print(sorted(m for m in ('ray', 'raydp', 'pyspark', 'tensorflow', 'keras') if m in sys.modules))")
+    code = (
+        "import sys, rayscore; "
+        "print(sorted(m for m in ('ray', 'raydp', 'pyspark', 'tensorflow', 'keras') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import example_module
+
 from rayscore import ModelError, ModelSpec, TensorSpec
 from rayscore._convert import make_plan
 from rayscore._model import LoadedModel, loaders, resolve_loader
@@ -48,11 +48,14 @@ def module_export(tmp_path_factory) -> Path:
             super().__init__()
             self.w = tf.Variable(WEIGHTS)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x"),
-                                      tf.TensorSpec([None], tf.int64, name="count")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 3], tf.float32, name="x"),
+                tf.TensorSpec([None], tf.int64, name="count"),
+            ]
+        )
         def score(self, x, count):
-            return {"total": tf.reduce_sum(x * self.w, axis=1) + tf.cast(count, tf.float32),
-                    "scaled": x * self.w * 2.0}
+            return {"total": tf.reduce_sum(x * self.w, axis=1) + tf.cast(count, tf.float32), "scaled": x * self.w * 2.0}
 
         @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
         def negate(self, x):
@@ -68,11 +71,13 @@ def scorer_table(rows: int, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, 3)).astype(np.float32)
     offsets = pa.array(np.arange(0, (rows + 1) * 3, 3, dtype=np.int32))
-    return pa.table({
-        "id": pa.array(np.arange(rows, dtype=np.int64)),
-        "x": pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1))),
-        "count": pa.array(rng.integers(0, 10, rows, dtype=np.int64)),
-    })
+    return pa.table(
+        {
+            "id": pa.array(np.arange(rows, dtype=np.int64)),
+            "x": pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1))),
+            "count": pa.array(rng.integers(0, 10, rows, dtype=np.int64)),
+        }
+    )
 
 
 def column_array(table: pa.Table, name: str) -> np.ndarray:
@@ -134,8 +139,9 @@ def test_keras_export_predicts_like_keras(keras_export: Path, example_model) -> 
     assert scored.column("id").to_pylist() == list(range(12))
     want = example_model.predict(make_example.features_of(table), verbose=0)
     for name in ("click", "topics"):
-        np.testing.assert_allclose(column_array(scored, name).reshape(np.shape(want[name])),
-                                   np.asarray(want[name]), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(
+            column_array(scored, name).reshape(np.shape(want[name])), np.asarray(want[name]), rtol=0, atol=1e-5
+        )
 
 
 def test_module_predicts_through_named_signatures(module_export: Path) -> None:
@@ -202,21 +208,27 @@ def test_directory_without_saved_model_pb(tmp_path: Path) -> None:
 def test_file_is_not_a_saved_model(keras_export: Path, tmp_path: Path) -> None:
     pb = keras_export / "saved_model.pb"
     assert raised(lambda: SavedModelLoader().inspect(str(pb))) == (
-        f"model {pb} is the graph file of a SavedModel; point model.uri at its directory, {keras_export}")
+        f"model {pb} is the graph file of a SavedModel; point model.uri at its directory, {keras_export}"
+    )
     other = tmp_path / "model.bin"
     other.write_bytes(b"x")
-    assert raised(lambda: SavedModelLoader().inspect(str(other))) == f"model {other} is a file, not a SavedModel directory"
+    assert (
+        raised(lambda: SavedModelLoader().inspect(str(other))) == f"model {other} is a file, not a SavedModel directory"
+    )
 
 
 def test_unknown_signature(keras_export: Path, module_export: Path) -> None:
     assert raised(lambda: SavedModelLoader().inspect(str(keras_export), signature="x")) == (
-        f"model.signature: 'x' is not a signature of {keras_export} (signatures: serve, serving_default)")
+        f"model.signature: 'x' is not a signature of {keras_export} (signatures: serve, serving_default)"
+    )
     assert raised(lambda: SavedModelLoader().load(str(module_export), signature="predict")) == (
-        f"model.signature: 'predict' is not a signature of {module_export} (signatures: negate, serving_default)")
+        f"model.signature: 'predict' is not a signature of {module_export} (signatures: negate, serving_default)"
+    )
     # the init op TensorFlow stores beside the signatures is not one
     assert raised(lambda: SavedModelLoader().inspect(str(keras_export), signature="__saved_model_init_op")) == (
         f"model.signature: '__saved_model_init_op' is not a signature of {keras_export} "
-        "(signatures: serve, serving_default)")
+        "(signatures: serve, serving_default)"
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
@@ -234,14 +246,17 @@ def test_corrupt_saved_model_pb(keras_export: Path, tmp_path: Path, damage: str)
 def test_empty_saved_model_pb(tmp_path: Path) -> None:
     (tmp_path / "saved_model.pb").write_bytes(b"")
     assert raised(lambda: SavedModelLoader().inspect(str(tmp_path))) == (
-        f"model {tmp_path} has a corrupt saved_model.pb (truncated or not a SavedModel): it holds no MetaGraph")
+        f"model {tmp_path} has a corrupt saved_model.pb (truncated or not a SavedModel): it holds no MetaGraph"
+    )
 
 
 def test_missing_variables_fail_at_load(keras_export: Path, tmp_path: Path) -> None:
     slim = tmp_path / "slim"
     slim.mkdir()
     shutil.copy(keras_export / "saved_model.pb", slim / "saved_model.pb")
-    assert raised(lambda: SavedModelLoader().load(str(slim))).startswith(f"model {slim} cannot be loaded as savedmodel: ")
+    assert raised(lambda: SavedModelLoader().load(str(slim))).startswith(
+        f"model {slim} cannot be loaded as savedmodel: "
+    )
 
 
 def test_outputs_listed_with_numbers_in_order(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ def test_local_parquet_is_counted_from_the_footers_of_the_files_spark_reads(tmp_
     assert count_written(None, cfg, f"file://{out}") == 12
 
 
-
 def test_a_bare_relative_output_gets_a_staging_directory_beside_it_not_at_the_root() -> None:
     assert staging_path("scores.parquet").startswith(".scores.parquet.rayscore-staging-")
     assert staging_path("/data/out/scores/").startswith("/data/out/.scores.rayscore-staging-")

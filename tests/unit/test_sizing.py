@@ -28,8 +28,16 @@ def test_local_ray_cpus_rounds_fractional_pool_up() -> None:
 
 
 def test_local_ray_cpus_returns_int() -> None:
-    assert isinstance(local_ray_cpus(8.0, spark_executors=1, executor_cores=1, max_actors=1,  # type: ignore[arg-type]
-                                     cpus_per_actor=1.0), int)
+    assert isinstance(
+        local_ray_cpus(
+            8.0,
+            spark_executors=1,
+            executor_cores=1,
+            max_actors=1,  # type: ignore[arg-type]
+            cpus_per_actor=1.0,
+        ),
+        int,
+    )
 
 
 # --------------------------------------------------------------------------- rows_per_block
@@ -38,12 +46,12 @@ def test_local_ray_cpus_returns_int() -> None:
 @pytest.mark.parametrize(
     "rows, actors, batch, expected",
     [
-        (100_000, 2, 1024, 13312),   # ceil(100000/8)=12500 -> 13 batches
-        (500, 2, 1024, 1024),        # never below one batch
-        (0, 2, 1024, 1024),          # empty input still gives a valid size
-        (8192, 2, 1024, 1024),       # exactly one batch per block
-        (8193, 2, 1024, 2048),       # rounds up to whole batches
-        (1000, 0, 10, 250),          # zero actors counts as one
+        (100_000, 2, 1024, 13312),  # ceil(100000/8)=12500 -> 13 batches
+        (500, 2, 1024, 1024),  # never below one batch
+        (0, 2, 1024, 1024),  # empty input still gives a valid size
+        (8192, 2, 1024, 1024),  # exactly one batch per block
+        (8193, 2, 1024, 2048),  # rounds up to whole batches
+        (1000, 0, 10, 250),  # zero actors counts as one
         (1_000_000, 4, 1, 62500),
     ],
 )

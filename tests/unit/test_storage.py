@@ -9,11 +9,29 @@ from __future__ import annotations
 import pytest
 
 from rayscore import ModelError
-from rayscore._storage import RemoteFile, basename, explain, is_remote, list_model, local_dir, open_filesystem, version_of
+from rayscore._storage import (
+    RemoteFile,
+    basename,
+    explain,
+    is_remote,
+    list_model,
+    local_dir,
+    open_filesystem,
+    version_of,
+)
 
 
-@pytest.mark.parametrize("uri, remote", [("s3://b/m.keras", True), ("gs://b/m", True), ("hdfs://nn:8020/m", True),
-                                         ("file:///m.keras", False), ("/data/m.keras", False), ("m.keras", False)])
+@pytest.mark.parametrize(
+    "uri, remote",
+    [
+        ("s3://b/m.keras", True),
+        ("gs://b/m", True),
+        ("hdfs://nn:8020/m", True),
+        ("file:///m.keras", False),
+        ("/data/m.keras", False),
+        ("m.keras", False),
+    ],
+)
 def test_is_remote(uri: str, remote: bool) -> None:
     assert is_remote(uri) is remote
 
@@ -25,16 +43,21 @@ def test_basename_of_files_and_directories() -> None:
 
 
 def test_fsspec_spellings_of_s3_options_are_accepted() -> None:
-    fs, path = open_filesystem("s3://bucket/dir/m.keras", {
-        "endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s", "region_name": "eu-west-1"})
+    fs, path = open_filesystem(
+        "s3://bucket/dir/m.keras",
+        {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s", "region_name": "eu-west-1"},
+    )
     assert type(fs).__name__ == "S3FileSystem"
     assert path == "bucket/dir/m.keras"
     assert fs.region == "eu-west-1"
 
 
 def test_an_unknown_storage_option_is_named() -> None:
-    with pytest.raises(ModelError, match=r"^model.storage_options.endpoint_overide: not an option of "
-                                         r"pyarrow.fs.S3FileSystem$"):
+    with pytest.raises(
+        ModelError,
+        match=r"^model.storage_options.endpoint_overide: not an option of "
+        r"pyarrow.fs.S3FileSystem$",
+    ):
         open_filesystem("s3://bucket/m.keras", {"endpoint_overide": "http://x"})
 
 
@@ -63,12 +86,15 @@ def test_the_version_changes_with_size_time_or_name() -> None:
 
 
 def test_storage_errors_say_what_kind_they_are() -> None:
-    unreachable = OSError("When getting information for key 'm' in bucket 'b': AWS Error NETWORK_CONNECTION "
-                          "during HeadObject operation: curlCode: 7, Could not connect to server")
+    unreachable = OSError(
+        "When getting information for key 'm' in bucket 'b': AWS Error NETWORK_CONNECTION "
+        "during HeadObject operation: curlCode: 7, Could not connect to server"
+    )
     assert str(explain("s3://b/m", unreachable)).startswith("model.uri: cannot reach the storage for s3://b/m ")
     denied = OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body.")
-    assert str(explain("s3://b/m", denied)).startswith("model.uri: access to s3://b/m was denied: check the "
-                                                        "credentials")
+    assert str(explain("s3://b/m", denied)).startswith(
+        "model.uri: access to s3://b/m was denied: check the credentials"
+    )
     other = OSError("something else\nwith a second line")
     assert str(explain("s3://b/m", other)) == "model.uri: cannot read s3://b/m: something else"
 

@@ -24,13 +24,16 @@ def batches(*sizes: int) -> list[pa.RecordBatch]:
     return out
 
 
-@pytest.mark.parametrize(("sizes", "rows", "expected"), [
-    ((10_000,), 4096, [4096, 4096, 1808]),
-    ((1000, 1000, 1000), 2500, [2500, 500]),
-    ((3, 0, 4), 10, [7]),
-    ((4096, 4096), 4096, [4096, 4096]),
-    ((), 10, []),
-])
+@pytest.mark.parametrize(
+    ("sizes", "rows", "expected"),
+    [
+        ((10_000,), 4096, [4096, 4096, 1808]),
+        ((1000, 1000, 1000), 2500, [2500, 500]),
+        ((3, 0, 4), 10, [7]),
+        ((4096, 4096), 4096, [4096, 4096]),
+        ((), 10, []),
+    ],
+)
 def test_batches_are_regrouped_into_the_batch_size_in_order(sizes, rows, expected) -> None:
     tables = list(rebatch(batches(*sizes), rows))
     assert [t.num_rows for t in tables] == expected
@@ -50,18 +53,26 @@ def test_a_slice_travels_as_its_own_rows_not_its_parents_buffer() -> None:
 
 
 def plan(quarantine: bool = False) -> Plan:
-    return Plan(bindings=(Binding("x", "x", (3,), "float32"),), outputs=(("click", "p_click"), ("topics", "topics")),
-                keep_columns=("id",), key_columns=("id",), quarantine=quarantine)
+    return Plan(
+        bindings=(Binding("x", "x", (3,), "float32"),),
+        outputs=(("click", "p_click"), ("topics", "topics")),
+        keep_columns=("id",),
+        key_columns=("id",),
+        quarantine=quarantine,
+    )
 
 
-SPEC = ModelSpec(inputs=(TensorSpec("x", (3,), "float32"),),
-                 outputs=(TensorSpec("click", (1,), "float32"), TensorSpec("topics", (5,), "float16")))
+SPEC = ModelSpec(
+    inputs=(TensorSpec("x", (3,), "float32"),),
+    outputs=(TensorSpec("click", (1,), "float32"), TensorSpec("topics", (5,), "float16")),
+)
 
 
 def test_the_predictions_schema_is_the_kept_columns_then_the_outputs() -> None:
     columns = pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32())), ("day", pa.string())])
     assert prediction_schema(columns, plan(), SPEC) == pa.schema(
-        [("id", pa.int64()), ("p_click", pa.float32()), ("topics", pa.list_(pa.float32()))])
+        [("id", pa.int64()), ("p_click", pa.float32()), ("topics", pa.list_(pa.float32()))]
+    )
     assert prediction_schema(columns, plan(quarantine=True), SPEC).names == ["id", "p_click", "topics", REASON]
 
 
@@ -89,11 +100,13 @@ Py4JJavaError.__module__ = "py4j.protocol"
 
 
 def test_the_driver_reads_the_error_a_spark_task_raised_back_into_its_class() -> None:
-    text = ("An error occurred while calling o123.save.\n: org.apache.spark.SparkException: Job aborted due to "
-            "stage failure: Task 0 in stage 3.0 failed 4 times ... org.apache.spark.api.python.PythonException: "
-            "Traceback (most recent call last):\n  File \"/x/rayscore/_stream.py\", line 90, in score_partition\n"
-            "rayscore._errors.InputError: a batch of 500 rows failed (first bad row: id=3000: column 'price': null)\n"
-            "\n\tat org.apache.spark.api.python.BasePythonRunner")
+    text = (
+        "An error occurred while calling o123.save.\n: org.apache.spark.SparkException: Job aborted due to "
+        "stage failure: Task 0 in stage 3.0 failed 4 times ... org.apache.spark.api.python.PythonException: "
+        'Traceback (most recent call last):\n  File "/x/rayscore/_stream.py", line 90, in score_partition\n'
+        "rayscore._errors.InputError: a batch of 500 rows failed (first bad row: id=3000: column 'price': null)\n"
+        "\n\tat org.apache.spark.api.python.BasePythonRunner"
+    )
     with pytest.raises(InputError) as info:
         with translate_errors("output.path", OutputError):
             raise Py4JJavaError(text)

@@ -27,8 +27,9 @@ TIMEOUT = 60
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rayscore", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "rayscore", *args], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 # --------------------------------------------------------------------------- Validation
@@ -58,8 +59,9 @@ def test_validate_stops_at_a_config_error_without_starting_anything(tmp_path: Pa
         "print(repr(v.problems)); print(repr(v.checks)); print(v.ok)\n"
         "print(sorted(m for m in ('ray', 'raydp', 'pyspark', 'keras') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=TIMEOUT, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT, check=True
+    )
     assert done.stdout.splitlines() == [
         "('predict.batch_size must be >= 1, got 0; predict.actors must be >= 1, got 0',)",
         "()",
@@ -90,12 +92,16 @@ def test_print_validation_ok_lists_checks_on_stdout() -> None:
 
 def test_print_validation_problems_on_stderr_only() -> None:
     out, err = io.StringIO(), io.StringIO()
-    code = _print_validation(Validation(problems=("input.path: /x does not exist", "output.path: /y exists"),
-                                        checks=("config: fine",)), out, err)
+    code = _print_validation(
+        Validation(problems=("input.path: /x does not exist", "output.path: /y exists"), checks=("config: fine",)),
+        out,
+        err,
+    )
     assert code == 2
     assert out.getvalue() == ""
-    assert err.getvalue() == ("rayscore: error: input.path: /x does not exist\n"
-                              "rayscore: error: output.path: /y exists\n")
+    assert err.getvalue() == (
+        "rayscore: error: input.path: /x does not exist\nrayscore: error: output.path: /y exists\n"
+    )
 
 
 def test_help_lists_validate(tmp_path: Path) -> None:
@@ -122,11 +128,23 @@ def test_validate_without_config_is_a_usage_error(tmp_path: Path) -> None:
     ("config", "line"),
     [
         (None, "rayscore: error: config file 'job.yaml' does not exist"),
-        ({"input": {"path": "in.parquet"}, "model": {"uri": "m.keras"}, "output": {"path": "out"},
-          "predict": {"batch_size": 0}},
-         "rayscore: error: predict.batch_size must be >= 1, got 0"),
-        ({"input": {"path": "in.parquet"}, "model": {"uri": "m.keras"}, "output": {"path": "out", "keep_column": []}},
-         "rayscore: error: output.keep_column is not a known key (did you mean keep_columns?)"),
+        (
+            {
+                "input": {"path": "in.parquet"},
+                "model": {"uri": "m.keras"},
+                "output": {"path": "out"},
+                "predict": {"batch_size": 0},
+            },
+            "rayscore: error: predict.batch_size must be >= 1, got 0",
+        ),
+        (
+            {
+                "input": {"path": "in.parquet"},
+                "model": {"uri": "m.keras"},
+                "output": {"path": "out", "keep_column": []},
+            },
+            "rayscore: error: output.keep_column is not a known key (did you mean keep_columns?)",
+        ),
     ],
     ids=["missing-file", "bad-value", "unknown-key"],
 )
@@ -143,13 +161,17 @@ def test_validate_config_errors_exit_2_with_one_line(tmp_path: Path, config: dic
 # --------------------------------------------------------------------------- every column problem
 
 SPEC = ModelSpec(
-    inputs=(TensorSpec("title", (20,), "int32"), TensorSpec("hours", (24, 7), "float32"),
-            TensorSpec("price", (), "float32")),
+    inputs=(
+        TensorSpec("title", (20,), "int32"),
+        TensorSpec("hours", (24, 7), "float32"),
+        TensorSpec("price", (), "float32"),
+    ),
     outputs=(TensorSpec("click", None, None), TensorSpec("topics", None, None)),
     format="keras",
 )
-SCHEMA = pa.schema([("id", pa.int64()), ("title", pa.list_(pa.int32())), ("hours", pa.list_(pa.float32())),
-                    ("price", pa.float32())])
+SCHEMA = pa.schema(
+    [("id", pa.int64()), ("title", pa.list_(pa.int32())), ("hours", pa.list_(pa.float32())), ("price", pa.float32())]
+)
 
 
 def first_problem_of(schema: pa.Schema, **kwargs) -> str:
@@ -169,7 +191,8 @@ def test_plan_problems_lists_every_input_then_outputs_and_kept_columns() -> None
     problems = plan_problems(SPEC, schema, **kwargs)
     assert problems == [
         "column 'title' has type string, but model input 'title' expects numbers (int32, shape [20])",
-        f"model input 'hours' has no column: the input has no column 'hours' and model.inputs does not map it {columns}",
+        "model input 'hours' has no column: the input has no column 'hours' and model.inputs does not map it "
+        f"{columns}",
         f"model input 'price' needs column 'cost', which the input does not have {columns}",
         "model.outputs: 'clicks' is not an output of the model (outputs: click, topics)",
         f"output.keep_columns: column 'user' is not in the input {columns}",
@@ -227,20 +250,29 @@ def test_has_data_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("desc", "reason"),
     [
-        ("\n[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'.(line 1, pos 0)\n\n== SQL ==\nSELEC * FROM x\n^^^\n",
-         "syntax error at or near 'SELEC' (line 1, pos 0)"),
-        ("[TABLE_OR_VIEW_NOT_FOUND] The table or view `nope` cannot be found. Verify the spelling and correctness "
-         "of the schema and catalog.\nIf you did not qualify the name with a schema, verify the current_schema() "
-         "output.\nTo tolerate the error on drop use DROP VIEW IF EXISTS.; line 1 pos 14;\n'Project [*]\n"
-         "+- 'UnresolvedRelation [nope], [], false\n",
-         "the table or view `nope` cannot be found. Verify the spelling and correctness of the schema and catalog "
-         "(line 1, pos 14)"),
-        ("[UNRESOLVED_COLUMN.WITH_SUGGESTION] A column or function parameter with name `nocol` cannot be resolved. "
-         "Did you mean one of the following? [`id`].; line 1 pos 7;\n'Project ['nocol]\n+- Range (0, 3, step=1)\n",
-         "a column or function parameter with name `nocol` cannot be resolved. Did you mean one of the following? "
-         "[`id`] (line 1, pos 7)"),
-        ("[UNABLE_TO_INFER_SCHEMA] Unable to infer schema for Parquet. It must be specified manually.",
-         "unable to infer schema for Parquet. It must be specified manually"),
+        (
+            "\n[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'.(line 1, pos 0)\n\n"
+            "== SQL ==\nSELEC * FROM x\n^^^\n",
+            "syntax error at or near 'SELEC' (line 1, pos 0)",
+        ),
+        (
+            "[TABLE_OR_VIEW_NOT_FOUND] The table or view `nope` cannot be found. Verify the spelling and correctness "
+            "of the schema and catalog.\nIf you did not qualify the name with a schema, verify the current_schema() "
+            "output.\nTo tolerate the error on drop use DROP VIEW IF EXISTS.; line 1 pos 14;\n'Project [*]\n"
+            "+- 'UnresolvedRelation [nope], [], false\n",
+            "the table or view `nope` cannot be found. Verify the spelling and correctness of the schema and catalog "
+            "(line 1, pos 14)",
+        ),
+        (
+            "[UNRESOLVED_COLUMN.WITH_SUGGESTION] A column or function parameter with name `nocol` cannot be resolved. "
+            "Did you mean one of the following? [`id`].; line 1 pos 7;\n'Project ['nocol]\n+- Range (0, 3, step=1)\n",
+            "a column or function parameter with name `nocol` cannot be resolved. Did you mean one of the following? "
+            "[`id`] (line 1, pos 7)",
+        ),
+        (
+            "[UNABLE_TO_INFER_SCHEMA] Unable to infer schema for Parquet. It must be specified manually.",
+            "unable to infer schema for Parquet. It must be specified manually",
+        ),
         ("SQL not supported", "SQL not supported"),
     ],
     ids=["parse", "no-table", "no-column", "no-schema", "plain"],

@@ -7,12 +7,10 @@ import zipfile
 
 import numpy as np
 import pytest
-
-from rayscore import ModelError
-from rayscore import _weights
-from rayscore._model import H5Loader, KerasLoader
-
 from conftest import example_module
+
+from rayscore import ModelError, _weights
+from rayscore._model import H5Loader, KerasLoader
 
 
 def _never(*args, **kwargs):
@@ -34,14 +32,17 @@ def layered_model():
     rng = np.random.default_rng(7)
     inp = keras.Input((6,), name="x")
     tokens = keras.Input((3,), dtype="int32", name="tokens")
-    block = keras.Sequential([keras.layers.Dense(5, activation="relu"), keras.layers.BatchNormalization()],
-                             name="block")
+    block = keras.Sequential(
+        [keras.layers.Dense(5, activation="relu"), keras.layers.BatchNormalization()], name="block"
+    )
     emb = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 4, name="emb")(tokens))
     h = keras.layers.Concatenate()([block(inp), emb])
-    model = keras.Model([inp, tokens], {"a": keras.layers.Dense(1, name="a")(h),
-                                        "b": keras.layers.Dense(2, name="b")(h)})
-    model.set_weights([rng.normal(size=w.shape).astype(w.dtype) + (2.0 if "variance" in w.path else 0.0)
-                       for w in model.weights])  # BN's moving stats too, not just its defaults
+    model = keras.Model(
+        [inp, tokens], {"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(2, name="b")(h)}
+    )
+    model.set_weights(
+        [rng.normal(size=w.shape).astype(w.dtype) + (2.0 if "variance" in w.path else 0.0) for w in model.weights]
+    )  # BN's moving stats too, not just its defaults
     return model
 
 
@@ -51,8 +52,9 @@ def _feeds(n: int = 7) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("suffix, loader", [(".keras", KerasLoader()), (".h5", H5Loader())])
-def test_streamed_weights_predict_like_keras_in_small_chunks(layered_model, tmp_path, monkeypatch,
-                                                             no_keras_loader, suffix, loader):
+def test_streamed_weights_predict_like_keras_in_small_chunks(
+    layered_model, tmp_path, monkeypatch, no_keras_loader, suffix, loader
+):
     path = tmp_path / f"m{suffix}"
     layered_model.save(path)
     monkeypatch.setattr(_weights, "CHUNK_BYTES", 24)  # a few rows per chunk: every slice boundary is crossed
@@ -82,7 +84,7 @@ def test_a_compressed_archive_falls_back_to_keras_and_still_predicts_the_same(la
     np.testing.assert_allclose(got["b"], layered_model.predict(_feeds(), verbose=0)["b"], atol=1e-5)
 
 
-CUSTOM = textwrap.dedent('''
+CUSTOM = textwrap.dedent("""
     import keras
 
     class Scale(keras.layers.Layer):
@@ -93,7 +95,7 @@ CUSTOM = textwrap.dedent('''
             return x * self.w
 
     CUSTOM_OBJECTS = {"Scale": Scale}
-''')
+""")
 
 
 @pytest.mark.parametrize("suffix, loader", [(".keras", KerasLoader()), (".h5", H5Loader())])
@@ -109,8 +111,11 @@ def test_custom_layers_need_model_custom_objects(tmp_path, monkeypatch, suffix, 
     model.layers[-1].w.assign(np.array([1.0, -2.0, 0.5], "float32"))
     path = tmp_path / f"custom{suffix}"
     model.save(path)
-    with pytest.raises(ModelError, match=r"uses a class Keras does not know: class 'Scale' \(name a dict of your "
-                                         r"classes in model.custom_objects\)$"):
+    with pytest.raises(
+        ModelError,
+        match=r"uses a class Keras does not know: class 'Scale' \(name a dict of your "
+        r"classes in model.custom_objects\)$",
+    ):
         loader.load(str(path))
     loaded = loader.load(str(path), custom_objects="my_layers:CUSTOM_OBJECTS")
     x = np.array([[1.0, 1.0, 2.0]], "float32")
