@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ModelError
-from ._storage import basename, copy_model, is_remote, list_model, open_filesystem, version_of
+from ._storage import basename, copy_model, is_remote, list_model, local_dir, open_filesystem, version_of
 
 __all__ = ["CACHE_ENV", "CachedCopy", "cache_root", "cached_model"]
 
@@ -56,7 +56,7 @@ class CachedCopy:
 
 
 def _local_uri(uri: str) -> str:
-    return "file://" + os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
+    return "file://" + os.path.abspath(local_dir(uri) or uri)
 
 
 def cached_model(

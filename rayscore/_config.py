@@ -40,6 +40,8 @@ __all__ = [
     "SparkConfig",
     "load_config",
     "parse_actors",
+    "validated",
+    "spark_options",
 ]
 
 
@@ -445,3 +447,26 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> 
             ),
         }
     )
+
+
+def validated(cls: type[Any], data: Any, prefix: str, extra: Mapping[str, Any] | None = None) -> Any:
+    """``data`` (plus the non-None ``extra`` keys) as a ``cls`` config; errors name ``prefix.key``."""
+    if isinstance(data, cls):
+        data = data.model_dump()
+    data = dict(data)
+    for key, value in (extra or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        cfg = cls.model_validate(data)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, cls)
+        raise ConfigError("; ".join(f"{prefix}.{part}" for part in msg.split("; "))) from None
+    if cls is ModelConfig and "://" not in cfg.uri:  # as load_config resolves it
+        cfg = cfg.model_copy(update={"uri": os.path.abspath(os.path.expanduser(cfg.uri))})
+    return cfg
+
+
+def spark_options(options: Mapping[str, Any]) -> dict[str, str]:
+    """Config values as the strings Spark's options and settings take (``true``/``false`` for booleans)."""
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}

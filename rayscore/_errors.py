@@ -31,6 +31,8 @@ __all__ = [
     "translate_errors",
     "find_rayscore_error",
     "model_error_text",
+    "first_line",
+    "one_line",
 ]
 
 
@@ -139,6 +141,12 @@ def _error_classes() -> list[type[RayscoreError]]:
     return found
 
 
+def first_line(text: object) -> str:
+    """The first non-blank line of ``text``, stripped; of an exception without a message, its class's name."""
+    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    return line or (type(text).__name__ if isinstance(text, BaseException) else "")
+
+
 def one_line(text: str, limit: int = 400) -> str:
     """``text`` folded onto one line, cut to ``limit`` characters."""
     line = " ".join(str(text).split())
@@ -177,7 +185,7 @@ def translate_errors(stage: str, kind: type[RayscoreError] = PredictError) -> It
             raise
         if inner is not None:  # e.g. RayTaskError(InputError): a subclass, but its str() is a traceback
             # Ray Data appends its retry advice on further lines: ours is the first.
-            raise type(inner)(str(inner).split("\n")[0]) from exc
+            raise type(inner)(first_line(inner)) from exc
         module = type(exc).__module__ or ""
         if module.startswith(("pyspark", "py4j")):
             raised = _raised_in_spark_task(exc)

@@ -22,14 +22,16 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from ._errors import ModelError
+from ._errors import ModelError, first_line
+from ._savedmodel import SavedModelLoader
+from ._spec import LoadedModel, Loader, ModelSpec, TensorSpec
+from ._storage import local_dir
 
 __all__ = [
     "TensorSpec",
@@ -43,77 +45,6 @@ __all__ = [
     "fingerprint",
     "model_bytes",
 ]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named model input or output.
-
-    ``shape`` excludes the batch dimension; ``None`` where the model file does
-    not say (outputs of some formats: then it is learnt from the first batch).
-    """
-
-    name: str
-    shape: tuple[int | None, ...] | None
-    dtype: str | None
-
-    @property
-    def size(self) -> int | None:
-        """Values per row, or None when a dimension is unknown."""
-        if self.shape is None or any(d is None for d in self.shape):
-            return None
-        return int(np.prod(self.shape, dtype=np.int64))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The named inputs and outputs of a model, in the model's own order."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    format: str = ""
-
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
-
-
-@dataclass
-class LoadedModel:
-    """A model held in this process: its spec and a batched predict function.
-
-    ``predict`` takes one numpy array per named input (batch first) and returns
-    one numpy array per named output.
-    """
-
-    spec: ModelSpec
-    predict: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-class Loader(Protocol):
-    """What a model format provides. See :class:`KerasLoader` for an example."""
-
-    name: str
-
-    def matches(self, path: str) -> bool:
-        """Whether ``format: auto`` should pick this loader for ``path``."""
-
-    def inspect(self, path: str) -> ModelSpec:
-        """Read names, dtypes and shapes without building the weights."""
-
-    def load(self, path: str, *, safe_mode: bool = True) -> LoadedModel:
-        """Build the model in this process."""
-
-    # Optional: ``prepare()`` imports what ``load`` needs (the framework) before the model is
-    # read; an actor calls it while its start is registered (rayscore._predict.Predictor).
 
 
 # --------------------------------------------------------------------------- Keras
@@ -230,10 +161,10 @@ def _load_keras(path: str, fmt: str, safe_mode: bool, custom_objects: str | None
                 f"model {path} uses a class Keras does not know: {unknown} "
                 "(name a dict of your classes in model.custom_objects)"
             ) from exc
-        raise ModelError(f"model {path} cannot be loaded as {fmt}: {_first_line(text)}") from exc
+        raise ModelError(f"model {path} cannot be loaded as {fmt}: {first_line(text)}") from exc
     except Exception as exc:  # noqa: BLE001 - h5py/zip/keras raise many kinds
         raise ModelError(
-            f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {_first_line(str(exc))}"
+            f"model {path} cannot be loaded as {fmt}: {type(exc).__name__}: {first_line(str(exc))}"
         ) from exc
     names = tuple(getattr(model, "output_names", None) or [_layer_name(model, t) for t in model.outputs])
     inputs = tuple(TensorSpec(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs)
@@ -252,10 +183,6 @@ def _unknown_class(exc: BaseException) -> str | None:
     return None
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
-
-
 def _layer_name(model: Any, tensor: Any) -> str:
     """The name of the layer that makes ``tensor``: what inspect() reads from the config."""
     history = getattr(tensor, "_keras_history", None)
@@ -263,11 +190,23 @@ def _layer_name(model: Any, tensor: Any) -> str:
     return getattr(operation, "name", None) or model.layers[-1].name
 
 
-class KerasLoader:
+class _KerasFamily:
+    """What the two Keras formats share: the framework to import, and the loader that streams the weights."""
+
+    name = ""
+    options = ("custom_objects",)  # extra keywords load() accepts
+
+    def prepare(self) -> None:
+        _import_keras()
+
+    def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
+        return _load_keras(path, self.name, safe_mode, custom_objects)
+
+
+class KerasLoader(_KerasFamily):
     """Keras 3 ``.keras`` archives (a zip of config.json + weights)."""
 
     name = "keras"
-    options = ("custom_objects",)  # extra keywords load() accepts
 
     def matches(self, path: str) -> bool:
         return path.endswith(".keras")
@@ -286,12 +225,6 @@ class KerasLoader:
         inputs, outputs = _keras_tensor_specs(config)
         return ModelSpec(inputs, outputs, self.name)
 
-    def prepare(self) -> None:
-        _import_keras()
-
-    def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
-        return _load_keras(path, self.name, safe_mode, custom_objects)
-
 
 def _is_hdf5(path: str) -> bool:
     try:
@@ -301,11 +234,10 @@ def _is_hdf5(path: str) -> bool:
         return False
 
 
-class H5Loader:
+class H5Loader(_KerasFamily):
     """Legacy Keras HDF5 files (``model.save("m.h5")``)."""
 
     name = "h5"
-    options = ("custom_objects",)
 
     def matches(self, path: str) -> bool:
         return path.endswith((".h5", ".hdf5"))
@@ -326,16 +258,10 @@ class H5Loader:
         inputs, outputs = _keras_tensor_specs(config)
         return ModelSpec(inputs, outputs, self.name)
 
-    def prepare(self) -> None:
-        _import_keras()
-
-    def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
-        return _load_keras(path, self.name, safe_mode, custom_objects)
-
 
 # --------------------------------------------------------------------------- registry
 
-_LOADERS: dict[str, Loader] = {"keras": KerasLoader(), "h5": H5Loader()}
+_LOADERS: dict[str, Loader] = {"keras": KerasLoader(), "h5": H5Loader(), "savedmodel": SavedModelLoader()}
 loaders: Mapping[str, Loader] = MappingProxyType(_LOADERS)
 
 
@@ -379,12 +305,11 @@ def fingerprint(path: str, chunk: int = 1 << 22) -> str:
 
 def local_model_path(uri: str) -> str:
     """The local filesystem path of ``uri`` (a plain path or ``file://``)."""
-    if uri.startswith("file://"):
-        return uri[len("file://") :]
-    if "://" in uri:
+    path = local_dir(uri)
+    if path is None:
         scheme = uri.split("://", 1)[0]
         raise ModelError(f"model.uri: scheme {scheme}:// is not supported yet, got {uri!r}")
-    return uri
+    return path
 
 
 def resolve_loader(location: str, fmt: str = "auto", *, uri: str | None = None) -> tuple[str, Loader]:
@@ -414,9 +339,3 @@ def _example_hint(path: str) -> str:
     if script.exists():
         return f" (make the example's model and data with: python {os.path.relpath(script)})"
     return ""
-
-
-# Registered last: _savedmodel imports the names above from this module.
-from ._savedmodel import SavedModelLoader  # noqa: E402
-
-_LOADERS["savedmodel"] = SavedModelLoader()

@@ -13,11 +13,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._config import Config, ModelConfig, PredictConfig, load_config
+from ._config import Config, ModelConfig, PredictConfig, load_config, validated
 from ._convert import make_plan
-from ._plan import check_sample, errors_output, inspect_model, max_actors_hint, new_result, plan_job, validated
+from ._plan import check_sample, errors_output, inspect_model, max_actors_hint, new_result, plan_job
 from ._pool import Pool, check_pool, pool_for
 from ._report import RunResult, StageClock
+from ._resume import run_resumable
 from ._session import Session
 from ._sink import REPORT_NAME, check_output_free, write_scored
 from ._source import arrow_schema, read_input
@@ -78,8 +79,6 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)
         if cfg.output.mode == "resume":
-            from ._resume import run_resumable  # noqa: PLC0415 - only for mode: resume
-
             return run_resumable(cfg, df, plan, start_pool, ref, spec, clock)
         scorer = start_pool()
         scorer.wait()

@@ -8,19 +8,18 @@ any actor starts.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
-from pydantic import ValidationError
 
 from ._cache import cache_root, cached_model
-from ._config import Config, ModelConfig, OutputConfig, PredictConfig, format_validation_error
+from ._config import Config, ModelConfig, OutputConfig, PredictConfig
 from ._convert import Plan, make_plan, to_tensors
-from ._errors import ConfigError, InputError, translate_errors
+from ._errors import InputError, translate_errors
 from ._model import ModelSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
 from ._predict import ModelRef, first_bad_row
 from ._report import RunResult
+from ._source import arrow_schema
 from ._storage import is_remote
 
 __all__ = [
@@ -31,7 +30,6 @@ __all__ = [
     "errors_output",
     "max_actors_hint",
     "new_result",
-    "validated",
     "SAMPLE_ROWS",
 ]
 
@@ -93,8 +91,6 @@ def check_sample(df: Any, plan: Plan) -> None:
 
 def plan_job(cfg: Config, spec: ModelSpec, df: Any, *, sample: bool = True) -> Plan:
     """Bind the config's model to the DataFrame's columns; check a sample of rows (unless ``sample=False``)."""
-    from ._source import arrow_schema  # noqa: PLC0415 - pyspark's types, only once Spark is up
-
     plan = bind(cfg, spec, arrow_schema(df))
     if sample:
         check_sample(df, plan)
@@ -141,21 +137,3 @@ def new_result(cfg: Config, ref: ModelRef, spec: ModelSpec, plan: Plan) -> RunRe
         output_columns=list(plan.keep_columns) + list(plan.output_columns),
         errors_output=cfg.output.errors_path if plan.quarantine else None,
     )
-
-
-def validated(cls: type[Any], data: Any, prefix: str, extra: Mapping[str, Any] | None = None) -> Any:
-    """``data`` (plus the non-None ``extra`` keys) as a ``cls`` config; errors name ``prefix.key``."""
-    if isinstance(data, cls):
-        data = data.model_dump()
-    data = dict(data)
-    for key, value in (extra or {}).items():
-        if value is not None:
-            data[key] = value
-    try:
-        cfg = cls.model_validate(data)
-    except ValidationError as exc:
-        msg = format_validation_error(exc, cls)
-        raise ConfigError("; ".join(f"{prefix}.{part}" for part in msg.split("; "))) from None
-    if cls is ModelConfig and "://" not in cfg.uri:
-        cfg = cfg.model_copy(update={"uri": os.path.abspath(os.path.expanduser(cfg.uri))})
-    return cfg

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ModelError, model_error_text
-from ._model import LoadedModel, ModelSpec, TensorSpec
+from ._errors import ModelError, model_error_text, one_line
+from ._spec import LoadedModel, ModelSpec, TensorSpec
 
 __all__ = ["SavedModelLoader", "DEFAULT_SIGNATURE", "SAVED_MODEL_FILE"]
 
@@ -52,10 +52,6 @@ def _import_tf() -> Any:
 def _by_name(names: Any) -> list[str]:
     """Sorted, numbers by value: output_2 before output_10."""
     return sorted(names, key=lambda n: [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", n))])
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def _check_directory(path: str) -> str:
@@ -84,14 +80,14 @@ def _read_meta_graph(path: str) -> Any:
         with open(pb, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise ModelError(f"model {path} cannot be read: {_one_line(exc)}") from None
+        raise ModelError(f"model {path} cannot be read: {one_line(str(exc))}") from None
     saved = saved_model_pb2.SavedModel()
     try:
         saved.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelError(
             f"model {path} has a corrupt {SAVED_MODEL_FILE} (truncated or not a SavedModel): "
-            f"{_one_line(exc) or type(exc).__name__}"
+            f"{one_line(str(exc)) or type(exc).__name__}"
         ) from None
     graphs = list(saved.meta_graphs)
     if not graphs:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._config import RayConfig, SparkConfig
+from ._config import RayConfig, SparkConfig, spark_options, validated
 from ._errors import SessionError, translate_errors
 from ._pool import stop_pools
 from ._sizing import local_ray_cpus, spark_executor_cores
@@ -168,11 +168,8 @@ class Session:
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
         }
-        for key, value in cfg.configs.items():
-            if key.endswith("extraJavaOptions"):
-                configs[key] = f"{configs.get(key, '')} {value}".strip()
-            else:
-                configs[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in spark_options(cfg.configs).items():
+            configs[key] = f"{configs.get(key, '')} {value}".strip() if key.endswith("extraJavaOptions") else value
         with translate_errors("spark", SessionError):
             self.spark = raydp.init_spark(
                 app_name=cfg.app_name,
@@ -279,15 +276,8 @@ def session(
         ...     df = s.spark.read.parquet("features.parquet")
         ...     rayscore.predict(df, model="ctr.keras").show()
     """
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    from ._config import ConfigError, format_validation_error  # noqa: PLC0415
-
-    try:
-        ray_cfg = ray if isinstance(ray, RayConfig) else RayConfig.model_validate(ray or {})
-        spark_cfg = spark if isinstance(spark, SparkConfig) else SparkConfig.model_validate(spark or {})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, RayConfig)) from None
+    ray_cfg = validated(RayConfig, ray or {}, "ray")
+    spark_cfg = validated(SparkConfig, spark or {}, "spark")
     s = Session(ray_cfg, spark_cfg, max_actors=max_actors, cpus_per_actor=cpus_per_actor)
     s.start()
     try:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ._config import OutputConfig
+from ._config import OutputConfig, spark_options
 from ._convert import Plan
 from ._errors import OutputError, translate_errors
 from ._predict import REASON
@@ -124,7 +124,7 @@ def check_output_free(cfg: OutputConfig, spark: Any | None = None) -> None:
 
 
 def _writer(sdf: Any, cfg: OutputConfig) -> Any:
-    options = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in cfg.options.items()}
+    options = spark_options(cfg.options)
     if cfg.format == "csv":
         options.setdefault("header", "true")
     return sdf.write.options(**options)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._config import InputConfig
+from ._config import InputConfig, spark_options
 from ._errors import InputError, translate_errors
 
 log = logging.getLogger("rayscore")
@@ -40,7 +40,7 @@ def read_input(spark: Any, cfg: InputConfig) -> Any:
             return spark.table(cfg.table)
         if cfg.format == "sql":
             return spark.sql(cfg.query)
-        options = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in cfg.options.items()}
+        options = spark_options(cfg.options)
         if cfg.format == "csv":
             options.setdefault("header", "true")
             options.setdefault("inferSchema", "true")

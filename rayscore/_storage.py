@@ -16,12 +16,13 @@ messages and the run report.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ModelError
+from ._errors import ModelError, first_line
 
 __all__ = [
     "RemoteFile",
@@ -84,7 +85,7 @@ def open_filesystem(uri: str, options: Mapping[str, Any]) -> tuple[Any, str]:
         try:
             return pafs.FileSystem.from_uri(uri)
         except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
-            raise ModelError(f"model.uri: cannot open {uri}: {_first_line(exc)}") from None
+            raise ModelError(f"model.uri: cannot open {uri}: {first_line(exc)}") from None
     kwargs = {_ALIASES.get(scheme, {}).get(k, k): v for k, v in options.items()}
     classes = {"s3": "S3FileSystem", "gs": "GcsFileSystem", "gcs": "GcsFileSystem", "hdfs": "HadoopFileSystem"}
     if scheme not in classes:
@@ -110,16 +111,11 @@ def open_filesystem(uri: str, options: Mapping[str, Any]) -> tuple[Any, str]:
         bad = str(exc).split("'")[1] if "'" in str(exc) else "?"
         raise ModelError(f"model.storage_options.{bad}: not an option of pyarrow.fs.{classes[scheme]}") from None
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model.storage_options: {classes[scheme]} refused them: {_first_line(exc)}") from None
+        raise ModelError(f"model.storage_options: {classes[scheme]} refused them: {first_line(exc)}") from None
     path = uri.split("://", 1)[1]
     if scheme == "hdfs":
         path = "/" + path.split("/", 1)[1] if "/" in path else "/"
     return fs, path.rstrip("/")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def explain(uri: str, exc: BaseException) -> ModelError:
@@ -128,14 +124,14 @@ def explain(uri: str, exc: BaseException) -> ModelError:
     if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not connect" in text:
         return ModelError(
             f"model.uri: cannot reach the storage for {uri} "
-            f"(check model.storage_options.endpoint_override and the network): {_first_line(exc)}"
+            f"(check model.storage_options.endpoint_override and the network): {first_line(exc)}"
         )
     if any(s in text for s in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden")):
         return ModelError(
             f"model.uri: access to {uri} was denied: check the credentials "
-            f"(model.storage_options or the environment): {_first_line(exc)}"
+            f"(model.storage_options or the environment): {first_line(exc)}"
         )
-    return ModelError(f"model.uri: cannot read {uri}: {_first_line(exc)}")
+    return ModelError(f"model.uri: cannot read {uri}: {first_line(exc)}")
 
 
 def list_model(fs: Any, path: str, uri: str) -> list[RemoteFile]:
@@ -171,7 +167,6 @@ def copy_model(fs: Any, path: str, files: list[RemoteFile], dest: str, uri: str)
     (relative names then bytes, file by file), taken as the bytes pass: the
     copy is never read back. Memory: one chunk.
     """
-    import os  # noqa: PLC0415
 
     digest, total = hashlib.sha256(), 0
     try:

@@ -24,9 +24,10 @@ from typing import Any
 import pyarrow as pa
 
 from ._convert import Plan, from_ipc, output_type, to_ipc
-from ._errors import PredictError, RayscoreError, find_rayscore_error, one_line
+from ._errors import PredictError, RayscoreError, find_rayscore_error, first_line, one_line
 from ._model import ModelSpec
 from ._predict import REASON, ModelRef
+from ._source import arrow_schema
 
 __all__ = [
     "Route",
@@ -86,8 +87,6 @@ def score(df: Any, plan: Plan, pool: Any, spec: ModelSpec, batch_rows: int) -> S
     every output's shape and dtype, else from a loaded actor (waiting for
     the pool). Nothing is read or scored until an action runs.
     """
-    from ._source import arrow_schema  # noqa: PLC0415 - pyspark's types
-
     known = all(t.shape is not None and t.dtype is not None for t in spec.outputs)
     schema = prediction_schema(arrow_schema(df), plan, spec if known else pool.spec())
     frame, counters = scored_frame(df, plan, pool, batch_rows, schema)
@@ -264,5 +263,5 @@ def remote_error(exc: BaseException) -> RayscoreError:
     """What a Spark task raises for ``exc``: rayscore's own error as itself (one line), else a PredictError."""
     inner = find_rayscore_error(exc)
     if inner is not None:
-        return type(inner)(str(inner).split("\n")[0])
+        return type(inner)(first_line(inner))
     return PredictError(f"the actor pool failed: {type(exc).__name__}: {one_line(str(exc))}")

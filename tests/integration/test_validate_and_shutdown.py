@@ -5,6 +5,7 @@ and Ctrl-C in the middle of scoring.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import yaml
 
 import rayscore
 
-from .conftest import settled_free_cpus
+from .conftest import assert_matches_model, read_parquet_dir, settled_free_cpus
 
 pytestmark = pytest.mark.integration
 
@@ -469,5 +470,41 @@ def test_spark_failing_to_start_while_the_pool_loads_stops_everything(workload, 
         assert stderr.startswith("rayscore: error: spark: [JAVA_GATEWAY_EXITED] Java gateway process exited"), stderr
         assert listing(tmp_path) == ["job.yaml"]
         cli.assert_nothing_left(own_before)
+    finally:
+        cli.cleanup()
+
+
+def test_an_executor_killed_mid_job_is_replaced_and_every_row_comes_out_once(workload, tmp_path):
+    """SIGKILL the Spark executor that streams the batches: Spark runs its tasks again on a new one.
+
+    The executor is the JVM whose child is pyspark's Python worker daemon (the
+    process that talks to the pool). Its lost tasks run again; Spark's commit
+    protocol keeps each task's output once, and the accumulators count only
+    the tasks that succeed, so the commit's row check holds.
+    """
+    out = tmp_path / "scores.parquet"
+    write_job(tmp_path, job(workload, out, predict={"batch_size": 50, "actors": 1}))
+    cli = Cli(tmp_path, "run", "job.yaml", "--json")
+
+    def streaming_executor() -> psutil.Process | None:
+        for proc in cli.descendants():
+            if "pyspark.daemon" in _cmdline(proc) or "pyspark/daemon.py" in _cmdline(proc):
+                parent = proc.parent()
+                if parent is not None and parent.name() == "java":
+                    return parent
+        return None
+
+    try:
+        assert wait_until(lambda: scoring_started(cli), timeout=300, step=0.1)
+        executor = wait_until(streaming_executor, timeout=60, step=0.1)
+        assert executor is not None and cli.proc.poll() is None, "the job ended before its executor was killed"
+        executor.kill()
+        code, stdout, stderr = cli.finish(timeout=400)
+        assert code == 0, stderr[-2000:]
+        report = json.loads(stdout)
+        assert report["rows_in"] == report["rows_out"] == 6000
+        assert not executor.is_running()
+        assert_matches_model(read_parquet_dir(out), workload)
+        assert listing(tmp_path) == ["job.yaml", "scores.parquet"]
     finally:
         cli.cleanup()
