@@ -104,6 +104,7 @@ def _print_validation(validation: Validation, out: TextIO, err: TextIO) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     from ._pipeline import run  # noqa: PLC0415 - keep --help fast
 
     if args.verbose:

@@ -145,7 +145,7 @@ class Session:
             kwargs["address"] = cfg.address
         with translate_errors(f"ray.address {cfg.address or 'local'}", SessionError):
             try:
-                with _keep_sigterm_handler():
+                with _keep_signal_handlers():
                     ray.init(**kwargs)
             except ConnectionError as exc:
                 raise SessionError(f"ray.address: cannot reach a Ray cluster at {cfg.address!r}: {exc}") from exc
@@ -170,7 +170,7 @@ class Session:
         }
         for key, value in spark_options(cfg.configs).items():
             configs[key] = f"{configs.get(key, '')} {value}".strip() if key.endswith("extraJavaOptions") else value
-        with translate_errors("spark", SessionError):
+        with translate_errors("spark", SessionError), _keep_signal_handlers():
             self.spark = raydp.init_spark(
                 app_name=cfg.app_name,
                 num_executors=cfg.executors,
@@ -236,22 +236,26 @@ def _driver_logging_dir() -> str:
 
 
 @contextmanager
-def _keep_sigterm_handler() -> Iterator[None]:
-    """Keep a SIGTERM handler the caller installed: ``ray.init`` replaces it with ``sys.exit``.
+def _keep_signal_handlers() -> Iterator[None]:
+    """Keep the SIGTERM and SIGINT handlers the caller installed, which Ray and pyspark replace.
 
-    The CLI turns SIGTERM into KeyboardInterrupt so that a run unwinds, stops
-    what it started and exits 130; Ray's handler would exit 15 without a word.
-    A default (non-Python) handler is left as Ray sets it.
+    ``ray.init`` replaces SIGTERM's with ``sys.exit``; pyspark's SparkContext
+    replaces SIGINT's with one that cancels Spark's jobs and then raises, which
+    in the middle of a Spark job's call made the job's error, not the
+    interrupt, reach the caller. The CLI turns both signals into
+    KeyboardInterrupt so that a run unwinds, stops what it started and exits
+    130. Python's own defaults are left as Ray and pyspark set them.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.getsignal(signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        if callable(before):
-            signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            if callable(handler) and handler is not signal.default_int_handler:
+                signal.signal(signum, handler)
 
 
 @contextmanager

@@ -89,9 +89,7 @@ def test_validate_a_good_job_lists_its_checks_writes_nothing_and_starts_no_actor
         "model run",
     ]
     assert result.checks[2] == f"output.path: {out} does not exist yet and can be written"
-    assert result.checks[7] == (
-        "sample: the first 1000 rows convert to the model's inputs (read by Ray, from the input's 3 parquet file(s))"
-    )
+    assert result.checks[7] == ("sample: the first 1000 rows convert to the model's inputs",)
     assert result.checks[-1] == "model run: 8 sample rows predicted in this process (outputs click [1], topics [5])"
     assert listing(tmp_path) == []
     assert actor_states().keys() == actors_before.keys()  # not one actor was created, not even briefly
