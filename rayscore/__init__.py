@@ -1,8 +1,9 @@
 """rayscore: score Spark DataFrames with large Keras models on a pool of Ray actors.
 
-RayDP turns the Spark DataFrame into a Ray Dataset; long-lived Ray actors,
-each holding one copy of the model loaded from shared storage, predict
-batches; the predictions flow back into Spark. The model is never serialised.
+RayDP runs Spark on Ray; Spark reads the DataFrame and streams its Arrow
+batches to long-lived Ray actors, each holding one copy of the model loaded
+from shared storage; the predictions stream back and Spark writes them. The
+model is never serialised.
 
 Three ways in::
 

@@ -184,7 +184,7 @@ def translate_errors(stage: str, kind: type[RayscoreError] = PredictError) -> It
         if inner is exc and "\n" not in str(exc):
             raise
         if inner is not None:  # e.g. RayTaskError(InputError): a subclass, but its str() is a traceback
-            # Ray Data appends its retry advice on further lines: ours is the first.
+            # Ray appends its traceback on further lines: ours is the first.
             raise type(inner)(first_line(inner)) from exc
         module = type(exc).__module__ or ""
         if module.startswith(("pyspark", "py4j")):

@@ -60,17 +60,17 @@ DEFAULT_MEMORY_FACTORS: Mapping[str, float] = {
 }
 FALLBACK_MEMORY_FACTOR = 6.5
 
-# Resident memory of a predictor actor's process before its model: Python, Ray with Ray
-# Data, pyarrow and TensorFlow imported. Measured: 635 MiB peak RSS before the load (the
-# run report's rss_before_load; keras 3.15.1, tensorflow-cpu 2.21, Python 3.11, Linux),
-# which counts library pages that the actors of a node share, and Ray Data saw 454-474
-# MiB in use per actor of a 1M-row job with a 12 MB model. The loaders' factors above
+# Resident memory of a predictor actor's process before its model: Python, Ray, pyarrow
+# and TensorFlow imported. Measured: 635 MiB peak RSS before the load (the run report's
+# rss_before_load; keras 3.15.1, tensorflow-cpu 2.21, Python 3.11, Linux), which counts
+# library pages that the actors of a node share; 454-474 MiB were in use per actor of a
+# 1M-row job with a 12 MB model. The loaders' factors above
 # leave it out (they measure growth after `import keras`), so without it a small model
 # asked Ray for a few MiB per actor and a node could be given more actors than its
 # memory holds.
 ACTOR_PROCESS_BYTES = 640 * 2**20
 
-# Batches of tensors one actor holds at once: the Arrow batch Ray Data hands it,
+# Batches of tensors one actor holds at once: the Arrow batch a Spark task sends it,
 # the numpy feeds converted from it, the model's outputs, and the Arrow batch it
 # returns.
 BATCH_BUFFERS = 4
@@ -248,7 +248,7 @@ def plan_pool(
     * ``{min, max}`` or a fixed count: ``min`` must fit, else :class:`ConfigError`
       naming the binding resource (memory, CPUs or GPUs), needed vs available.
       A ``max`` above what fits is clamped to what fits: an autoscaling pool
-      could never grow past it anyway, and Ray Data would wait for it.
+      could never grow past it anyway.
     * A model whose one actor fits on no node is a :class:`ConfigError` saying
       how much one actor needs and how much the largest node has.
     """

@@ -79,7 +79,7 @@ class Pool:
         self.namespace = ray.get_runtime_context().namespace
         self.started = time.time()
         prefix = f"rayscore-{uuid.uuid4().hex[:12]}"
-        self.ledger = ray.remote(LoadLedger).options(num_cpus=0).remote()
+        self.ledger = ray.remote(LoadLedger).options(num_cpus=0, name=f"{prefix}-ledger").remote()
         options: dict[str, Any] = {
             "num_cpus": predict.cpus_per_actor,
             "memory": plan.memory_per_actor,  # so Ray never packs more model copies than a node holds
@@ -91,7 +91,7 @@ class Pool:
             options["num_gpus"] = predict.gpus_per_actor
         self.names = tuple(f"{prefix}-{i}" for i in range(plan.max_actors))
         actor = ray.remote(Predictor)
-        self.actors = [actor.options(name=name, **options).remote(model, self.ledger) for name in self.names]
+        self.actors = [actor.options(name=name, **options).remote(model, f"{prefix}-ledger") for name in self.names]
         self._ready: float | None = None
 
     def wait(self, timeout: float = POOL_START_TIMEOUT_S) -> float:

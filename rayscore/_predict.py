@@ -192,11 +192,13 @@ class Predictor:
     batches in flight.
     """
 
-    def __init__(self, model: ModelRef, ledger: Any = None) -> None:
+    def __init__(self, model: ModelRef, ledger: str | None = None) -> None:
         import ray  # noqa: PLC0415
 
         t0 = time.perf_counter()
-        self._ledger = ledger
+        # The ledger's name, not its handle: a handle among an actor's constructor arguments is a
+        # reference Ray warns about for restartable actors (and logs on every start).
+        self._ledger = ray.get_actor(ledger, namespace=ray.get_runtime_context().namespace) if ledger else None
         prepare = getattr(loaders[model.loader], "prepare", None)
         if prepare is not None:  # the framework's import (TensorFlow), so that what follows is the model's
             prepare()
@@ -209,9 +211,9 @@ class Predictor:
         self._limit = BatchLimit()
         self._scored = False
         self._reported_rss = 0
-        if ledger is not None:
+        if self._ledger is not None:
             ray.get(
-                ledger.record.remote(
+                self._ledger.record.remote(
                     {
                         "pid": os.getpid(),
                         "node": ray.get_runtime_context().get_node_id(),

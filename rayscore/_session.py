@@ -183,6 +183,11 @@ class Session:
             )
         self._started_spark = True
         self.spark.sparkContext.setLogLevel(SPARK_LOG_LEVEL)
+        # RayDP returns before its executors have started (a JVM each); Spark is up once it can
+        # run a job. One tiny JVM-only job waits for the first, so that ``startup_seconds`` counts
+        # it rather than the job's first stage.
+        with translate_errors("spark: starting its executors", SessionError):
+            self.spark.range(1).count()
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:

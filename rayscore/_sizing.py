@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["local_ray_cpus", "rows_per_block", "spark_executor_cores", "AUTO_EXECUTOR_CORES_MAX"]
+__all__ = ["local_ray_cpus", "spark_executor_cores", "AUTO_EXECUTOR_CORES_MAX"]
 
 AUTO_EXECUTOR_CORES_MAX = 4  # what the default 2g of executor memory holds for nested columns
 
@@ -12,12 +12,11 @@ AUTO_EXECUTOR_CORES_MAX = 4  # what the default 2g of executor memory holds for 
 def spark_executor_cores(configured: int | None, *, local: bool, physical_cpus: int) -> int:
     """Cores per Spark executor: ``spark.executor_cores``, else a default.
 
-    On the embedded default (a local Ray) Spark reads and writes while the
-    actors load or are idle and the actors predict while Spark is idle, so
-    Spark gets the machine's cores (up to :data:`AUTO_EXECUTOR_CORES_MAX`): on
-    2 cores this read 1M rows of the example about 3 s faster
-    (bench/RESULTS.md). On a cluster the executors share nodes with other
-    work: 1.
+    On the embedded default (a local Ray) Spark's one executor gets the
+    machine's cores (up to :data:`AUTO_EXECUTOR_CORES_MAX`): one task per
+    core reads and writes, each keeping batches in flight at the pool, whose
+    model calls wait on the tasks' reading and writing. On a cluster the
+    executors share nodes with other work: 1.
 
     >>> spark_executor_cores(None, local=True, physical_cpus=2)
     2
@@ -40,30 +39,12 @@ def local_ray_cpus(
     """Logical CPUs for a local Ray that rayscore starts.
 
     RayDP's executors are Ray actors that hold their CPUs for the whole job,
-    even while idle. Spark's reading overlaps only the actors' model loads;
-    predicting (actors) and writing (Spark) come after it, one after the other.
-    So the local node advertises enough logical CPUs for both the executors
-    and the largest pool, plus one for Ray Data's own small tasks, and never
-    fewer than the machine has.
+    and they read and write while the pool's actors score. So the local node
+    advertises enough logical CPUs for both the executors and the largest
+    pool, plus one spare, and never fewer than the machine has.
 
     >>> local_ray_cpus(2, spark_executors=1, executor_cores=1, max_actors=2, cpus_per_actor=1)
     4
     """
     needed = spark_executors * executor_cores + math.ceil(max_actors * cpus_per_actor) + 1
     return max(int(physical_cpus), needed)
-
-
-def rows_per_block(rows: int, max_actors: int, batch_size: int) -> int:
-    """Rows per Ray block so that every actor gets work and no block is tiny.
-
-    Each block goes to one actor as one task: fewer blocks than actors leaves
-    actors idle, while a block smaller than a batch wastes model calls. Aim at
-    four blocks per actor, in whole batches.
-
-    >>> rows_per_block(100_000, 2, 1024)
-    13312
-    >>> rows_per_block(500, 2, 1024)
-    1024
-    """
-    per_block = math.ceil(max(rows, 1) / (4 * max(max_actors, 1)))
-    return max(batch_size, math.ceil(per_block / batch_size) * batch_size)

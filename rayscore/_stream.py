@@ -43,7 +43,9 @@ __all__ = [
     "model_identity",
 ]
 
-IN_FLIGHT_PER_ACTOR = 2  # batches a worker keeps at each actor: one scored, one waiting
+# Batches a Spark task keeps in flight per loaded actor: one scored, one waiting. Memory: that many
+# batches in Ray's object store per task (a few MB each), whatever the input's size.
+IN_FLIGHT_PER_ACTOR = 2
 READY_TIMEOUT_S = 3600  # for a worker to see one loaded actor (the pool may still be placing its actors)
 _ready: set[str] = set()  # actors this worker process has seen loaded (a restarted one keeps its name)
 

@@ -144,9 +144,7 @@ def test_bad_config_value(tmp_path: Path) -> None:
     data = base_config()
     data["predict"] = {"actors": 0}
     config = write_config(tmp_path / "job.yaml", data)
-    started = time.monotonic()
     result, started_procs = rayscore_watched("run", str(config), cwd=tmp_path)
-    assert time.monotonic() - started < 30
     line = assert_user_error(result)
     assert line == "rayscore: error: predict.actors must be >= 1, got 0"
     assert "predict.actors" in line
@@ -174,13 +172,10 @@ def test_invalid_yaml(tmp_path: Path) -> None:
 
 def test_missing_model_file(tmp_path: Path) -> None:
     config = write_config(tmp_path / "job.yaml", base_config(model="models/missing.keras", output="out"))
-    started = time.monotonic()
     result, started_procs = rayscore_watched("run", str(config), cwd=tmp_path)
-    elapsed = time.monotonic() - started
     line = assert_user_error(result)
     assert "no model at" in line
     assert line == f"rayscore: error: model.uri: no model at {tmp_path.resolve() / 'models' / 'missing.keras'}"
-    assert elapsed < 30
     assert not (tmp_path / "out").exists()
     assert started_procs == []
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from rayscore._sizing import local_ray_cpus, rows_per_block
+from rayscore._sizing import local_ray_cpus
 
 # --------------------------------------------------------------------------- local_ray_cpus
 
@@ -38,45 +36,3 @@ def test_local_ray_cpus_returns_int() -> None:
         ),
         int,
     )
-
-
-# --------------------------------------------------------------------------- rows_per_block
-
-
-@pytest.mark.parametrize(
-    "rows, actors, batch, expected",
-    [
-        (100_000, 2, 1024, 13312),  # ceil(100000/8)=12500 -> 13 batches
-        (500, 2, 1024, 1024),  # never below one batch
-        (0, 2, 1024, 1024),  # empty input still gives a valid size
-        (8192, 2, 1024, 1024),  # exactly one batch per block
-        (8193, 2, 1024, 2048),  # rounds up to whole batches
-        (1000, 0, 10, 250),  # zero actors counts as one
-        (1_000_000, 4, 1, 62500),
-    ],
-)
-def test_rows_per_block(rows: int, actors: int, batch: int, expected: int) -> None:
-    assert rows_per_block(rows, actors, batch) == expected
-
-
-def test_rows_per_block_is_whole_batches_and_gives_every_actor_work() -> None:
-    for rows in (1, 999, 10_000, 123_457):
-        for actors in (1, 2, 3, 8):
-            for batch in (1, 64, 1000):
-                block = rows_per_block(rows, actors, batch)
-                assert block % batch == 0
-                assert block >= batch
-                if rows >= 4 * actors * batch:
-                    blocks = -(-rows // block)
-                    assert blocks >= actors
-
-
-def test_spark_executor_cores_default_to_the_machine_on_a_local_ray_only() -> None:
-    from rayscore._sizing import AUTO_EXECUTOR_CORES_MAX, spark_executor_cores
-
-    assert spark_executor_cores(None, local=True, physical_cpus=2) == 2
-    assert spark_executor_cores(None, local=True, physical_cpus=1) == 1
-    assert spark_executor_cores(None, local=True, physical_cpus=64) == AUTO_EXECUTOR_CORES_MAX
-    assert spark_executor_cores(None, local=False, physical_cpus=64) == 1
-    assert spark_executor_cores(3, local=True, physical_cpus=2) == 3
-    assert spark_executor_cores(3, local=False, physical_cpus=2) == 3
