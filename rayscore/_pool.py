@@ -77,7 +77,6 @@ class Pool:
         _make_room(predict, plan)
         self.model, self.predict, self.plan = model, predict, plan
         self.namespace = ray.get_runtime_context().namespace
-        self.started = time.time()
         prefix = f"rayscore-{uuid.uuid4().hex[:12]}"
         self.ledger = ray.remote(LoadLedger).options(num_cpus=0, name=f"{prefix}-ledger").remote()
         options: dict[str, Any] = {
@@ -92,14 +91,14 @@ class Pool:
         self.names = tuple(f"{prefix}-{i}" for i in range(plan.max_actors))
         actor = ray.remote(Predictor)
         self.actors = [actor.options(name=name, **options).remote(model, f"{prefix}-ledger") for name in self.names]
-        self._ready: float | None = None
+        self._loaded = False  # the minimal pool has loaded
 
-    def wait(self, timeout: float = POOL_START_TIMEOUT_S) -> float:
-        """Wait until ``plan.min_actors`` actors have loaded the model; the seconds that took. Raises a load error."""
+    def wait(self, timeout: float = POOL_START_TIMEOUT_S) -> None:
+        """Wait until ``plan.min_actors`` actors have loaded the model; raise the first load error."""
         import ray  # noqa: PLC0415
 
-        if self._ready is not None:
-            return self._ready
+        if self._loaded:
+            return
         began = time.perf_counter()
         pending = [a.__ray_ready__.remote() for a in self.actors]
         ready = 0
@@ -114,8 +113,7 @@ class Pool:
                     )
                 ray.get(done[0])
                 ready += 1
-        self._ready = time.perf_counter() - began
-        return self._ready
+        self._loaded = True
 
     def spec(self) -> ModelSpec:
         """The model's inputs and outputs as a loaded copy knows them (waits for the pool)."""
