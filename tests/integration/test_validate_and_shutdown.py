@@ -27,6 +27,8 @@ pytestmark = pytest.mark.integration
 
 COLUMNS = "id, title_0, title_1, title_2, title_3, hour_of_week, price"
 INTERRUPTED = "rayscore: interrupted; stopped the actors, Spark and Ray it had started\n"
+# What validate checks, in order: the first word of each line it prints for a good job.
+CHECKS = ["config", "model", "output.path", "session", "predict.actors", "input", "columns", "sample", "model run"]
 
 
 def job(workload: dict, out: Path, **sections) -> dict:
@@ -77,19 +79,9 @@ def test_validate_a_good_job_lists_its_checks_writes_nothing_and_starts_no_actor
     result = rayscore.validate(job(workload, out), session=rs)
     assert result.ok, result.problems
     assert result.problems == ()
-    assert [check.split(":")[0] for check in result.checks] == [
-        "config",
-        "model",
-        "output.path",
-        "session",
-        "predict.actors",
-        "input",
-        "columns",
-        "sample",
-        "model run",
-    ]
+    assert [check.split(":")[0] for check in result.checks] == CHECKS
     assert result.checks[2] == f"output.path: {out} does not exist yet and can be written"
-    assert result.checks[7] == ("sample: the first 1000 rows convert to the model's inputs",)
+    assert result.checks[7] == "sample: the first 1000 rows convert to the model's inputs"
     assert result.checks[-1] == "model run: 8 sample rows predicted in this process (outputs click [1], topics [5])"
     assert listing(tmp_path) == []
     assert actor_states().keys() == actors_before.keys()  # not one actor was created, not even briefly
@@ -362,17 +354,7 @@ def test_cli_validate_a_good_job_exits_0_with_one_line_per_check(workload, tmp_p
         assert (code, stderr) == (0, ""), stderr
         lines = stdout.splitlines()
         assert all(line.startswith("rayscore: ok: ") for line in lines), stdout
-        assert [line.removeprefix("rayscore: ok: ").split(":")[0] for line in lines] == [
-            "config",
-            "model",
-            "output.path",
-            "session",
-            "predict.actors",
-            "input",
-            "columns",
-            "sample",
-            "model run",
-        ]
+        assert [line.removeprefix("rayscore: ok: ").split(":")[0] for line in lines] == CHECKS
         assert lines[3] == "rayscore: ok: session: started a local Ray and RayDP's Spark (1 Spark executor(s))"
         assert listing(tmp_path) == ["job.yaml"]
         cli.assert_nothing_left(own_before)
