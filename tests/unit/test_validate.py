@@ -19,7 +19,7 @@ from rayscore._cli import _parser, _print_validation
 from rayscore._convert import make_plan
 from rayscore._errors import RayscoreError
 from rayscore._model import ModelSpec, TensorSpec
-from rayscore._session import _keep_sigterm_handler
+from rayscore._session import _keep_signal_handlers
 from rayscore._source import has_data_files, spark_reason
 from rayscore._validate import Validation, plan_problems
 
@@ -282,27 +282,34 @@ def test_spark_reason_is_one_line_without_plan_or_sql_echo(desc: str, reason: st
     assert "\n" not in spark_reason(desc)
 
 
-# --------------------------------------------------------------------------- SIGTERM survives ray.init
+# --------------------------------------------------------------------------- the CLI's handlers survive Ray and pyspark
 
 
-def test_keep_sigterm_handler_restores_a_python_handler() -> None:
+def test_the_callers_signal_handlers_survive_what_ray_and_pyspark_install() -> None:
     def mine(signum, frame):  # pragma: no cover - never called
         raise KeyboardInterrupt
 
-    def rays(signum, frame):  # pragma: no cover - never called
+    def theirs(signum, frame):  # pragma: no cover - never called
         sys.exit(signum)
 
-    previous = signal.signal(signal.SIGTERM, mine)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with _keep_sigterm_handler():
-            signal.signal(signal.SIGTERM, rays)  # what ray.init does
-        assert signal.getsignal(signal.SIGTERM) is mine
+        signal.signal(signal.SIGTERM, mine)
+        signal.signal(signal.SIGINT, mine)
+        with _keep_signal_handlers():
+            signal.signal(signal.SIGTERM, theirs)  # what ray.init does
+            signal.signal(signal.SIGINT, theirs)  # what pyspark's SparkContext does
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+        # Python's own defaults are no handler of the caller's: left as Ray and pyspark set them.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        with _keep_sigterm_handler():
-            signal.signal(signal.SIGTERM, rays)
-        assert signal.getsignal(signal.SIGTERM) is rays  # no handler of the caller's to keep
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with _keep_signal_handlers():
+            signal.signal(signal.SIGTERM, theirs)
+            signal.signal(signal.SIGINT, theirs)
+        assert signal.getsignal(signal.SIGTERM) is theirs and signal.getsignal(signal.SIGINT) is theirs
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def test_public_validate_is_the_module_function() -> None:
