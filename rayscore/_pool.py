@@ -75,7 +75,7 @@ class Pool:
         import ray  # noqa: PLC0415
 
         _make_room(predict, plan)
-        self.model, self.predict, self.plan = model, predict, plan
+        self.model, self.plan = model, plan
         self.namespace = ray.get_runtime_context().namespace
         prefix = f"rayscore-{uuid.uuid4().hex[:12]}"
         self.ledger = ray.remote(LoadLedger).options(num_cpus=0, name=f"{prefix}-ledger").remote()

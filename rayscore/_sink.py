@@ -26,7 +26,6 @@ from ._stream import Scoring
 
 __all__ = [
     "check_output_free",
-    "write_output",
     "count_written",
     "staging_path",
     "REPORT_NAME",
@@ -246,23 +245,6 @@ def write_scored(
             write.discard()
         if plan.quarantine:
             frame.unpersist()
-
-
-def write_output(
-    spark: Any, sdf: Any, cfg: OutputConfig, expected_rows: int, report: Any, report_name: str = REPORT_NAME
-) -> int:
-    """Write ``sdf`` per ``cfg``, check it holds ``expected_rows``, commit with the report.
-
-    ``report`` is called with the written row count and returns the JSON text
-    stored as ``report_name`` in the output, committed with it. Returns the
-    number of rows written.
-    """
-    staged = StagedWrite(spark, cfg)
-    try:
-        staged.append(sdf)
-        return staged.commit(expected_rows, report, report_name)
-    finally:
-        staged.discard()
 
 
 def count_written(spark: Any, cfg: OutputConfig, staging: str) -> int:

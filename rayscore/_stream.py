@@ -143,9 +143,7 @@ def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: 
     return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
 
 
-def score_partition(
-    route: Route, counters: Counters | None, batches: Iterable[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
+def score_partition(route: Route, counters: Counters, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Run in a Spark Python worker: score ``batches`` on the pool, yield the predictions in order."""
     import ray  # noqa: PLC0415
 
@@ -180,7 +178,7 @@ def score_partition(
         raise remote_error(exc) from None
 
 
-def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters | None) -> Iterator[pa.RecordBatch]:
+def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters) -> Iterator[pa.RecordBatch]:
     import ray  # noqa: PLC0415
 
     ref, rows = call
@@ -188,10 +186,9 @@ def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counte
     picker.done(ref)
     if table.num_rows != rows:
         raise PredictError(f"a pool actor returned {table.num_rows} rows for a batch of {rows}")
-    if counters is not None:
-        counters.rows.add(rows)
-        if REASON in table.column_names:
-            counters.quarantined.add(rows - table.column(REASON).null_count)
+    counters.rows.add(rows)
+    if REASON in table.column_names:
+        counters.quarantined.add(rows - table.column(REASON).null_count)
     yield from table.select(route.schema.names).cast(route.schema).to_batches()
 
 
