@@ -89,7 +89,7 @@ def main() -> None:
             err = float(np.abs(sample.column("score").to_numpy() - expected_scores(tokens[ids])).max())
             s = report["seconds"]
             after_startup = s["total"] - s["startup"]  # stages overlap; "total" is a moment, not a stage
-            for actor in report["actor_memory"]:
+            for actor in report["actor_loads"]:
                 lines.append(
                     f"{fmt:<10} {size / 1e9:7.2f} {built:7.1f} {actor['load_seconds']:7.1f} "
                     f"{actor['rss_before_load'] / 1e9:8.2f} {actor['peak_rss'] / 1e9:8.2f} "

@@ -146,7 +146,7 @@ class Pool:
         """
         loads = self.loads()
         result.model_loads = result.model_copies = 0
-        result.actor_memory = []
+        result.actor_loads = []
         result.add_loads(loads)
         result.model_copies += int(self.model.fetched)
         clock.seconds["load"] = round(loads["load_seconds_max"], 3)

@@ -332,13 +332,15 @@ def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
         "nodes": len({x["node"] for x in loads}),
         "model_copies": sum(1 for x in loads if x.get("copied")),
         "gpu_ids": sorted({g for x in loads for g in x.get("gpu_ids", [])}),
-        "actor_memory": [
+        "actor_loads": [
             {
                 "node": x["node"][:12],
                 "pid": x["pid"],
                 "load_seconds": round(float(x["load_seconds"]), 3),
                 "rss_before_load": x.get("rss_before_load", 0),
                 "peak_rss": x.get("peak_rss", 0),
+                "gpu_ids": x.get("gpu_ids", []),
+                "cuda_visible_devices": x.get("cuda_visible_devices", ""),
             }
             for x in loads
         ],

@@ -25,9 +25,10 @@ class RunResult:
     ``model_copies`` counts copies made into node-local caches (one per node
     and model version); ``working_batch_size`` is the smallest rows per model
     call an actor fell back to after running out of device memory (None: never).
-    ``actor_memory`` lists, per model load, the actor's load seconds, its
-    resident memory before the load and its peak (bytes, loading then
-    predicting); ``actor_peak_rss`` is the largest peak.
+    ``actor_loads`` lists, per model load, the actor's node and pid, its load
+    seconds, its resident memory before the load and its peak (bytes,
+    loading then predicting), the GPUs Ray gave it and the
+    ``CUDA_VISIBLE_DEVICES`` it saw; ``actor_peak_rss`` is the largest peak.
 
     ``seconds`` holds wall-clock seconds per stage: ``startup`` (Ray + Spark
     up; the pool's actors load the model meanwhile), ``read_convert`` (the
@@ -56,7 +57,7 @@ class RunResult:
     working_batch_size: int | None = None
     memory_per_actor: int = 0
     actor_peak_rss: int = 0
-    actor_memory: list[dict[str, Any]] = field(default_factory=list)
+    actor_loads: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 0
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -68,8 +69,8 @@ class RunResult:
         """Fold one actor pool's load summary in (resume runs one pool per shard)."""
         self.model_loads += loads["model_loads"]
         self.model_copies += loads.get("model_copies", 0)
-        self.actor_memory += loads.get("actor_memory", [])
-        self.actor_peak_rss = max([self.actor_peak_rss, *(a["peak_rss"] for a in loads.get("actor_memory", []))])
+        self.actor_loads += loads.get("actor_loads", [])
+        self.actor_peak_rss = max([self.actor_peak_rss, *(a["peak_rss"] for a in loads.get("actor_loads", []))])
         self.nodes = max(self.nodes, loads.get("nodes", 0))
         self.gpu_ids = sorted(set(self.gpu_ids) | set(loads.get("gpu_ids", [])))
         self.output_shapes = loads["output_shapes"] or self.output_shapes

@@ -56,6 +56,20 @@ def rs():
     s.stop()
 
 
+def probed_model(workload: dict, folder: Path, output: str, layer: str, **config) -> str:
+    """The workload's model (same weights) with a :mod:`.probes` layer on ``output``, saved under ``folder``.
+
+    Score it with ``model.custom_objects: probes.CUSTOM_OBJECTS_PATH``; its predictions are the workload's.
+    """
+    import keras
+
+    from . import probes
+
+    path = folder / f"ctr-{layer}.keras"
+    probes.with_layer(keras.saving.load_model(workload["keras"]), output, getattr(probes, layer), **config).save(path)
+    return str(path)
+
+
 def read_parquet_dir(path: str | os.PathLike[str]) -> pa.Table:
     """Read a Spark-written parquet directory with pyarrow (ignores _SUCCESS and the report)."""
     files = sorted(p for p in Path(path).glob("*.parquet"))

@@ -64,7 +64,7 @@ def test_a_model_past_the_2gb_protobuf_limit_is_scored_through_rayscore_run(big,
     report = json.loads(done.stdout)
     assert (report["rows_in"], report["rows_out"], report["model_loads"]) == (ROWS, ROWS, 1)
     assert report["model_format"] == fmt and report["model_bytes"] == model_bytes(big[fmt])
-    [actor] = report["actor_memory"]
+    [actor] = report["actor_loads"]
     assert actor["peak_rss"] > 2**31  # the weights were resident in the actor, once
     print(
         f"{fmt}: {report['model_bytes'] / 1e9:.2f} GB, load {actor['load_seconds']:.1f} s, "

@@ -14,7 +14,8 @@ import pytest
 
 import rayscore
 
-from .conftest import ROWS, assert_matches_model, read_parquet_dir, settled_free_cpus
+from . import probes
+from .conftest import ROWS, assert_matches_model, probed_model, read_parquet_dir, settled_free_cpus
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +58,31 @@ def test_predict_is_lazy_and_every_action_streams_through_the_sessions_one_pool(
 
 
 def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tmp_path):
-    out = tmp_path / "scores.parquet"
+    """One load per actor, counted by the model itself: a layer that logs each construction's pid."""
+    log, models = tmp_path / "loads", tmp_path / "models"
+    log.mkdir(), models.mkdir()
+    model = probed_model(workload, models, "click", "LoadProbe", log_dir=str(log))
+    for built in log.iterdir():  # building it here constructed the layer once too
+        built.unlink()
+    out = tmp_path / "out" / "scores.parquet"
     result = rayscore.run(
-        job(workload, out, model={"outputs": {"click": "click_prob", "topics": "topic_probs"}}),
+        job(
+            workload,
+            out,
+            model={
+                "uri": model,
+                "custom_objects": probes.CUSTOM_OBJECTS_PATH,
+                "outputs": {"click": "click_prob", "topics": "topic_probs"},
+            },
+        ),
         session=rs,
     )
     assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
     assert result.model_loads == 2  # loads = actors, not batches (6000 rows / 500 = 12 batches)
+    loaded_in = probes.loads_logged(log)
+    assert len(loaded_in) == len(set(loaded_in)) == 2  # two processes, each loading once
+    assert set(loaded_in) == {a["pid"] for a in result.actor_loads}  # the pool's actors, as the report says
+    assert os.getpid() not in loaded_in  # the driver reads the model's config, never builds the model
     assert result.actors == {"min": 2, "max": 2}
     assert result.output == str(out)
     assert result.output_columns == ["id", "click_prob", "topic_probs"]
@@ -74,10 +93,10 @@ def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tm
     assert (out / "_SUCCESS").exists()
     report = json.loads((out / "_rayscore_report.json").read_text())
     assert report["rows_in"] == report["rows_out"] == ROWS
-    assert report["model_uri"] == workload["keras"]
+    assert report["model_uri"] == model
     assert report["model_loads"] == 2
     assert_matches_model(read_parquet_dir(out), workload, click="click_prob", topics="topic_probs")
-    assert leftovers(tmp_path) == ["scores.parquet"]
+    assert leftovers(out.parent) == ["scores.parquet"]
 
 
 def test_an_sql_input_with_a_filter_is_streamed_through_the_pool(rs, workload, tmp_path):
@@ -102,7 +121,20 @@ def test_a_filtered_parquet_dataframe_is_read_by_spark_and_scores_only_its_rows(
     np.testing.assert_allclose([r.click for r in rows], workload["click"][::2], atol=1e-5, rtol=0)
 
 
-def test_autoscaling_pool_h5_model_sql_source_and_renamed_columns(rs, workload, tmp_path):
+def test_an_autoscaling_pool_scores_on_its_minimum_while_the_rest_wait_for_room(rs, workload, tmp_path):
+    """``actors: {min: 1, max: 2}`` with room for one actor: the job runs on it; the queued one is cancelled.
+
+    Also: an .h5 model, an SQL source and renamed inputs and outputs.
+    """
+    import ray
+
+    free = settled_free_cpus(rs)  # the room beside Spark's executor: one CPU per actor
+
+    class Holder:  # takes one actor's CPU for as long as it lives
+        pass
+
+    holder = ray.remote(Holder).options(num_cpus=free - 1).remote()
+    ray.get(holder.__ray_ready__.remote())
     rs.spark.read.parquet(workload["data"]).createOrReplaceTempView("features")
     query = (
         "SELECT id, title_0 AS t0, title_1 AS t1, title_2 AS t2, title_3 AS t3, "
@@ -110,17 +142,22 @@ def test_autoscaling_pool_h5_model_sql_source_and_renamed_columns(rs, workload, 
     )
     inputs = {"title_0": "t0", "title_1": "t1", "title_2": "t2", "title_3": "t3", "hour_of_week": "how", "price": "p"}
     out = tmp_path / "scores.csv"
-    result = rayscore.run(
-        {
-            "input": {"format": "sql", "query": query},
-            "model": {"uri": workload["h5"], "inputs": inputs, "outputs": {"click": "click"}},
-            "predict": {"batch_size": 256, "actors": {"min": 1, "max": 2}},
-            "output": {"path": str(out), "format": "csv", "keep_columns": ["id"]},
-        },
-        session=rs,
-    )
+    try:
+        result = rayscore.run(
+            {
+                "input": {"format": "sql", "query": query},
+                "model": {"uri": workload["h5"], "inputs": inputs, "outputs": {"click": "click"}},
+                "predict": {"batch_size": 256, "actors": {"min": 1, "max": 2}},
+                "output": {"path": str(out), "format": "csv", "keep_columns": ["id"]},
+            },
+            session=rs,
+        )
+    finally:
+        ray.kill(holder)
     assert result.rows_out == ROWS
-    assert 1 <= result.model_loads <= 2
+    assert result.actors == {"min": 1, "max": 2}  # as asked: the node's total room holds both
+    assert result.model_loads == 1  # scoring began on the minimum; the second actor never found room
+    assert settled_free_cpus(rs) == free  # the queued actor went with the pool
     assert result.model_format == "h5"
     written = rs.spark.read.option("header", "true").option("inferSchema", "true").csv(str(out))
     assert written.columns == ["id", "click"]
@@ -308,17 +345,19 @@ def test_the_sessions_jvms_keep_the_jvms_defaults_but_for_java_17s_module_rules(
 
 def test_actors_auto_sizes_the_pool_from_the_node_and_reports_it(rs, workload, tmp_path):
     out = tmp_path / "scores.parquet"
+    room = settled_free_cpus(rs)  # the session's CPUs beside Spark's executor
     result = rayscore.run(job(workload, out, predict={"actors": "auto"}), session=rs)
     assert result.rows_out == ROWS
-    assert result.actors["min"] == 1 and result.actors["max"] >= 1
-    assert 1 <= result.model_loads <= result.actors["max"]
+    # Everything that fits: one actor per CPU (the node's memory holds many more copies of this small model).
+    assert result.actors == {"min": 1, "max": int(room)}
+    assert 1 <= result.model_loads <= room  # scoring begins on the first; the others load meanwhile
     assert result.memory_per_actor > result.model_bytes
     # What each actor asks Ray for counts its process before the model (TensorFlow imported) too, and that
     # figure is of the size the actors measure (their RSS also counts the libraries' pages they share).
     from rayscore._placement import ACTOR_PROCESS_BYTES
 
     assert result.memory_per_actor >= ACTOR_PROCESS_BYTES + result.model_bytes
-    assert ACTOR_PROCESS_BYTES / 2 < max(a["rss_before_load"] for a in result.actor_memory) < 2 * ACTOR_PROCESS_BYTES
+    assert ACTOR_PROCESS_BYTES / 2 < max(a["rss_before_load"] for a in result.actor_loads) < 2 * ACTOR_PROCESS_BYTES
 
 
 def test_a_pool_that_fits_no_node_is_refused_before_it_starts(rs, workload, tmp_path):

@@ -20,7 +20,8 @@ import yaml
 
 import rayscore
 
-from .conftest import ROWS, assert_matches_model, processes_of_session, read_parquet_dir
+from . import probes
+from .conftest import ROWS, assert_matches_model, probed_model, processes_of_session, read_parquet_dir
 from .test_pipeline import job, leftovers
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,22 @@ def test_an_actor_killed_mid_job_is_replaced_and_every_row_comes_out_once(rs, wo
     assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
     assert result.model_loads >= 2
     assert not victim.is_running()
+    assert_matches_model(read_parquet_dir(out), workload)
+
+
+def test_a_batch_too_big_for_memory_is_split_until_it_fits_and_the_size_is_reported(rs, workload, tmp_path):
+    """TensorFlow's allocator refuses a model op's memory above 100 rows: the actor halves its batches.
+
+    500 rows fail, then 250 and 125; 62 fit and stay the size for the rest of the job.
+    """
+    model = probed_model(workload, tmp_path, "topics", "OomAbove", max_rows=100)
+    out = tmp_path / "scores.parquet"
+    cfg = job(workload, out, model={"uri": model, "custom_objects": probes.CUSTOM_OBJECTS_PATH})
+    result = rayscore.run(cfg, session=rs)
+    assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
+    assert result.batch_size == 500
+    assert result.working_batch_size == 62
+    assert result.model_loads == 2  # split in the actor, not by restarting it
     assert_matches_model(read_parquet_dir(out), workload)
 
 

@@ -1,0 +1,85 @@
+"""Keras layers the tests add to the workload's model, loaded by the actors through ``model.custom_objects``.
+
+Each is the identity on its input, so the model's predictions stay
+``model.predict``'s, and each reports a fact from inside the actor that
+loads it, without any of rayscore's own counters:
+
+* :class:`LoadProbe` writes one file per construction (one per model load)
+  into a directory the test owns, named by the loading process's pid.
+* :class:`OomAbove` asks TensorFlow's allocator for 4 TiB when a call has more
+  than ``max_rows`` rows: a real ``ResourceExhaustedError`` from a model op.
+  ``Empty`` with ``init=False`` touches nothing, so on a kernel that would
+  grant the allocation nothing is consumed (and the test fails, not the machine).
+
+Used as ``model.custom_objects: tests.integration.probes:CUSTOM_OBJECTS``;
+Ray's workers find this module because Ray puts the driver's working
+directory (the repository root) on their path.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+CUSTOM_OBJECTS_PATH = "tests.integration.probes:CUSTOM_OBJECTS"
+
+
+@keras.saving.register_keras_serializable(package="rayscore_tests")
+class LoadProbe(keras.layers.Layer):
+    """The identity; constructing it writes ``<log_dir>/<pid>-<random>``."""
+
+    def __init__(self, log_dir: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log_dir = log_dir
+        Path(log_dir, f"{os.getpid()}-{uuid.uuid4().hex[:8]}").write_text(str(os.getpid()))
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "log_dir": self.log_dir}
+
+
+@keras.saving.register_keras_serializable(package="rayscore_tests")
+class OomAbove(keras.layers.Layer):
+    """The identity for at most ``max_rows`` rows; above that, TensorFlow runs out of memory."""
+
+    def __init__(self, max_rows: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_rows = max_rows
+
+    def call(self, x):
+        def too_big():
+            scratch = tf.raw_ops.Empty(shape=tf.constant([2**20, 2**20], tf.int32), dtype=x.dtype, init=False)
+            return x + 0 * scratch[0, 0]
+
+        return tf.cond(tf.shape(x)[0] > self.max_rows, too_big, lambda: x)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "max_rows": self.max_rows}
+
+
+CUSTOM_OBJECTS = {"LoadProbe": LoadProbe, "OomAbove": OomAbove}
+
+
+def loads_logged(log_dir: Path) -> list[int]:
+    """The pid of each model load :class:`LoadProbe` saw, sorted."""
+    return sorted(int(p.read_text()) for p in log_dir.iterdir())
+
+
+def with_layer(model: keras.Model, output: str, make: type[keras.layers.Layer], **config) -> keras.Model:
+    """``model`` with a ``make(**config)`` layer on its output ``output``, which keeps its name."""
+    names = list(model.output_names)
+    model.get_layer(output).name = f"{output}_before_{make.__name__}"
+    outputs = [make(**config, name=name)(t) if name == output else t for name, t in zip(names, model.outputs)]
+    return keras.Model(model.inputs, outputs)
