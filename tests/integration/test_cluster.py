@@ -8,6 +8,7 @@ the CLI, joining the cluster as a user's driver would.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -102,6 +103,8 @@ def job(workload: dict, out: Path, address: str, **predict) -> dict:
 
 def test_actors_spread_over_both_nodes_with_one_model_copy_per_node_cache(two_nodes, workload, tmp_path):
     cluster, caches = two_nodes
+    for node_cache in caches.iterdir():  # whatever ran before: each node starts without a copy
+        shutil.rmtree(node_cache)
     out = tmp_path / "scores.parquet"
     report = run_cli(job(workload, out, cluster.address), tmp_path)
     assert (report["rows_in"], report["rows_out"]) == (ROWS, ROWS)
@@ -115,23 +118,61 @@ def test_actors_spread_over_both_nodes_with_one_model_copy_per_node_cache(two_no
 
 def test_gpu_actors_get_distinct_gpus_on_the_gpu_node_and_reuse_its_cached_model(two_nodes, workload, tmp_path):
     cluster, caches = two_nodes
-    before = cache_entries(caches / "gpu-node")
+    # The node already holds a verified copy (put there as its first actor would), whatever ran before.
+    from rayscore._cache import cached_model
+    from rayscore._model import fingerprint
+
+    copy = cached_model(workload["keras"], str(caches / "gpu-node"), fingerprint=fingerprint(workload["keras"]))
+    before = Path(copy.path).stat()
     out = tmp_path / "scores.parquet"
     report = run_cli(job(workload, out, cluster.address, gpus_per_actor=1), tmp_path)
     assert report["rows_out"] == ROWS
     assert report["nodes"] == 1  # only the second node has GPUs
     assert report["gpu_ids"] == ["0", "1"]  # one GPU each, as Ray assigned them
-    assert report["model_copies"] == (0 if before else 1)  # the node's verified copy is reused
-    assert len(cache_entries(caches / "gpu-node")) == 1
+    # Each actor's TensorFlow sees only its own GPU: Ray set CUDA_VISIBLE_DEVICES to what it assigned.
+    seen = sorted((a["gpu_ids"], a["cuda_visible_devices"]) for a in report["actor_loads"])
+    assert seen == [(["0"], "0"), (["1"], "1")]
+    assert report["model_copies"] == 0  # the node's verified copy is reused...
+    after = Path(copy.path).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # ...not written again
+    assert cache_entries(caches / "gpu-node") == [Path(copy.path).name]
     assert_matches_model(read_parquet_dir(out), workload)
     assert_left_clean(cluster.address)
 
 
+HOLD_A_GPU = """
+import ray, sys
+ray.init(address=sys.argv[1], logging_level="ERROR")
+
+@ray.remote(num_cpus=0, num_gpus=1)
+class Holder:
+    def gpu(self):
+        return ray.get_gpu_ids()[0]
+
+holder = Holder.remote()
+print(ray.get(holder.gpu.remote()), flush=True)
+sys.stdin.read()  # hold it until the test closes our stdin
+"""
+
+
 def test_half_a_gpu_per_actor_puts_two_actors_on_one_gpu(two_nodes, workload, tmp_path):
+    """With one of the node's two GPUs held elsewhere, two half-GPU actors must share the other one."""
     cluster, _ = two_nodes
-    out = tmp_path / "scores.parquet"
-    report = run_cli(job(workload, out, cluster.address, gpus_per_actor=0.5), tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_GPU, cluster.address], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        held = holder.stdout.readline().strip()
+        assert held in ("0", "1"), held
+        free = "1" if held == "0" else "0"
+        out = tmp_path / "scores.parquet"
+        report = run_cli(job(workload, out, cluster.address, gpus_per_actor=0.5), tmp_path)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
     assert report["rows_out"] == ROWS
     assert report["model_loads"] == 2 and report["nodes"] == 1
-    assert len(report["gpu_ids"]) in (1, 2)  # Ray may pack both halves on one GPU
+    assert report["gpu_ids"] == [free]
+    assert [(a["gpu_ids"], a["cuda_visible_devices"]) for a in report["actor_loads"]] == [([free], free)] * 2
+    assert_matches_model(read_parquet_dir(out), workload)
     assert_left_clean(cluster.address)
