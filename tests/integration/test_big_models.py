@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 ROWS = 400
 GB = 2.2  # above 2**31 bytes: protobuf's limit, where TensorFlow graph export breaks
+MAX_LOAD_FACTOR = 1.5  # an actor's memory for the model, as a multiple of its bytes (docs/operations.md)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,15 @@ def test_a_model_past_the_2gb_protobuf_limit_is_scored_through_rayscore_run(big,
     assert (report["rows_in"], report["rows_out"], report["model_loads"]) == (ROWS, ROWS, 1)
     assert report["model_format"] == fmt and report["model_bytes"] == model_bytes(big[fmt])
     [actor] = report["actor_loads"]
-    assert actor["peak_rss"] > 2**31  # the weights were resident in the actor, once
+    # What the model added to the actor (its peak less the process before the load, TensorFlow imported):
+    # the weights resident once, within the 1.5x the docs promise (Keras's own loader needs 5-6x).
+    added = actor["peak_rss"] - actor["rss_before_load"]
+    assert 0.9 * report["model_bytes"] < added <= MAX_LOAD_FACTOR * report["model_bytes"]
     print(
         f"{fmt}: {report['model_bytes'] / 1e9:.2f} GB, load {actor['load_seconds']:.1f} s, "
         f"actor peak RSS {actor['peak_rss'] / 1e9:.2f} GB "
-        f"({actor['peak_rss'] / report['model_bytes']:.2f}x the model)"
+        f"({actor['peak_rss'] / report['model_bytes']:.2f}x the model; "
+        f"{added / report['model_bytes']:.2f}x above the process before the load)"
     )
     table = pq.read_table(out).sort_by("id")
     assert table.column("id").to_pylist() == list(range(ROWS))

@@ -83,16 +83,35 @@ def test_a_savedmodel_directory_on_s3_is_scored(rs, workload, s3, tmp_path):
     assert_matches_model(read_parquet_dir(tmp_path / "out"), workload)
 
 
-def cli(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+def cli(config: dict, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """``rayscore run`` with ``TMPDIR`` (where its log file goes) in ``tmp_path``; Ray's own files stay in /tmp."""
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
     return subprocess.run(
         [sys.executable, "-m", "rayscore", "run", str(path)],
         capture_output=True,
         text=True,
-        timeout=300,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        timeout=600,
+        env={**os.environ, "TMPDIR": str(tmp_path), "RAY_TMPDIR": "/tmp", **env},
     )
+
+
+def test_the_cli_keeps_storage_secrets_out_of_its_output_report_and_log_file(workload, s3, tmp_path):
+    """The secret reaches the actors (the model is fetched with it) but no file or stream that is kept."""
+    uri = s3.upload(workload["keras"], "s3://models/ctr/ctr.keras")
+    options = s3.options(secret_key="${RAYSCORE_TEST_S3_SECRET}")
+    out = tmp_path / "out"
+    done = cli(job(workload, out, uri, options, tmp_path / "cache"), tmp_path, RAYSCORE_TEST_S3_SECRET=s3.secret)
+    assert done.returncode == 0, done.stderr
+    assert_matches_model(read_parquet_dir(out), workload)
+    [log] = (tmp_path / "rayscore-logs").iterdir()
+    text = log.read_text(errors="replace")
+    assert "NativeCodeLoader" in text and "Token authentication" in text  # Spark's and Ray's lines: what is scanned
+    kept = {"stdout": done.stdout, "stderr": done.stderr, "log": text}
+    kept.update({p.name: p.read_text() for p in out.iterdir() if p.suffix == ".json"})
+    for name, content in kept.items():
+        assert s3.secret not in content, name
+        assert s3.key not in content, name
 
 
 @pytest.mark.parametrize(
