@@ -37,7 +37,7 @@ from ._report import RunResult, StageClock
 from ._sink import REPORT_NAME, HadoopFS, write_scored
 from ._stream import score
 
-__all__ = ["run_resumable", "SHARD_COLUMN", "MANIFEST_NAME", "SHARD_MARKER"]
+__all__ = ["run_resumable", "shard_of", "SHARD_COLUMN", "MANIFEST_NAME", "SHARD_MARKER"]
 
 SHARD_COLUMN = "rayscore_shard"
 MANIFEST_NAME = "_rayscore_manifest.json"
@@ -94,6 +94,13 @@ def _check_manifest(old: dict[str, Any], new: dict[str, Any], path: str) -> None
         )
 
 
+def shard_of(key_columns: tuple[str, ...] | list[str], shards: int) -> Any:
+    """The Spark column expression of a row's shard: the same for the same keys in every run and version."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    return F.pmod(F.xxhash64(*[F.col(k) for k in key_columns]), F.lit(shards))
+
+
 def run_resumable(
     cfg: Config,
     df: Any,
@@ -128,10 +135,7 @@ def run_resumable(
             fs.write_text(f"{path}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, sort_keys=True))
             names = [MANIFEST_NAME]
         done = _committed_shards(fs, path, names)
-        keyed = df.withColumn(
-            SHARD_COLUMN,
-            F.pmod(F.xxhash64(*[F.col(k) for k in cfg.output.key_columns]), F.lit(cfg.output.shards)),
-        )
+        keyed = df.withColumn(SHARD_COLUMN, shard_of(cfg.output.key_columns, cfg.output.shards))
         expected = {int(r[SHARD_COLUMN]): int(r["count"]) for r in keyed.groupBy(SHARD_COLUMN).count().collect()}
 
     result.rows_in = sum(expected.values())

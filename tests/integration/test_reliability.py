@@ -210,6 +210,89 @@ def test_quarantine_writes_bad_rows_apart_and_scores_the_rest(rs, workload, dirt
     assert report["rows_in"] == report["rows_out"] + report["rows_quarantined"]
 
 
+def test_a_rows_shard_is_fixed_by_its_keys_in_any_dataframe_and_any_run(rs, workload):
+    """Spark's seeded xxhash64: pinned here, so a new Spark (or a changed expression) that moved rows between
+    shards, and so made resume mix two runs' rows, fails this test."""
+    from rayscore._resume import shard_of
+
+    rows = [(i, f"day-{i % 3}") for i in range(12)]
+    df = rs.spark.createDataFrame(rows, "id long, day string")
+    assert [r[0] for r in df.select(shard_of(["id"], 4)).collect()] == [0, 2, 1, 3, 3, 1, 2, 1, 3, 0, 1, 3]
+    assert [r[0] for r in df.select(shard_of(["id", "day"], 4)).collect()] == [2, 1, 2, 3, 0, 2, 0, 1, 2, 3, 2, 0]
+    # The same keys read another way, in other partitions and order: the same shards.
+    other = rs.spark.read.parquet(workload["data"]).repartition(5).where("id < 12")
+    by_id = {r["id"]: r["shard"] for r in other.select("id", shard_of(["id"], 4).alias("shard")).collect()}
+    assert [by_id[i] for i in range(12)] == [0, 2, 1, 3, 3, 1, 2, 1, 3, 0, 1, 3]
+
+
+# A driver with a failpoint: it SIGKILLs itself at the n-th shard commit (the rename that makes a
+# written shard visible), just before or just after it. Everything else is the real ``rayscore run``.
+KILL_AT_A_COMMIT = """
+import os, signal, sys
+from rayscore import _sink
+from rayscore._cli import main
+
+when, nth, config = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rename, commits = _sink.HadoopFS.rename, []
+
+def failpoint(self, src, dst):
+    if "rayscore_shard=" not in dst:
+        return rename(self, src, dst)
+    commits.append(dst)
+    if len(commits) == nth and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    done = rename(self, src, dst)
+    if len(commits) == nth and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+_sink.HadoopFS.rename = failpoint
+sys.exit(main(["run", config]))
+"""
+
+
+@pytest.mark.parametrize(
+    "when, nth, committed",
+    [
+        ("before", 2, 1),  # mid-commit: the second shard's files and marker written, not yet renamed
+        ("after", 4, 4),  # every shard committed; the run report and _SUCCESS not yet written
+    ],
+)
+def test_resume_after_the_driver_is_killed_at_a_commit_finishes_with_every_row_once(
+    rs, workload, tmp_path, when, nth, committed
+):
+    out = tmp_path / "scores.parquet"
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text(yaml.safe_dump(resume_job(workload, out)))
+    driver = subprocess.Popen(
+        [sys.executable, "-c", KILL_AT_A_COMMIT, when, str(nth), str(cfg_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert driver.wait(timeout=600) == -signal.SIGKILL
+    finally:
+        for proc in processes_of_session(driver.pid, timeout=0):  # its local Ray and Spark outlive it
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert len(shard_dirs(out)) == committed
+    assert not (out / "_SUCCESS").exists() and not (out / "_rayscore_report.json").exists()
+    staged = [p for p in out.iterdir() if ".rayscore-staging-" in p.name]
+    if when == "before":  # killed with a whole shard written but hidden: it is scored again, not reused
+        [half_done] = staged
+        assert (half_done / "_rayscore_shard.json").exists()
+    result = rayscore.run(resume_job(workload, out), session=rs)
+    assert result.shards == {"total": 4, "reused": committed, "scored": 4 - committed}
+    assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
+    assert shard_dirs(out) == [f"rayscore_shard={i}" for i in range(4)]
+    assert not [p for p in out.iterdir() if ".rayscore-" in p.name]  # no staging left behind
+    assert (out / "_SUCCESS").exists()
+    assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
+
+
 def resume_job(workload: dict, out: Path, **sections) -> dict:
     cfg = job(
         workload,
