@@ -102,21 +102,25 @@ def test_a_batch_too_big_for_memory_is_split_until_it_fits_and_the_size_is_repor
 
 @pytest.fixture(scope="module")
 def poisoned(workload, tmp_path_factory) -> str:
-    """Features where rows 3000..3004 hold a token id outside the embedding (the model raises)."""
+    """The features in three files (three Spark tasks); rows 5000..5004, in the last, hold a token id
+    outside the embedding (the model raises)."""
     table = workload["table"]
     titles = table.column("title_1").combine_chunks()
     values = titles.flatten().to_numpy().copy()
-    values[3000 * 20 : 3005 * 20] = 99_999
+    values[5000 * 20 : 5005 * 20] = 99_999
     offsets = pa.array(np.arange(0, (ROWS + 1) * 20, 20, dtype=np.int32))
     bad = table.set_column(
         table.schema.get_field_index("title_1"), "title_1", pa.ListArray.from_arrays(offsets, pa.array(values))
     )
     path = tmp_path_factory.mktemp("poisoned") / "features.parquet"
-    pq.write_table(bad, path)
+    path.mkdir()
+    for i, start in enumerate(range(0, ROWS, ROWS // 3)):
+        pq.write_table(bad.slice(start, ROWS // 3), path / f"part-{i}.parquet")
     return str(path)
 
 
 def test_a_batch_that_keeps_failing_stops_the_job_naming_it_and_keeps_the_old_output(rs, workload, poisoned, tmp_path):
+    """The good files' tasks write their rows into staging before the poisoned one fails: nothing is committed."""
     out = tmp_path / "scores.parquet"
     out.mkdir()
     (out / "part-old.parquet").write_text("the previous run's output")
@@ -127,12 +131,20 @@ def test_a_batch_that_keeps_failing_stops_the_job_naming_it_and_keeps_the_old_ou
         output={"mode": "overwrite"},
         predict={"batch_size": 500, "actors": 1, "max_retries": 1},
     )
+    tracker = rs.spark.sparkContext.statusTracker()
+    jobs_before = set(tracker.getJobIdsForGroup())
     with pytest.raises(rayscore.PredictError) as caught:
         rayscore.run(cfg, session=rs)
     message = str(caught.value)
-    assert "a batch of 500 rows (first row: id=3000)" in message
+    assert "a batch of 500 rows (first row: id=5000)" in message
     assert "failed 2 time(s) (predict.max_retries: 1)" in message
     assert "99999" in message and "\n" not in message
+    # Spark's write job (Spark packs the three files into its tasks): every task but the poisoned one had
+    # finished, its part file written into staging, when the job failed.
+    new_jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup() if j not in jobs_before]
+    [failed] = [j for j in new_jobs if j.status == "FAILED"]
+    [stage] = [tracker.getStageInfo(s) for s in failed.stageIds]
+    assert stage.numTasks >= 2 and stage.numCompletedTasks == stage.numTasks - 1
     assert sorted(os.listdir(out)) == ["part-old.parquet"]  # a failed overwrite leaves the old output
     assert leftovers(tmp_path) == ["scores.parquet"]
 
