@@ -396,6 +396,25 @@ def _resolve_local(value: str | None, base: Path) -> str | None:
     return str((base / value).resolve())
 
 
+def _refuse_repeated_keys(node: yaml.Node | None, path: Path, where: str = "") -> None:
+    """Refuse a key given twice in one mapping, at any depth: YAML itself keeps the last and drops the first."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
+            here = f"{where}.{name}" if where else name
+            if name and name != "<<" and name in seen:
+                raise ConfigError(
+                    f"config file {str(path)!r}: {here} is given twice (lines {seen[name]} and "
+                    f"{key.start_mark.line + 1}); say it once"
+                )
+            seen[name] = key.start_mark.line + 1
+            _refuse_repeated_keys(value, path, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_repeated_keys(item, path, f"{where}[{i}]")
+
+
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
     """Parse a YAML file path or a mapping into a validated, frozen :class:`Config`.
 
@@ -422,6 +441,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> 
         except OSError as exc:
             raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
         try:
+            _refuse_repeated_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

@@ -170,6 +170,14 @@ def test_invalid_yaml(tmp_path: Path) -> None:
     assert line.startswith("rayscore: error: config file 'bad.yaml' is not valid YAML at line 3: ")
 
 
+def test_a_key_given_twice(tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text("input: {path: in.parquet}\npredict:\n  actors: 2\n  actors: 4\n")
+    result, started_procs = rayscore_watched("run", "job.yaml", cwd=tmp_path)
+    line = assert_user_error(result)
+    assert line == "rayscore: error: config file 'job.yaml': predict.actors is given twice (lines 3 and 4); say it once"
+    assert started_procs == []
+
+
 def test_missing_model_file(tmp_path: Path) -> None:
     config = write_config(tmp_path / "job.yaml", base_config(model="models/missing.keras", output="out"))
     result, started_procs = rayscore_watched("run", str(config), cwd=tmp_path)

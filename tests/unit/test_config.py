@@ -490,6 +490,32 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     assert "mapping values are not allowed here" in msg
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("input:\n  path: a\ninput:\n  path: b\n", "input", (1, 3)),  # a section
+        ("input:\n  path: a\n  path: b\nmodel:\n  uri: m\n", "input.path", (2, 3)),  # block style
+        ("input: {path: a}\npredict: {batch_size: 10, actors: 2, batch_size: 20}\n", "predict.batch_size", (2, 2)),
+        ("output:\n  options:\n    compression: zstd\n    compression: snappy\n", "output.options.compression", (3, 4)),
+        ("input:\n  files:\n    - {a: 1, a: 2}\n", "input.files[0].a", (3, 3)),  # inside a list
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_its_path_and_lines(tmp_path: Path, text, key, lines) -> None:
+    """YAML's own rule (the last one wins) would drop what the user wrote first, silently."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    assert error_of(path) == (
+        f"config file {str(path)!r}: {key} is given twice (lines {lines[0]} and {lines[1]}); say it once"
+    )
+
+
+def test_the_same_key_in_two_sections_is_not_a_repeat(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("input:\n  path: in.parquet\nmodel:\n  uri: m.keras\noutput:\n  path: out\n")
+    cfg = load_config(path)  # "path" in input and in output: two keys, one each
+    assert (Path(cfg.input.path).name, Path(cfg.output.path).name) == ("in.parquet", "out")
+
+
 def test_unclosed_flow_mapping_names_a_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("input: {path: 'x'\n")
