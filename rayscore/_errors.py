@@ -29,6 +29,7 @@ __all__ = [
     "SessionError",
     "PredictError",
     "translate_errors",
+    "local_name",
     "find_rayscore_error",
     "model_error_text",
     "first_line",
@@ -132,6 +133,30 @@ def _raised_in_spark_task(exc: BaseException) -> RayscoreError | None:
     return cls(message.strip())
 
 
+# An input file Spark could not read in a task: named, as InputError, whatever stage was running.
+_NOT_PARQUET = re.compile(r"(\S+) is not a Parquet file\. Expected magic number at (head|tail)")
+_FILE_GONE = re.compile(r"FileNotFoundException: File (\S+) does not exist")
+
+
+def _input_file_problem(exc: BaseException) -> InputError | None:
+    text = str(exc)
+    if found := _NOT_PARQUET.search(text):
+        where = "start" if found[2] == "head" else "end"
+        cut = "" if where == "start" else " (cut short?)"
+        return InputError(
+            f"input: {local_name(found[1])} is not a parquet file (or is truncated): it does not {where} with "
+            f"parquet's magic bytes 'PAR1'{cut}; nothing committed"
+        )
+    if found := _FILE_GONE.search(text):
+        return InputError(f"input: {local_name(found[1])} was deleted while the job ran; nothing committed")
+    return None
+
+
+def local_name(uri: str) -> str:
+    """A file's name as the user wrote it: a local path without Hadoop's ``file:`` scheme."""
+    return uri[len("file:") :].replace("///", "/", 1) if uri.startswith("file:") else uri
+
+
 def _error_classes() -> list[type[RayscoreError]]:
     todo, found = [RayscoreError], []
     while todo:
@@ -188,7 +213,7 @@ def translate_errors(stage: str, kind: type[RayscoreError] = PredictError) -> It
             raise type(inner)(first_line(inner)) from exc
         module = type(exc).__module__ or ""
         if module.startswith(("pyspark", "py4j")):
-            raised = _raised_in_spark_task(exc)
+            raised = _raised_in_spark_task(exc) or _input_file_problem(exc)
             if raised is not None:
                 raise raised from exc
             raise kind(f"{stage}: {_spark_message(exc)}") from exc

@@ -21,7 +21,7 @@ from ._report import RunResult, StageClock
 from ._resume import run_resumable
 from ._session import Session
 from ._sink import REPORT_NAME, check_output_free, write_scored
-from ._source import arrow_schema, read_input
+from ._source import InputFiles, arrow_schema, read_input
 from ._stream import score
 
 __all__ = ["run", "predict", "inspect_model"]
@@ -74,12 +74,13 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
         spark = session.spark
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
+            files = InputFiles.of(spark, df)
             plan = plan_job(cfg, spec, df)
             check_output_free(cfg.output, spark)
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)
         if cfg.output.mode == "resume":
-            return run_resumable(cfg, df, plan, start_pool, ref, spec, clock)
+            return run_resumable(cfg, df, files, plan, start_pool, ref, spec, clock)
         scorer = start_pool()
         scorer.wait()
         result = new_result(cfg, ref, spec, plan)
@@ -93,7 +94,7 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
 
         scoring = score(df, plan, scorer, spec, cfg.predict.batch_size)
         errors = errors_output(cfg) if plan.quarantine else None
-        write_scored(spark, scoring, plan, cfg.output, errors, report, clock)
+        write_scored(spark, scoring, plan, cfg.output, errors, report, clock, check=lambda: files.check(spark))
         scorer.report_into(result, clock)
         return result
     finally:

@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
 from ._config import Config, OutputConfig
 from ._convert import Plan
 from ._errors import OutputError, translate_errors
+from ._hadoop import HadoopFS
 from ._model import ModelSpec
 from ._plan import errors_output, new_result
 from ._pool import Pool
 from ._predict import ModelRef
 from ._report import RunResult, StageClock
-from ._sink import REPORT_NAME, HadoopFS, write_scored
+from ._sink import REPORT_NAME, write_scored
+from ._source import InputFiles
 from ._stream import score
 
 __all__ = ["run_resumable", "shard_of", "SHARD_COLUMN", "MANIFEST_NAME", "SHARD_MARKER"]
@@ -44,29 +45,21 @@ MANIFEST_NAME = "_rayscore_manifest.json"
 SHARD_MARKER = "_rayscore_shard.json"
 
 
-def _input_fingerprint(cfg: Config, df: Any) -> str:
+def _input_fingerprint(cfg: Config, df: Any, files: InputFiles) -> str:
     """What the input is: its config, schema, and files with their sizes and times."""
-    files = []
-    for name in sorted(df.inputFiles()):
-        local = name[len("file:") :] if name.startswith("file:") else name
-        try:
-            st = os.stat(local)
-            files.append([name, st.st_size, st.st_mtime_ns])
-        except OSError:
-            files.append([name])
     identity = {
         "input": cfg.input.model_dump(),
         "schema": df.schema.json(),
-        "files": files,
+        "files": [list(f) for f in files.files],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _manifest(cfg: Config, df: Any, model_fingerprint: str, plan: Plan) -> dict[str, Any]:
+def _manifest(cfg: Config, df: Any, files: InputFiles, model_fingerprint: str, plan: Plan) -> dict[str, Any]:
     return {
         "version": 1,
         "model": model_fingerprint,
-        "input": _input_fingerprint(cfg, df),
+        "input": _input_fingerprint(cfg, df, files),
         "shards": cfg.output.shards,
         "key_columns": list(cfg.output.key_columns),
         "columns": list(plan.keep_columns) + list(plan.output_columns),
@@ -104,6 +97,7 @@ def shard_of(key_columns: tuple[str, ...] | list[str], shards: int) -> Any:
 def run_resumable(
     cfg: Config,
     df: Any,
+    files: InputFiles,
     plan: Plan,
     start_pool: Callable[[], Pool],
     model: ModelRef,
@@ -121,7 +115,7 @@ def run_resumable(
     result = new_result(cfg, model, spec, plan)
     with clock.stage("read_convert"), translate_errors("output.path", OutputError):
         fs = HadoopFS(spark, path)
-        manifest = _manifest(cfg, df, result.model_fingerprint, plan)
+        manifest = _manifest(cfg, df, files, result.model_fingerprint, plan)
         if fs.exists(path):
             names = fs.list_names(path)
             if MANIFEST_NAME not in names:
@@ -173,6 +167,7 @@ def run_resumable(
             marker,
             clock,
             SHARD_MARKER,
+            check=lambda: files.check(spark),
         )
         if rows != expected[shard]:
             raise OutputError(f"output: shard {shard} scored {rows} rows for its {expected[shard]} input rows")

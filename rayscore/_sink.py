@@ -18,6 +18,7 @@ from typing import Any
 from ._config import OutputConfig, spark_options
 from ._convert import Plan
 from ._errors import OutputError, translate_errors
+from ._hadoop import HadoopFS
 from ._predict import REASON
 from ._report import StageClock
 from ._source import data_files
@@ -29,69 +30,12 @@ __all__ = [
     "count_written",
     "staging_path",
     "REPORT_NAME",
-    "HadoopFS",
     "StagedWrite",
     "split_quarantined",
     "write_scored",
 ]
 
 REPORT_NAME = "_rayscore_report.json"
-
-
-class HadoopFS:
-    """The few Hadoop FileSystem calls rayscore needs, through Spark's JVM."""
-
-    def __init__(self, spark: Any, path: str) -> None:
-        jvm = spark.sparkContext._jvm
-        self._jvm = jvm
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
-        self.root = jvm.org.apache.hadoop.fs.Path(path)
-        self.fs = self.root.getFileSystem(self._conf)
-        if str(self.fs.getUri().getScheme()) == "file":
-            # No hidden .crc files beside ours. The session's local filesystem may be Hive's
-            # ProxyLocalFileSystem (Hive support on), which is no LocalFileSystem to unwrap.
-            self.fs = jvm.org.apache.hadoop.fs.RawLocalFileSystem()
-            self.fs.initialize(jvm.java.net.URI.create("file:///"), self._conf)
-
-    def path(self, p: str) -> Any:
-        return self._jvm.org.apache.hadoop.fs.Path(p)
-
-    def exists(self, p: str) -> bool:
-        return bool(self.fs.exists(self.path(p)))
-
-    def is_dir(self, p: str) -> bool:
-        return bool(self.fs.getFileStatus(self.path(p)).isDirectory())
-
-    def rename(self, src: str, dst: str) -> bool:
-        return bool(self.fs.rename(self.path(src), self.path(dst)))
-
-    def delete(self, p: str) -> None:
-        self.fs.delete(self.path(p), True)
-
-    def list_names(self, p: str) -> list[str]:
-        if not self.exists(p):
-            return []
-        return [st.getPath().getName() for st in self.fs.listStatus(self.path(p))]
-
-    def read_text(self, p: str) -> str:
-        stream = self.fs.open(self.path(p))
-        try:
-            chunks = []
-            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
-            line = reader.readLine()
-            while line is not None:
-                chunks.append(line)
-                line = reader.readLine()
-            return "\n".join(chunks)
-        finally:
-            stream.close()
-
-    def write_text(self, p: str, text: str) -> None:
-        stream = self.fs.create(self.path(p), True)
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
 
 
 def check_output_free(cfg: OutputConfig, spark: Any | None = None) -> None:
@@ -211,6 +155,7 @@ def write_scored(
     report: Callable[[int, int], str],
     clock: StageClock,
     report_name: str = REPORT_NAME,
+    check: Callable[[], None] = lambda: None,
 ) -> tuple[int, int]:
     """Write ``scoring``'s rows to ``output`` (and quarantined ones to ``errors``), count them, commit both.
 
@@ -219,7 +164,9 @@ def write_scored(
     are ``write``. In quarantine mode the scored rows are kept on Spark's
     executors' disks (``DISK_ONLY``) for the two writes, so the model scores
     each row once. ``report(rows scored, rows quarantined)`` gives the text
-    committed as ``report_name`` with each output. Returns the same two counts.
+    committed as ``report_name`` with each output; ``check()`` runs just
+    before the commits and may refuse them (the input changed). Returns the
+    same two counts.
     """
     from pyspark import StorageLevel  # noqa: PLC0415
 
@@ -236,6 +183,7 @@ def write_scored(
         rows, quarantined = int(scoring.counters.rows.value), int(scoring.counters.quarantined.value)
         text = lambda _written: report(rows, quarantined)  # noqa: E731
         with clock.stage("write"):
+            check()
             if bad is not None:
                 writes[1].commit(quarantined, text, report_name)
             writes[0].commit(rows - quarantined, text, report_name)

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from ._config import InputConfig, spark_options
-from ._errors import InputError, translate_errors
+from ._errors import InputError, local_name, translate_errors
+from ._hadoop import HadoopFS
 
 log = logging.getLogger("rayscore")
 
-__all__ = ["read_input", "arrow_schema", "data_files", "spark_reason"]
+__all__ = ["read_input", "arrow_schema", "data_files", "spark_reason", "InputFiles"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -32,6 +35,8 @@ def read_input(spark: Any, cfg: InputConfig) -> Any:
         raise InputError(f"input.path: {cfg.path} does not exist")
     if cfg.path is not None and "://" not in cfg.path and not has_data_files(cfg.path):
         raise InputError(f"input.path: {cfg.path} has no files")
+    if cfg.format == "parquet" and cfg.path is not None and "://" not in cfg.path:
+        _check_parquet_files(cfg.path)
     key = {"table": "input.table", "sql": "input.query"}.get(cfg.format, "input.path")
     with translate_errors(key, InputError), _spark_errors_named(key):
         if cfg.format == "table":
@@ -45,6 +50,79 @@ def read_input(spark: Any, cfg: InputConfig) -> Any:
             options.setdefault("header", "true")
             options.setdefault("inferSchema", "true")
         return spark.read.format(cfg.format).options(**options).load(cfg.path)
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def _check_parquet_files(path: str) -> None:
+    """Refuse a local input file that is not parquet or was cut short: its first and last 4 bytes.
+
+    Spark reads a file's footer only when its task runs, so a bad file among
+    many would fail the job mid-way; locally it costs two tiny reads a file
+    to say so before anything starts. (Remote files are named when read.)
+    """
+    for name in data_files(path):
+        with open(name, "rb") as f:
+            head = f.read(4)
+            f.seek(max(os.fstat(f.fileno()).st_size - 4, 0))
+            tail = f.read(4)
+        if head != PARQUET_MAGIC or tail != PARQUET_MAGIC or os.path.getsize(name) < 12:
+            raise InputError(f"input: {name} is not a parquet file (or is truncated): {not_parquet_reason(head, tail)}")
+
+
+def not_parquet_reason(head: bytes, tail: bytes) -> str:
+    if head != PARQUET_MAGIC:
+        return "it does not start with parquet's magic bytes 'PAR1'"
+    return "it does not end with parquet's magic bytes 'PAR1' (cut short?)"
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """The input's files, with their sizes and modification times, as the job found them at its start.
+
+    Spark opens each file only when a task reads it, so a file deleted or
+    rewritten mid-job would make a short or mixed output. :meth:`check`
+    lists them again just before the commit (one listing per folder, through
+    Spark's Hadoop FileSystem, so local, HDFS and object stores alike) and
+    refuses any change. Inputs that are not files (a JDBC table, ...) have none.
+    """
+
+    files: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def of(cls, spark: Any, df: Any) -> InputFiles:
+        with translate_errors("input", InputError):
+            names = sorted(df.inputFiles())
+            now = _statuses(spark, names)
+        return cls(tuple((name, *(now[name] or (-1, -1))) for name in names))
+
+    def check(self, spark: Any) -> None:
+        """Raise InputError naming the first input file deleted or changed since :meth:`of`."""
+        with translate_errors("input", InputError):
+            now = _statuses(spark, [name for name, _, _ in self.files])
+        for name, size, mtime in self.files:
+            seen = now[name]
+            if seen is None:
+                raise InputError(f"input: {local_name(name)} was deleted while the job ran; nothing committed")
+            if seen != (size, mtime):
+                raise InputError(
+                    f"input: {local_name(name)} changed while the job ran ({size} bytes then, {seen[0]} now); "
+                    "nothing committed"
+                )
+
+
+def _statuses(spark: Any, names: Iterable[str]) -> dict[str, tuple[int, int] | None]:
+    """Each file's (bytes, modification time), or None if it is gone: one listing per folder."""
+    by_folder: dict[str, list[str]] = {}
+    for name in names:
+        by_folder.setdefault(posixpath.dirname(name), []).append(name)
+    found: dict[str, tuple[int, int] | None] = {}
+    for folder, members in by_folder.items():
+        fs = HadoopFS(spark, folder)
+        listed = fs.statuses(folder)
+        found.update({name: listed.get(fs.qualified(name)) for name in members})
+    return found
 
 
 def has_data_files(path: str) -> bool:

@@ -6,6 +6,8 @@ loads it, without any of rayscore's own counters:
 
 * :class:`LoadProbe` writes one file per construction (one per model load)
   into a directory the test owns, named by the loading process's pid.
+* :class:`ChangeFileOnFirstCall` deletes or rewrites an input file from
+  inside the first batch's model call.
 * :class:`OomAbove` asks TensorFlow's allocator for 4 TiB when a call has more
   than ``max_rows`` rows: a real ``ResourceExhaustedError`` from a model op.
   ``Empty`` with ``init=False`` touches nothing, so on a kernel that would
@@ -69,7 +71,45 @@ class OomAbove(keras.layers.Layer):
         return {**super().get_config(), "max_rows": self.max_rows}
 
 
-CUSTOM_OBJECTS = {"LoadProbe": LoadProbe, "OomAbove": OomAbove}
+@keras.saving.register_keras_serializable(package="rayscore_tests")
+class ChangeFileOnFirstCall(keras.layers.Layer):
+    """The identity; the first call of any actor (``marker`` is created once) deletes or rewrites ``target``.
+
+    A file changed mid-job, at a moment that is certain: Spark has listed the
+    input and is streaming it through the pool.
+    """
+
+    def __init__(self, target: str, action: str, marker: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.target, self.action, self.marker = target, action, marker  # Keras layers have a .path
+
+    def call(self, x):
+        def act(t):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return t
+            if self.action == "delete":
+                os.remove(self.target)
+            else:  # rewrite: the file's first ten rows, in a new file moved over it
+                import pyarrow.parquet as pq
+
+                pq.write_table(pq.read_table(self.target).slice(0, 10), self.target + ".new")
+                os.replace(self.target + ".new", self.target)
+            return t
+
+        y = tf.py_function(act, [x], x.dtype)
+        y.set_shape(x.shape)
+        return y
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "target": self.target, "action": self.action, "marker": self.marker}
+
+
+CUSTOM_OBJECTS = {"LoadProbe": LoadProbe, "OomAbove": OomAbove, "ChangeFileOnFirstCall": ChangeFileOnFirstCall}
 
 
 def loads_logged(log_dir: Path) -> list[int]:

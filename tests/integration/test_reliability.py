@@ -241,11 +241,11 @@ def test_a_rows_shard_is_fixed_by_its_keys_in_any_dataframe_and_any_run(rs, work
 # written shard visible), just before or just after it. Everything else is the real ``rayscore run``.
 KILL_AT_A_COMMIT = """
 import os, signal, sys
-from rayscore import _sink
+from rayscore import _hadoop
 from rayscore._cli import main
 
 when, nth, config = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rename, commits = _sink.HadoopFS.rename, []
+rename, commits = _hadoop.HadoopFS.rename, []
 
 def failpoint(self, src, dst):
     if "rayscore_shard=" not in dst:
@@ -258,7 +258,7 @@ def failpoint(self, src, dst):
         os.kill(os.getpid(), signal.SIGKILL)
     return done
 
-_sink.HadoopFS.rename = failpoint
+_hadoop.HadoopFS.rename = failpoint
 sys.exit(main(["run", config]))
 """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,17 @@ from rayscore import OutputError
 from rayscore._config import load_config
 from rayscore._convert import Binding, Plan
 from rayscore._resume import _check_manifest, _manifest
+from rayscore._source import InputFiles
 
 
 class FakeFrame:
-    """The two things the manifest reads of a DataFrame: its files and its schema's JSON."""
+    """The one thing the manifest reads of a DataFrame: its schema's JSON."""
 
-    def __init__(self, files: list[str], schema: str) -> None:
-        self._files, self.schema = files, type("Schema", (), {"json": lambda _self: schema})()
+    def __init__(self, schema: str) -> None:
+        self.schema = type("Schema", (), {"json": lambda _self: schema})()
 
-    def inputFiles(self) -> list[str]:  # noqa: N802 - Spark's name
-        return list(self._files)
+
+FILES = InputFiles((("file:/data/part-0.parquet", 1024, 1_700_000_000_000),))
 
 
 PLAN = Plan(bindings=(Binding("x", "x", (3,), "float32"),), outputs=(("click", "click"),), keep_columns=("id",))
@@ -37,12 +37,10 @@ def config(tmp_path: Path, **output):
 
 
 def test_the_same_job_gives_the_same_manifest_and_is_accepted(tmp_path: Path) -> None:
-    data = tmp_path / "part-0.parquet"
-    data.write_bytes(b"rows")
-    frame = FakeFrame([f"file:{data}"], '{"fields": []}')
-    first = _manifest(config(tmp_path), frame, "sha256:aa", PLAN)
-    assert first == _manifest(config(tmp_path), frame, "sha256:aa", PLAN)
-    _check_manifest(first, _manifest(config(tmp_path), frame, "sha256:aa", PLAN), "out")
+    frame = FakeFrame('{"fields": []}')
+    first = _manifest(config(tmp_path), frame, FILES, "sha256:aa", PLAN)
+    assert first == _manifest(config(tmp_path), frame, FILES, "sha256:aa", PLAN)
+    _check_manifest(first, _manifest(config(tmp_path), frame, FILES, "sha256:aa", PLAN), "out")
 
 
 @pytest.mark.parametrize(
@@ -55,21 +53,18 @@ def test_the_same_job_gives_the_same_manifest_and_is_accepted(tmp_path: Path) ->
     ],
 )
 def test_a_changed_model_input_or_shard_count_is_refused_naming_what_changed(tmp_path: Path, change, message) -> None:
-    data = tmp_path / "part-0.parquet"
-    data.write_bytes(b"rows")
-    frame = FakeFrame([f"file:{data}"], '{"fields": []}')
-    old = _manifest(config(tmp_path), frame, "sha256:aa", PLAN)
-    fingerprint, cfg = "sha256:aa", config(tmp_path)
+    frame = FakeFrame('{"fields": []}')
+    old = _manifest(config(tmp_path), frame, FILES, "sha256:aa", PLAN)
+    fingerprint, cfg, files = "sha256:aa", config(tmp_path), FILES
     if change == "model":
         fingerprint = "sha256:bb"
     elif change == "file":
-        data.write_bytes(b"more rows")  # another size
-        os.utime(data, ns=(1, 1))
+        files = InputFiles((("file:/data/part-0.parquet", 2048, 1_700_000_000_001),))  # rewritten
     elif change == "schema":
-        frame = FakeFrame([f"file:{data}"], '{"fields": [{"name": "id"}]}')
+        frame = FakeFrame('{"fields": [{"name": "id"}]}')
     else:
         cfg = config(tmp_path, shards=4)
     with pytest.raises(OutputError) as caught:
-        _check_manifest(old, _manifest(cfg, frame, fingerprint, PLAN), "out")
+        _check_manifest(old, _manifest(cfg, frame, files, fingerprint, PLAN), "out")
     assert str(caught.value).startswith(f"output.mode: resume: {message}")
     assert str(caught.value).endswith("; use mode: overwrite to start again")

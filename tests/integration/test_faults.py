@@ -1,0 +1,121 @@
+"""Faults beyond one process: inputs that break or change mid-job, two jobs on one output, a full disk.
+
+Each ends either with every input row once and values equal to
+``model.predict``, or with one line naming the cause, nothing committed and
+any earlier output intact; each test says which, and why.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import rayscore
+
+from . import probes
+from .conftest import probed_model
+from .test_pipeline import job, leftovers
+
+pytestmark = pytest.mark.integration
+
+
+def own_copy(workload: dict, folder: Path) -> Path:
+    """The workload's three input files, in a folder this test may break."""
+    data = folder / "features.parquet"
+    shutil.copytree(workload["data"], data)
+    return data
+
+
+def with_old_output(folder: Path) -> Path:
+    out = folder / "scores.parquet"
+    out.mkdir()
+    (out / "part-old.parquet").write_text("the previous run's output")
+    return out
+
+
+def break_file(path: Path, how: str) -> None:
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_text("id,price\n1,2.0\n")  # a CSV where parquet was expected
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("truncated", "it does not end with parquet's magic bytes 'PAR1' (cut short?)"),
+        ("not-parquet", "it does not start with parquet's magic bytes 'PAR1'"),
+    ],
+)
+def test_a_broken_local_input_file_is_named_before_anything_is_scored(rs, workload, tmp_path, how, reason):
+    """Refused up front: a local file's magic bytes cost two tiny reads, and Spark would only fail mid-job."""
+    data = own_copy(workload, tmp_path)
+    break_file(data / "part-2.parquet", how)
+    out = with_old_output(tmp_path)
+    cfg = job(workload, out, input={"path": str(data)}, output={"mode": "overwrite"})
+    with pytest.raises(rayscore.InputError) as caught:
+        rayscore.run(cfg, session=rs)
+    assert str(caught.value) == f"input: {data / 'part-2.parquet'} is not a parquet file (or is truncated): {reason}"
+    assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
+    assert leftovers(tmp_path) == ["features.parquet", "scores.parquet"]
+
+
+def test_a_broken_file_under_an_sql_input_is_named_when_spark_reads_it(rs, workload, tmp_path):
+    """An SQL input is Spark's to read (no file check up front): its task fails on the file, named in one line."""
+    data = own_copy(workload, tmp_path)
+    break_file(data / "part-2.parquet", "truncated")
+    out = with_old_output(tmp_path)
+    query = f"SELECT * FROM parquet.`{data}` WHERE id >= 0"
+    cfg = job(workload, out, input={"format": "sql", "query": query, "path": None}, output={"mode": "overwrite"})
+    with pytest.raises(rayscore.InputError) as caught:
+        rayscore.run(cfg, session=rs)
+    assert str(caught.value) == (
+        f"input: {data / 'part-2.parquet'} is not a parquet file (or is truncated): it does not end with "
+        "parquet's magic bytes 'PAR1' (cut short?); nothing committed"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
+    assert leftovers(tmp_path) == ["features.parquet", "scores.parquet"]
+
+
+@pytest.mark.parametrize(("action", "victim"), [("delete", "part-2.parquet"), ("rewrite", "part-0.parquet")])
+def test_an_input_file_changed_mid_job_fails_it_naming_the_file(rs, workload, tmp_path, action, victim):
+    """Spark opens each file when its task runs, so a file changed mid-job would give a short or mixed
+    output. The job compares every input file's size and time with its start just before the commit (or
+    Spark fails reading a deleted one) and refuses: the old output stays."""
+    data = own_copy(workload, tmp_path)
+    size = (data / victim).stat().st_size
+    model = probed_model(
+        workload,
+        tmp_path,
+        "click",
+        "ChangeFileOnFirstCall",
+        target=str(data / victim),
+        action=action,
+        marker=str(tmp_path / "changed"),
+    )
+    out = with_old_output(tmp_path)
+    cfg = job(
+        workload,
+        out,
+        input={"path": str(data)},
+        model={"uri": model, "custom_objects": probes.CUSTOM_OBJECTS_PATH},
+        output={"mode": "overwrite"},
+    )
+    with pytest.raises(rayscore.InputError) as caught:
+        rayscore.run(cfg, session=rs)
+    assert (tmp_path / "changed").exists()  # the change happened while the pool scored
+    message = str(caught.value)
+    if action == "delete":
+        assert message == f"input: {data / victim} was deleted while the job ran; nothing committed"
+    else:
+        now = (data / victim).stat().st_size
+        assert pq.read_metadata(data / victim).num_rows == 10
+        assert message == (
+            f"input: {data / victim} changed while the job ran ({size} bytes then, {now} now); nothing committed"
+        )
+    assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
