@@ -11,6 +11,7 @@ way). A failed job therefore leaves nothing that looks complete, and
 from __future__ import annotations
 
 import os
+import posixpath
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -214,19 +215,37 @@ def _read_options(cfg: OutputConfig) -> dict[str, str]:
 
 
 def _commit(fs: HadoopFS, staging: str, path: str, mode: str) -> None:
+    """Rename ``staging`` onto ``path`` (the old output moved aside first for ``mode: overwrite``).
+
+    Hadoop's rename moves a directory *into* a destination that exists, so a
+    job that lost a race to another job's commit would nest its rows inside
+    the other's output: that is undone and refused, leaving the other job's
+    output whole.
+    """
+    old = None
     if fs.exists(path):
         if mode != "overwrite":
             raise OutputError(f"output.path: {path} appeared while the job ran; nothing committed")
         old = staging_path(path).replace(".rayscore-staging-", ".rayscore-old-")
         if not fs.rename(path, old):
             raise OutputError(f"output.path: could not move the old output {path} aside")
-        if not fs.rename(staging, path):
-            fs.rename(old, path)
-            raise OutputError(f"output.path: could not rename the new output onto {path}")
-        fs.delete(old)
+    else:
+        parent = os.path.dirname(path.rstrip("/"))
+        if parent:
+            fs.fs.mkdirs(fs.path(parent))
+    moved = fs.rename(staging, path)
+    nested = f"{path.rstrip('/')}/{posixpath.basename(staging)}"
+    if moved and not fs.exists(nested):
+        if old is not None:
+            fs.delete(old)
         return
-    parent = os.path.dirname(path.rstrip("/"))
-    if parent:
-        fs.fs.mkdirs(fs.path(parent))
-    if not fs.rename(staging, path):
-        raise OutputError(f"output.path: could not rename the new output onto {path}")
+    if moved:  # another job committed the path a moment before this rename
+        fs.delete(nested)
+    if old is not None:
+        if fs.exists(path):  # that other job's whole output replaced the old one
+            fs.delete(old)
+        else:
+            fs.rename(old, path)
+    if moved:
+        raise OutputError(f"output.path: another job committed {path} at the same moment; nothing committed")
+    raise OutputError(f"output.path: could not rename the new output onto {path}")

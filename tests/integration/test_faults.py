@@ -7,16 +7,20 @@ any earlier output intact; each test says which, and why.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import rayscore
 
 from . import probes
-from .conftest import probed_model
+from .conftest import assert_matches_model, probed_model, processes_of_session, read_parquet_dir
 from .test_pipeline import job, leftovers
 
 pytestmark = pytest.mark.integration
@@ -119,3 +123,61 @@ def test_an_input_file_changed_mid_job_fails_it_naming_the_file(rs, workload, tm
         )
     assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+def test_two_jobs_on_one_output_at_once_leave_exactly_one_jobs_rows(workload, tmp_path):
+    """``mode: error`` and ``mode: overwrite``, two ``rayscore run`` processes started together.
+
+    Each commits by one rename of its whole staging directory, so the output is
+    one job's, never a mix: ``overwrite`` may replace the other's committed
+    output, and ``error`` refuses an output that appeared while it ran.
+    """
+    out = tmp_path / "scores.parquet"
+    keep = {"error": ["id"], "overwrite": ["id", "price"]}  # tells the two jobs' files apart
+    procs = {}
+    for mode in keep:
+        folder = tmp_path / mode
+        folder.mkdir()
+        cfg = config_for(workload, out, output={"path": str(out), "mode": mode, "keep_columns": keep[mode]})
+        (folder / "job.yaml").write_text(yaml.safe_dump(cfg))
+        procs[mode] = subprocess.Popen(
+            [sys.executable, "-m", "rayscore", "run", "job.yaml"],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    done = {}
+    try:
+        for mode, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=900)
+            done[mode] = (proc.returncode, stderr)
+    finally:
+        for proc in procs.values():
+            for left in processes_of_session(proc.pid):
+                left.kill()
+    assert done["overwrite"][0] == 0, done["overwrite"][1]  # nothing refuses an overwrite
+    code, stderr = done["error"]
+    if code != 0:  # the overwrite committed first: refused at its commit, in one line
+        assert code == 2
+        assert stderr == f"rayscore: error: output.path: {out} appeared while the job ran; nothing committed\n"
+    # Whichever committed first, the overwrite's rows are what is left: it replaced the other's, or the
+    # other refused to land on it.
+    table = read_parquet_dir(out)
+    assert table.column_names == [*keep["overwrite"], "click", "topics"]
+    report = json.loads((out / "_rayscore_report.json").read_text())
+    assert report["output_columns"] == table.column_names  # the report is the winner's too
+    assert_matches_model(table, workload)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["error", "overwrite", "scores.parquet"]  # no staging
+
+
+def config_for(workload: dict, out: Path, **sections) -> dict:
+    cfg = {
+        "input": {"path": workload["data"]},
+        "model": {"uri": workload["keras"]},
+        "predict": {"batch_size": 1000, "actors": 1},
+        "output": {"path": str(out)},
+    }
+    cfg.update(sections)
+    return cfg
