@@ -133,6 +133,8 @@ def _raised_in_spark_task(exc: BaseException) -> RayscoreError | None:
     return cls(message.strip())
 
 
+NO_SPACE = "No space left on device"  # ENOSPC, as the JVM and Python spell it
+
 # An input file Spark could not read in a task: named, as InputError, whatever stage was running.
 _NOT_PARQUET = re.compile(r"(\S+) is not a Parquet file\. Expected magic number at (head|tail)")
 _FILE_GONE = re.compile(r"FileNotFoundException: File (\S+) does not exist")
@@ -212,6 +214,8 @@ def translate_errors(stage: str, kind: type[RayscoreError] = PredictError) -> It
             # Ray appends its traceback on further lines: ours is the first.
             raise type(inner)(first_line(inner)) from exc
         module = type(exc).__module__ or ""
+        if NO_SPACE in str(exc):
+            raise kind(f"{stage}: no space left on the device; nothing committed") from exc
         if module.startswith(("pyspark", "py4j")):
             raised = _raised_in_spark_task(exc) or _input_file_problem(exc)
             if raised is not None:

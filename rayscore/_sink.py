@@ -108,7 +108,7 @@ class StagedWrite:
                 mode = "overwrite" if self.cfg.mode == "overwrite" else "errorifexists"
                 _writer(sdf, self.cfg).mode(mode).saveAsTable(self.cfg.table)
             return
-        with translate_errors("output.path", OutputError):
+        with translate_errors(f"output.path: {self.path}", OutputError):
             _writer(sdf, self.cfg).format(self.cfg.format).mode("append").save(self.staging)
 
     def commit(self, expected_rows: int, report: Any, report_name: str = REPORT_NAME) -> int:
@@ -119,7 +119,7 @@ class StagedWrite:
             if written != expected_rows:
                 raise OutputError(f"output.table: {self.cfg.table} holds {written} rows for {expected_rows} input rows")
             return written
-        with translate_errors("output.path", OutputError):
+        with translate_errors(f"output.path: {self.path}", OutputError):
             written = count_written(self.spark, self.cfg, self.staging)
             if written != expected_rows:
                 raise OutputError(f"output: wrote {written} rows for {expected_rows} input rows; nothing committed")

@@ -181,3 +181,31 @@ def config_for(workload: dict, out: Path, **sections) -> dict:
     }
     cfg.update(sections)
     return cfg
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB filesystem (tmpfs) mounted for the test: room for an old output, not for the new one.
+
+    Needs the right to mount (root, as on this project's machines and CI); where
+    that is refused, the test cannot make a disk fill up and says so.
+    """
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_an_output_location_that_fills_up_fails_naming_it_and_keeps_the_old_output(rs, workload, small_disk):
+    """Spark's writer runs out of room in the staging directory beside the output: one line, the old
+    output as it was, no staging left (its part files are removed with it)."""
+    out = with_old_output(small_disk)
+    cfg = job(workload, out, output={"mode": "overwrite"})
+    with pytest.raises(rayscore.OutputError) as caught:
+        rayscore.run(cfg, session=rs)
+    assert str(caught.value) == f"output.path: {out}: no space left on the device; nothing committed"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["scores.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
