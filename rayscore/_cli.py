@@ -8,18 +8,15 @@ SIGTERM (after stopping what was started).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from ._errors import RayscoreError
+from ._logs import divert_for_good
 
 if TYPE_CHECKING:
     from ._validate import Validation
@@ -64,27 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _divert_logs() -> tuple[TextIO, TextIO, Path]:
-    """Send fds 1 and 2 (ours and those the JVM and Ray inherit) to a log file.
-
-    Ray, Spark's JVM and TensorFlow write to the process's file descriptors,
-    not to Python's logging; the user should see rayscore's own lines only.
-    Returns writers on the original stdout/stderr and the log's path.
-    """
-    folder = Path(tempfile.gettempdir()) / "rayscore-logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    err = os.fdopen(os.dup(2), "w", buffering=1)
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    return out, err, path
-
-
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # Turn SIGTERM into the same unwinding as Ctrl-C, so sessions stop cleanly.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -110,16 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         out, err, log = sys.stdout, sys.stderr, None
     else:
-        out, err, log = _divert_logs()
+        out, err, log = divert_for_good()
     details = f" (logs: {log})" if log else ""
     try:
         if args.command == "validate":
             from ._validate import validate  # noqa: PLC0415
 
             return _print_validation(validate(args.config), out, err)
-        result = run(args.config)
+        result = run(args.config, verbose=args.verbose)
     except RayscoreError as exc:
-        print(f"rayscore: error: {exc}" + ("" if exc.user_error else details), file=err)
+        named = exc.user_error or "(logs: " in str(exc)
+        print(f"rayscore: error: {exc}" + ("" if named else details), file=err)
         return 2 if exc.user_error else 1
     except KeyboardInterrupt:
         print("rayscore: interrupted; stopped the actors, Spark and Ray it had started", file=err)

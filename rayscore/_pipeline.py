@@ -29,7 +29,12 @@ __all__ = ["run", "predict", "inspect_model"]
 log = logging.getLogger("rayscore")
 
 
-def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session: Session | None = None) -> RunResult:
+def run(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Config,
+    *,
+    session: Session | None = None,
+    verbose: bool = False,
+) -> RunResult:
     """Run a whole scoring job from a config file path or a mapping with the same keys.
 
     Starts Ray and RayDP's Spark (or joins ``ray.address``), scores, writes
@@ -38,6 +43,8 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
     what it started, also on error or Ctrl-C. Pass an open ``session`` to
     reuse it (its ray/spark settings win over the config's). The pool's
     actors start loading the model as soon as Ray is up, while Spark starts.
+    What Ray, Spark and TensorFlow print goes to a log file
+    (``$TMPDIR/rayscore-logs/``, named in errors) unless ``verbose=True``.
 
     Example:
         >>> result = rayscore.run("configs/example.yaml")      # doctest: +SKIP
@@ -53,7 +60,11 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, session:
     own = session is None
     if own:
         session = Session(
-            cfg.ray, cfg.spark, max_actors=max_actors_hint(cfg.predict), cpus_per_actor=cfg.predict.cpus_per_actor
+            cfg.ray,
+            cfg.spark,
+            max_actors=max_actors_hint(cfg.predict),
+            cpus_per_actor=cfg.predict.cpus_per_actor,
+            verbose=verbose,
         )
     assert session is not None
     pool: Pool | None = None

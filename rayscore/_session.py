@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._config import RayConfig, SparkConfig, spark_options, validated
-from ._errors import SessionError, translate_errors
+from ._errors import RayscoreError, SessionError, translate_errors
+from ._logs import diverted, others_to_log
 from ._pool import stop_pools
 from ._sizing import local_ray_cpus, spark_executor_cores
 
@@ -63,7 +64,9 @@ class Session:
     """A Ray connection plus a RayDP Spark session; use :func:`session` to open one.
 
     Deployment: every node needs Java 17 and the same Python environment as
-    the driver (Spark's Python workers run ``sys.executable``).
+    the driver (Spark's Python workers run ``sys.executable``). Unless
+    ``verbose``, what Ray, Spark and TensorFlow print goes to the log file
+    (:mod:`rayscore._logs`), which errors name.
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class Session:
         *,
         max_actors: int = 1,
         cpus_per_actor: float = 1.0,
+        verbose: bool = False,
     ) -> None:
         self.ray_config = ray_config or RayConfig()
+        self.verbose = verbose
         self.spark_config = spark_config or SparkConfig()
         self._max_actors = max_actors
         self._cpus_per_actor = cpus_per_actor
@@ -101,18 +106,26 @@ class Session:
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         try:
-            self._start_ray()
-        except BaseException:
+            with others_to_log(self.verbose):
+                self._start_ray()
+        except BaseException as exc:
             self.stop()
-            raise
+            named = _naming_the_log(exc)
+            if named is exc:
+                raise
+            raise named from exc
 
     def start_spark(self) -> None:
         """The second half of :meth:`start`; ``startup_seconds`` then counts both halves."""
         try:
-            self._start_spark()
-        except BaseException:
+            with others_to_log(self.verbose):
+                self._start_spark()
+        except BaseException as exc:
             self.stop()
-            raise
+            named = _naming_the_log(exc)
+            if named is exc:
+                raise
+            raise named from exc
         self.startup_seconds = time.perf_counter() - self._started_at
 
     def _start_ray(self) -> None:
@@ -192,6 +205,10 @@ class Session:
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
         """Stop what this session started; safe to call twice and after a failed start."""
+        with others_to_log(self.verbose):
+            self._stop()
+
+    def _stop(self) -> None:
         stop_pools()
         if self._started_spark:
             self._started_spark = False
@@ -222,6 +239,14 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _naming_the_log(exc: BaseException) -> BaseException:
+    """A start-up error of ours with the log file (where Ray's and Spark's own lines went) named."""
+    path = diverted()
+    if isinstance(exc, RayscoreError) and not exc.user_error and path is not None and "(logs: " not in str(exc):
+        return type(exc)(f"{exc} (logs: {path})")
+    return exc
 
 
 def _driver_logging_dir() -> str:
@@ -270,6 +295,7 @@ def session(
     *,
     max_actors: int = 1,
     cpus_per_actor: float = 1.0,
+    verbose: bool = False,
 ) -> Iterator[Session]:
     """Open a Ray + RayDP Spark session for :func:`rayscore.predict`; stop it on exit.
 
@@ -278,6 +304,8 @@ def session(
     ``ray={"address": "auto"}`` joins a running cluster instead.
     ``max_actors``/``cpus_per_actor`` size a local Ray so that the largest
     predictor pool you will ask for fits beside Spark's executors.
+    What Ray, Spark and TensorFlow print goes to a log file
+    (``$TMPDIR/rayscore-logs/``) unless ``verbose=True``.
 
     Example:
         >>> import rayscore
@@ -287,7 +315,7 @@ def session(
     """
     ray_cfg = validated(RayConfig, ray or {}, "ray")
     spark_cfg = validated(SparkConfig, spark or {}, "spark")
-    s = Session(ray_cfg, spark_cfg, max_actors=max_actors, cpus_per_actor=cpus_per_actor)
+    s = Session(ray_cfg, spark_cfg, max_actors=max_actors, cpus_per_actor=cpus_per_actor, verbose=verbose)
     s.start()
     try:
         yield s

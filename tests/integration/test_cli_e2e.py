@@ -142,3 +142,41 @@ def test_cli_joins_a_running_cluster_and_leaves_it_running_and_clean(workload, t
         probe = cluster_probe(address)
     assert probe["nodes"] == 1
     assert probe["free"] == probe["total"] == 4
+
+
+QUIET_SCRIPT = """
+import sys
+import rayscore
+
+data, model, out = sys.argv[1:4]
+with rayscore.session() as s:
+    df = s.spark.read.parquet(data).where("id < 100")
+    print("predict:", rayscore.predict(df, model=model, keep_columns=["id"]).count())
+job = {"input": {"path": data}, "model": {"uri": model}, "output": {"path": out, "keep_columns": ["id"]}}
+print("run:", rayscore.run(job).rows_out)
+"""
+
+
+def test_the_python_api_prints_nothing_but_the_scripts_own_lines(workload, tmp_path):
+    """Ray's, Spark's and TensorFlow's lines go to the log file under $TMPDIR, not the script's terminal."""
+    out = tmp_path / "scores.parquet"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", QUIET_SCRIPT, workload["data"], workload["keras"], str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path), "RAY_TMPDIR": "/tmp"},
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        for left in processes_of_session(proc.pid):
+            left.kill()
+    assert proc.returncode == 0, stderr
+    assert (stdout, stderr) == ("predict: 100\nrun: 6000\n", "")
+    [log] = (tmp_path / "rayscore-logs").iterdir()
+    text = log.read_text(errors="replace")
+    assert "NativeCodeLoader" in text and "Token authentication" in text  # what the terminal was spared
+    assert_matches_model(read_parquet_dir(out), workload)
