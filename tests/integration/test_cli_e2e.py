@@ -178,5 +178,5 @@ def test_the_python_api_prints_nothing_but_the_scripts_own_lines(workload, tmp_p
     assert (stdout, stderr) == ("predict: 100\nrun: 6000\n", "")
     [log] = (tmp_path / "rayscore-logs").iterdir()
     text = log.read_text(errors="replace")
-    assert "NativeCodeLoader" in text and "Token authentication" in text  # what the terminal was spared
+    assert "NativeCodeLoader" in text  # Spark's JVM's lines: what the terminal was spared
     assert_matches_model(read_parquet_dir(out), workload)
