@@ -30,6 +30,8 @@ __all__ = [
     "PredictError",
     "translate_errors",
     "local_name",
+    "not_parquet",
+    "deleted_mid_job",
     "find_rayscore_error",
     "model_error_text",
     "first_line",
@@ -143,15 +145,22 @@ _FILE_GONE = re.compile(r"FileNotFoundException: File (\S+) does not exist")
 def _input_file_problem(exc: BaseException) -> InputError | None:
     text = str(exc)
     if found := _NOT_PARQUET.search(text):
-        where = "start" if found[2] == "head" else "end"
-        cut = "" if where == "start" else " (cut short?)"
-        return InputError(
-            f"input: {local_name(found[1])} is not a parquet file (or is truncated): it does not {where} with "
-            f"parquet's magic bytes 'PAR1'{cut}; nothing committed"
-        )
+        return InputError(f"{not_parquet(found[1], at_end=found[2] == 'tail')}; nothing committed")
     if found := _FILE_GONE.search(text):
-        return InputError(f"input: {local_name(found[1])} was deleted while the job ran; nothing committed")
+        return InputError(deleted_mid_job(found[1]))
     return None
+
+
+def not_parquet(uri: str, *, at_end: bool) -> str:
+    """The line for an input file without parquet's magic bytes at its start, or at its end (cut short)."""
+    where = (
+        "end with parquet's magic bytes 'PAR1' (cut short?)" if at_end else "start with parquet's magic bytes 'PAR1'"
+    )
+    return f"input: {local_name(uri)} is not a parquet file (or is truncated): it does not {where}"
+
+
+def deleted_mid_job(uri: str) -> str:
+    return f"input: {local_name(uri)} was deleted while the job ran; nothing committed"
 
 
 def local_name(uri: str) -> str:

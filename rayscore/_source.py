@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from ._config import InputConfig, spark_options
-from ._errors import InputError, local_name, translate_errors
+from ._errors import InputError, deleted_mid_job, local_name, not_parquet, translate_errors
 from ._hadoop import HadoopFS
 
 log = logging.getLogger("rayscore")
@@ -65,16 +65,13 @@ def _check_parquet_files(path: str) -> None:
     for name in data_files(path):
         with open(name, "rb") as f:
             head = f.read(4)
-            f.seek(max(os.fstat(f.fileno()).st_size - 4, 0))
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(size - 4, 0))
             tail = f.read(4)
-        if head != PARQUET_MAGIC or tail != PARQUET_MAGIC or os.path.getsize(name) < 12:
-            raise InputError(f"input: {name} is not a parquet file (or is truncated): {not_parquet_reason(head, tail)}")
-
-
-def not_parquet_reason(head: bytes, tail: bytes) -> str:
-    if head != PARQUET_MAGIC:
-        return "it does not start with parquet's magic bytes 'PAR1'"
-    return "it does not end with parquet's magic bytes 'PAR1' (cut short?)"
+        if head != PARQUET_MAGIC:
+            raise InputError(not_parquet(name, at_end=False))
+        if tail != PARQUET_MAGIC or size < 12:
+            raise InputError(not_parquet(name, at_end=True))
 
 
 @dataclass(frozen=True)
@@ -104,7 +101,7 @@ class InputFiles:
         for name, size, mtime in self.files:
             seen = now[name]
             if seen is None:
-                raise InputError(f"input: {local_name(name)} was deleted while the job ran; nothing committed")
+                raise InputError(deleted_mid_job(name))
             if seen != (size, mtime):
                 raise InputError(
                     f"input: {local_name(name)} changed while the job ran ({size} bytes then, {seen[0]} now); "
