@@ -32,6 +32,7 @@ __all__ = [
     "local_name",
     "not_parquet",
     "deleted_mid_job",
+    "actor_died",
     "find_rayscore_error",
     "model_error_text",
     "first_line",
@@ -161,6 +162,37 @@ def not_parquet(uri: str, *, at_end: bool) -> str:
 
 def deleted_mid_job(uri: str) -> str:
     return f"input: {local_name(uri)} was deleted while the job ran; nothing committed"
+
+
+# What Ray's ActorDiedError says of an actor whose process died (its restarts used up).
+_ACTOR_FIELD = re.compile(r"^\s*(name|ip): (\S+)$", re.MULTILINE)
+_EXIT_DETAIL = re.compile(r"Worker exit detail: (.+?\.)(?: |$)")
+
+
+def actor_died(exc: BaseException, *, doing: str, restarts: int, advice: str) -> PredictError | None:
+    """The line for a pool actor whose process died for good while ``doing``; None for any other error.
+
+    Ray restarts a dead actor ``restarts`` times and reruns its calls; what
+    reaches rayscore is the death after the last restart. A process killed
+    without a Python error is most often killed for memory, by the kernel
+    (a container's limit) or by Ray's memory monitor; ``advice`` says what
+    to change.
+    """
+    text = str(exc)
+    if type(exc).__name__ != "ActorDiedError" or "worker process has died" not in text:
+        return None
+    fields = dict(_ACTOR_FIELD.findall(text))
+    node = fields.get("ip", "?")
+    detail = _EXIT_DETAIL.search(text)
+    ray_says = f" (Ray: {detail[1]})" if detail else ""
+    if "out of memory" in text.lower():
+        cause = f"memory ran out on node {node}: Ray's memory monitor killed it{ray_says}"
+    else:
+        cause = f"its process on node {node} was killed{ray_says}, most likely for memory"
+    return PredictError(
+        f"predict: actor {fields.get('name', '?')} died {doing}, {restarts + 1} times "
+        f"(Ray restarts an actor {restarts} times); {cause}. {advice}"
+    )
 
 
 def local_name(uri: str) -> str:

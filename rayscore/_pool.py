@@ -22,9 +22,17 @@ import uuid
 from typing import Any
 
 from ._config import PredictConfig
-from ._errors import PredictError, translate_errors
+from ._errors import PredictError, actor_died, translate_errors
 from ._model import ModelSpec
-from ._placement import ACTOR_PROCESS_BYTES, PoolPlan, batch_bytes, memory_factor_for, nodes_from_ray, plan_pool
+from ._placement import (
+    ACTOR_PROCESS_BYTES,
+    PoolPlan,
+    batch_bytes,
+    format_bytes,
+    memory_factor_for,
+    nodes_from_ray,
+    plan_pool,
+)
 from ._predict import LoadLedger, ModelRef, Predictor, summarize_loads
 from ._report import RunResult, StageClock
 
@@ -71,6 +79,8 @@ class Pool:
     Cost: one model load per actor (plus one per restart), for the pool's life.
     """
 
+    restarts = MAX_RESTARTS
+
     def __init__(self, model: ModelRef, predict: PredictConfig, plan: PoolPlan) -> None:
         import ray  # noqa: PLC0415
 
@@ -111,9 +121,30 @@ class Pool:
                         f"predict.actors: {ready} of the {self.plan.min_actors} actors the pool needs loaded the "
                         f"model within {timeout:.0f} s (the cluster lacks room for them, or the model is slow to load)"
                     )
-                ray.get(done[0])
+                try:
+                    ray.get(done[0])
+                except Exception as exc:
+                    died = actor_died(
+                        exc, doing="loading the model", restarts=self.restarts, advice=self.memory_advice()
+                    )
+                    if died is None:
+                        raise
+                    raise died from exc
                 ready += 1
         self._loaded = True
+
+    def memory_advice(self, batch_rows: int | None = None) -> str:
+        """What to change when an actor keeps being killed for memory: scoring ``batch_rows``, or loading."""
+        ask = f"each actor asks Ray for {format_bytes(self.plan.memory_per_actor)} now"
+        if batch_rows is None:
+            return (
+                f"To fit: raise predict.memory_factor so that Ray places fewer actors on a node ({ask}), "
+                "run fewer actors (predict.actors), or use nodes with more memory"
+            )
+        return (
+            f"To fit: lower predict.batch_size (now {batch_rows}), raise predict.memory_factor so that Ray "
+            f"places fewer actors on a node ({ask}), or run fewer actors (predict.actors)"
+        )
 
     def spec(self) -> ModelSpec:
         """The model's inputs and outputs as a loaded copy knows them (waits for the pool)."""

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from ._convert import Plan, from_ipc, output_type, to_ipc
-from ._errors import PredictError, RayscoreError, find_rayscore_error, first_line, one_line
+from ._errors import PredictError, RayscoreError, actor_died, find_rayscore_error, first_line, one_line
 from ._model import ModelSpec
 from ._predict import REASON, ModelRef
 from ._source import arrow_schema
@@ -60,6 +60,8 @@ class Route:
     plan: Plan
     batch_rows: int
     schema: pa.Schema  # the predictions, as Spark expects them
+    restarts: int = 0  # Ray restarts a dead actor this many times
+    advice: str = ""  # what to change when an actor keeps dying (memory)
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,16 @@ def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: 
 
     sc = df.sparkSession.sparkContext
     counters = Counters(sc.accumulator(0), sc.accumulator(0))
-    route = Route(ray.get_runtime_context().gcs_address, pool.namespace, pool.names, plan, batch_rows, arrow_schema)
+    route = Route(
+        ray.get_runtime_context().gcs_address,
+        pool.namespace,
+        pool.names,
+        plan,
+        batch_rows,
+        arrow_schema,
+        restarts=pool.restarts,
+        advice=pool.memory_advice(batch_rows),
+    )
     fn = functools.partial(score_partition, route, counters)
     return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
 
@@ -175,7 +186,7 @@ def score_partition(route: Route, counters: Counters, batches: Iterable[pa.Recor
     except RayscoreError:
         raise
     except Exception as exc:
-        raise remote_error(exc) from None
+        raise remote_error(exc, route) from None
 
 
 def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters) -> Iterator[pa.RecordBatch]:
@@ -258,9 +269,17 @@ def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(held)
 
 
-def remote_error(exc: BaseException) -> RayscoreError:
-    """What a Spark task raises for ``exc``: rayscore's own error as itself (one line), else a PredictError."""
+def remote_error(exc: BaseException, route: Route | None = None) -> RayscoreError:
+    """What a Spark task raises for ``exc``: rayscore's own error as itself (one line), else a PredictError.
+
+    An actor that died for good (killed, its restarts used up) is named with
+    its node and what to change.
+    """
     inner = find_rayscore_error(exc)
     if inner is not None:
         return type(inner)(first_line(inner))
+    if route is not None:
+        died = actor_died(exc, doing="while scoring", restarts=route.restarts, advice=route.advice)
+        if died is not None:
+            return died
     return PredictError(f"the actor pool failed: {type(exc).__name__}: {one_line(str(exc))}")

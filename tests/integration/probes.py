@@ -8,6 +8,9 @@ loads it, without any of rayscore's own counters:
   into a directory the test owns, named by the loading process's pid.
 * :class:`ChangeFileOnFirstCall` deletes or rewrites an input file from
   inside the first batch's model call.
+* :class:`KilledForMemory` puts the actor's process under a memory limit the
+  test set (a cgroup) and, in every call, fills more memory than that: the
+  kernel kills the actor, as a container's limit would.
 * :class:`OomAbove` asks TensorFlow's allocator for 4 TiB when a call has more
   than ``max_rows`` rows: a real ``ResourceExhaustedError`` from a model op.
   ``Empty`` with ``init=False`` touches nothing, so on a kernel that would
@@ -109,7 +112,42 @@ class ChangeFileOnFirstCall(keras.layers.Layer):
         return {**super().get_config(), "target": self.target, "action": self.action, "marker": self.marker}
 
 
-CUSTOM_OBJECTS = {"LoadProbe": LoadProbe, "OomAbove": OomAbove, "ChangeFileOnFirstCall": ChangeFileOnFirstCall}
+@keras.saving.register_keras_serializable(package="rayscore_tests")
+class KilledForMemory(keras.layers.Layer):
+    """The identity, in name: each call joins the cgroup ``procs`` names, then fills ``fill_bytes`` of memory.
+
+    Joining at the call, not at construction, keeps the test's own process
+    (which builds the model) out of the cgroup.
+    """
+
+    def __init__(self, procs: str, fill_bytes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.procs, self.fill_bytes = procs, fill_bytes
+
+    def call(self, x):
+        def fill(t):
+            import numpy as np
+
+            Path(self.procs).write_text(str(os.getpid()))
+            return t + 0 * float(np.ones(self.fill_bytes // 8).sum())
+
+        y = tf.py_function(fill, [x], x.dtype)
+        y.set_shape(x.shape)
+        return y
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "procs": self.procs, "fill_bytes": self.fill_bytes}
+
+
+CUSTOM_OBJECTS = {
+    "LoadProbe": LoadProbe,
+    "OomAbove": OomAbove,
+    "ChangeFileOnFirstCall": ChangeFileOnFirstCall,
+    "KilledForMemory": KilledForMemory,
+}
 
 
 def loads_logged(log_dir: Path) -> list[int]:

@@ -8,6 +8,7 @@ any earlier output intact; each test says which, and why.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -209,3 +210,59 @@ def test_an_output_location_that_fills_up_fails_naming_it_and_keeps_the_old_outp
     assert str(caught.value) == f"output.path: {out}: no space left on the device; nothing committed"
     assert sorted(p.name for p in small_disk.iterdir()) == ["scores.parquet"]
     assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
+
+
+@pytest.fixture
+def memory_limit(tmp_path):
+    """A 512 MiB memory cgroup for the pool's actors (they join it at their first call), and its OOM-kill count.
+
+    The kernel kills a process in it that asks for more, as a container's
+    limit does. Needs the right to make cgroups (root, as on this project's
+    machines and CI); where that is refused, the test says so.
+    """
+    v1 = Path("/sys/fs/cgroup/memory")
+    group = (v1 if v1.is_dir() else Path("/sys/fs/cgroup")) / f"rayscore-test-{tmp_path.name}"
+    try:
+        group.mkdir()
+        (group / ("memory.limit_in_bytes" if v1.is_dir() else "memory.max")).write_text(str(512 << 20))
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    events = group / ("memory.oom_control" if v1.is_dir() else "memory.events")
+
+    def oom_kills() -> int:
+        return int(dict(line.split() for line in events.read_text().splitlines())["oom_kill"])
+
+    yield group / "cgroup.procs", oom_kills
+    for pid in (group / "cgroup.procs").read_text().split():  # what is left of the job's actors
+        (group.parent / "cgroup.procs").write_text(pid)
+    group.rmdir()
+
+
+def test_an_actor_killed_for_memory_fails_the_job_after_its_restarts_naming_the_node_and_what_to_change(
+    rs, workload, tmp_path, memory_limit
+):
+    """Every batch needs more memory than the actor's limit: Ray restarts the actor 3 times and each
+    restart is killed again; then the job fails in one line, nothing committed. Failing is right:
+    the same batch on the same limit can only be killed again, and the cure is in the config."""
+    procs, oom_kills = memory_limit
+    model = probed_model(workload, tmp_path, "click", "KilledForMemory", procs=str(procs), fill_bytes=1 << 30)
+    out = with_old_output(tmp_path)
+    cfg = job(workload, out, output={"mode": "overwrite"}, predict={"actors": 1, "batch_size": 500})
+    cfg["model"] = {"uri": model, "custom_objects": probes.CUSTOM_OBJECTS_PATH}
+    with pytest.raises(rayscore.PredictError) as caught:
+        rayscore.run(cfg, session=rs)
+    import ray
+
+    assert oom_kills() == 4  # the first process and its 3 restarts, no more
+    said = re.fullmatch(
+        r"predict: actor rayscore-[0-9a-f]{12}-0 died while scoring, 4 times \(Ray restarts an actor 3 times\); "
+        r"its process on node (\S+) was killed \(Ray: Worker unexpectedly exits with a connection error code 2\.\), "
+        r"most likely for memory\. To fit: lower predict\.batch_size \(now 500\), raise predict\.memory_factor so "
+        r"that Ray places fewer actors on a node \(each actor asks Ray for \d+\.\d [MG]iB now\), or run fewer actors "
+        r"\(predict\.actors\)",
+        str(caught.value),
+    )
+    assert said, str(caught.value)
+    assert said[1] == ray.util.get_node_ip_address()
+    assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
+    assert leftovers(tmp_path) == ["ctr-KilledForMemory.keras", "scores.parquet"]

@@ -10,10 +10,10 @@ import pytest
 
 from rayscore import InputError, PredictError
 from rayscore._convert import Binding, Plan, from_ipc, to_ipc
-from rayscore._errors import OutputError, translate_errors
+from rayscore._errors import OutputError, actor_died, translate_errors
 from rayscore._model import ModelSpec, TensorSpec
 from rayscore._predict import REASON
-from rayscore._stream import prediction_schema, rebatch, remote_error
+from rayscore._stream import Route, prediction_schema, rebatch, remote_error
 
 
 def batches(*sizes: int) -> list[pa.RecordBatch]:
@@ -111,3 +111,46 @@ def test_the_driver_reads_the_error_a_spark_task_raised_back_into_its_class() ->
         with translate_errors("output.path", OutputError):
             raise Py4JJavaError(text)
     assert str(info.value) == "a batch of 500 rows failed (first bad row: id=3000: column 'price': null)"
+
+
+class ActorDiedError(Exception):
+    """Ray's error for an actor dead for good, as its str() reads (class name and text are what count)."""
+
+
+KILLED = ActorDiedError(
+    "The actor died unexpectedly before finishing this task.\n\tclass_name: Predictor\n\tactor_id: 9f\n"
+    "\tpid: 3759\n\tname: rayscore-9df6afb63ee4-1\n\tnamespace: ns\n\tip: 10.0.0.7\n"
+    "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: "
+    "Worker unexpectedly exits with a connection error code 2. End of file. Some common causes include: (1) ..."
+)
+
+
+def test_an_actor_dead_for_good_is_named_with_its_node_and_what_to_change() -> None:
+    route = Route("gcs", "ns", ("a",), None, 500, pa.schema([]), restarts=3, advice="To fit: lower it")
+    said = remote_error(KILLED, route)
+    assert type(said) is PredictError
+    assert str(said) == (
+        "predict: actor rayscore-9df6afb63ee4-1 died while scoring, 4 times (Ray restarts an actor 3 times); its "
+        "process on node 10.0.0.7 was killed (Ray: Worker unexpectedly exits with a connection error code 2.), "
+        "most likely for memory. To fit: lower it"
+    )
+    monitor = ActorDiedError(
+        str(KILLED).replace(
+            "Worker exit detail: Worker",
+            "Worker exit detail: Task was killed due to the node running out of memory. Worker",
+        )
+    )
+    assert (
+        "memory ran out on node 10.0.0.7: Ray's memory monitor killed it (Ray: Task was killed due to the node "
+        "running out of memory.). To fit" in str(actor_died(monitor, doing="loading", restarts=3, advice="To fit"))
+    )
+    # An actor whose constructor raised is not a killed process: that error speaks for itself.
+    assert (
+        actor_died(
+            ActorDiedError("The actor died because of an error raised in its creation task, x"),
+            doing="x",
+            restarts=3,
+            advice="",
+        )
+        is None
+    )
