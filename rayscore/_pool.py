@@ -83,12 +83,17 @@ class Pool:
 
     def __init__(self, model: ModelRef, predict: PredictConfig, plan: PoolPlan) -> None:
         import ray  # noqa: PLC0415
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
 
         _make_room(predict, plan)
         self.model, self.plan = model, plan
         self.namespace = ray.get_runtime_context().namespace
         prefix = f"rayscore-{uuid.uuid4().hex[:12]}"
-        self.ledger = ray.remote(LoadLedger).options(num_cpus=0, name=f"{prefix}-ledger").remote()
+        # The ledger lives with the driver: a lost worker node must not take the pool's records with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.ledger = (
+            ray.remote(LoadLedger).options(num_cpus=0, name=f"{prefix}-ledger", scheduling_strategy=here).remote()
+        )
         options: dict[str, Any] = {
             "num_cpus": predict.cpus_per_actor,
             "memory": plan.memory_per_actor,  # so Ray never packs more model copies than a node holds
