@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._model import ModelSpec, TensorSpec, register_loader
 from ._pipeline import inspect_model, predict, run
+from ._progress import Progress
 from ._report import RunResult
 from ._session import Session, session
 from ._validate import Validation, validate
@@ -41,6 +42,7 @@ __all__ = [
     "load_config",
     "Config",
     "RunResult",
+    "Progress",
     "inspect_model",
     "register_loader",
     "ModelSpec",

@@ -1,4 +1,4 @@
-"""The ``rayscore`` command: ``rayscore run CONFIG`` and ``rayscore validate CONFIG``.
+"""The ``rayscore`` command: ``rayscore run CONFIG``, ``rayscore validate CONFIG``, ``rayscore report OUTPUT``.
 
 Exit codes: 0 done; 2 bad input (config, model, data, output location), with
 one line on stderr naming the cause; 1 a failure while running; 130 Ctrl-C or
@@ -8,9 +8,12 @@ SIGTERM (after stopping what was started).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
@@ -39,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="path to the job's YAML config (see configs/example.yaml)")
     run.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     run.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress: print only the final line (progress goes to stderr: a live display on a terminal, "
+        "else a line every 10 s or 5%%)",
+    )
+    run.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -58,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show Ray's, Spark's and TensorFlow's own logs on the terminal (by default they go to a log file)",
     )
+    report = sub.add_parser(
+        "report",
+        help="show a finished job's run report",
+        description="Print the figures of the run report that a finished job committed with its output, and "
+        "open its page (_rayscore_report.html) in a browser when there is one.",
+    )
+    report.add_argument("output", help="the job's output.path (a local path, or a uri Spark's Hadoop can read)")
+    report.add_argument("--no-browser", action="store_true", help="print only; do not open the page")
     return parser
 
 
@@ -79,6 +97,8 @@ def _print_validation(validation: Validation, out: TextIO, err: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args.output, open_page=not args.no_browser)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     from ._pipeline import run  # noqa: PLC0415 - keep --help fast
@@ -93,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._validate import validate  # noqa: PLC0415
 
             return _print_validation(validate(args.config), out, err)
-        result = run(args.config, verbose=args.verbose)
+        from ._progress import sinks_for  # noqa: PLC0415
+
+        shown = [] if args.quiet else sinks_for(True, err)
+        result = run(args.config, verbose=args.verbose, progress=shown[0] if shown else False)
     except RayscoreError as exc:
         named = exc.user_error or "(logs: " in str(exc)
         print(f"rayscore: error: {exc}" + ("" if named else details), file=err)
@@ -118,6 +141,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f"; first prediction at {s.get('first_prediction', 0.0):.1f}, done at {s.get('total', 0.0):.1f}",
             file=out,
         )
+    return 0
+
+
+def _report(output: str, open_page: bool) -> int:
+    """``rayscore report OUTPUT``: the committed report's figures on stdout; its page opened where a browser is."""
+    from ._html import HTML_NAME, summary_rows  # noqa: PLC0415
+    from ._sink import REPORT_NAME  # noqa: PLC0415
+    from ._storage import local_dir  # noqa: PLC0415
+
+    folder = local_dir(output)
+    if folder is None:
+        print(f"rayscore: error: output {output}: rayscore report reads local paths only", file=sys.stderr)
+        return 2
+    path = Path(folder)
+    try:
+        report = json.loads((path / REPORT_NAME).read_text())
+    except FileNotFoundError:
+        print(f"rayscore: error: {path} holds no {REPORT_NAME} (not a finished rayscore job's output)", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"rayscore: error: {path / REPORT_NAME}: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(k) for k, _ in summary_rows(report))
+    for label, value in summary_rows(report):
+        print(f"{label:<{width}}  {value}")
+    page = path / HTML_NAME
+    if page.exists():
+        print(f"{'page':<{width}}  {page.resolve().as_uri()}")
+        graphical = (
+            sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        )
+        if open_page and graphical and sys.stdout.isatty():  # never a text browser taking over the terminal
+            import webbrowser  # noqa: PLC0415
+
+            webbrowser.open(page.resolve().as_uri())
     return 0
 
 

@@ -15,8 +15,11 @@ from typing import Any
 
 from ._config import Config, ModelConfig, PredictConfig, load_config, validated
 from ._convert import make_plan
+from ._model import ModelSpec
 from ._plan import check_sample, errors_output, inspect_model, max_actors_hint, new_result, plan_job
 from ._pool import Pool, check_pool, pool_for
+from ._predict import ModelRef
+from ._progress import ProgressArg, Tracker, sinks_for
 from ._report import RunResult, StageClock
 from ._resume import run_resumable
 from ._session import Session
@@ -34,6 +37,7 @@ def run(
     *,
     session: Session | None = None,
     verbose: bool = False,
+    progress: ProgressArg = True,
 ) -> RunResult:
     """Run a whole scoring job from a config file path or a mapping with the same keys.
 
@@ -46,17 +50,41 @@ def run(
     What Ray, Spark and TensorFlow print goes to a log file
     (``$TMPDIR/rayscore-logs/``, named in errors) unless ``verbose=True``.
 
+    ``progress``: ``True`` shows live progress (a bar on a terminal or in a
+    notebook, else a plain line every 10 s or 5 % on standard error),
+    ``False`` nothing; a function is called about once a second with a
+    :class:`~rayscore.Progress`, and once more with ``done=True`` at the end.
+
     Example:
         >>> result = rayscore.run("configs/example.yaml")      # doctest: +SKIP
         >>> result.rows_in == result.rows_out
         True
     """
     cfg = load_config(config)
-    clock = StageClock()
     ref, spec = inspect_model(cfg.model)  # fails fast on a bad model, before any cluster
     check_output_free(cfg.output)
     if cfg.predict.on_bad_rows == "quarantine":
         check_output_free(errors_output(cfg))
+    tracker = Tracker(sinks_for(progress))
+    clock = StageClock(on_stage=tracker.phase)
+    try:
+        result = _run(cfg, ref, spec, session, verbose, tracker, clock)
+    except BaseException:
+        tracker.close()
+        raise
+    tracker.finish(result.rows_in, result.rows_quarantined)
+    return result
+
+
+def _run(
+    cfg: Config,
+    ref: ModelRef,
+    spec: ModelSpec,
+    session: Session | None,
+    verbose: bool,
+    tracker: Tracker,
+    clock: StageClock,
+) -> RunResult:
     own = session is None
     if own:
         session = Session(
@@ -73,6 +101,7 @@ def run(
         nonlocal pool
         if pool is None:
             pool = Pool(ref, cfg.predict, check_pool(session.spark_cpus, cfg.predict, ref, spec))
+            tracker.pool(pool)
         return pool
 
     try:
@@ -83,6 +112,7 @@ def run(
             session.start_spark()
         clock.add("startup", session.startup_seconds if own else 0.0)
         spark = session.spark
+        tracker.spark(spark)
         with clock.stage("read_convert"):
             df = read_input(spark, cfg.input)
             files = InputFiles.of(spark, df)
@@ -91,8 +121,9 @@ def run(
             if plan.quarantine:
                 check_output_free(errors_output(cfg), spark)
         if cfg.output.mode == "resume":
-            return run_resumable(cfg, df, files, plan, start_pool, ref, spec, clock)
+            return run_resumable(cfg, df, files, plan, start_pool, ref, spec, clock, tracker)
         scorer = start_pool()
+        tracker.phase("loading")
         scorer.wait()
         result = new_result(cfg, ref, spec, plan)
 
@@ -104,8 +135,10 @@ def run(
             return result.to_json()
 
         scoring = score(df, plan, scorer, spec, cfg.predict.batch_size)
+        tracker.counting(scoring.counters.rows)
         errors = errors_output(cfg) if plan.quarantine else None
-        write_scored(spark, scoring, plan, cfg.output, errors, report, clock, check=lambda: files.check(spark))
+        with tracker.jobs(spark):
+            write_scored(spark, scoring, plan, cfg.output, errors, report, clock, check=lambda: files.check(spark))
         scorer.report_into(result, clock)
         return result
     finally:

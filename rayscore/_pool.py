@@ -168,6 +168,7 @@ class Pool:
             loads = summarize_loads(ray.get(self.ledger.loads.remote()))
             loads["working_batch_size"] = ray.get(self.ledger.working_batch_size.remote())
             loads["first_scored"] = ray.get(self.ledger.first_scored.remote())
+            loads["timeline"] = ray.get(self.ledger.timeline.remote())
         loads["pool"] = {
             "min": self.plan.min_actors,
             "max": self.plan.max_actors,
@@ -190,6 +191,7 @@ class Pool:
             clock.seconds["first_prediction"] = clock.since_start(loads["first_scored"])
         clock.seconds["total"] = clock.since_start()
         result.seconds = dict(clock.seconds)
+        result.timeline = {**loads["timeline"], "job_began": clock.began, "stages": list(clock.spans)}
 
     def stop(self) -> None:
         """Kill the actors and the ledger now (their model copies and CPUs go back to Ray); safe to call twice."""

@@ -22,6 +22,7 @@ from ._cache import cache_root, cached_model
 from ._convert import Plan, from_ipc, output_type, row_problems, to_columns, to_ipc, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
+from ._timeline import Timeline
 
 __all__ = ["ModelRef", "Predictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row", "REASON"]
 
@@ -130,6 +131,7 @@ class BatchLimit:
     rows: int | None = None
     floor: int = 1
     splits: int = 0
+    retries: int = 0  # model calls run again after an error (the split's included), for progress
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -153,6 +155,7 @@ def _predict_in_chunks(model: Any, feeds: dict[str, np.ndarray], rows: int, limi
                 raise
             limit.rows = max(limit.floor, size // 2)
             limit.splits += 1
+            limit.retries += 1
             continue
         if len(parts) == 1:
             return dict(parts[0])
@@ -169,6 +172,7 @@ def _predict_with_retries(
             return _predict_in_chunks(model, feeds, batch.num_rows, limit)
         except Exception as exc:  # noqa: BLE001 - the model's own error, retried then named
             if attempt < attempts:
+                limit.retries += 1
                 continue
             # No ``from exc``: TF's errors do not pickle, and this one must cross
             # from the actor to the driver intact.
@@ -195,10 +199,13 @@ class Predictor:
     def __init__(self, model: ModelRef, ledger: str | None = None) -> None:
         import ray  # noqa: PLC0415
 
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
+        context = ray.get_runtime_context()
         # The ledger's name, not its handle: a handle among an actor's constructor arguments is a
         # reference Ray warns about for restartable actors (and logs on every start).
-        self._ledger = ray.get_actor(ledger, namespace=ray.get_runtime_context().namespace) if ledger else None
+        self._ledger = ray.get_actor(ledger, namespace=context.namespace) if ledger else None
+        if self._ledger is not None:
+            self._ledger.loading.remote(context.get_actor_name(), os.getpid(), context.get_node_id(), started)
         prepare = getattr(loaders[model.loader], "prepare", None)
         if prepare is not None:  # the framework's import (TensorFlow), so that what follows is the model's
             prepare()
@@ -209,14 +216,16 @@ class Predictor:
         self._path = model.path
         self._checked: set[Plan] = set()
         self._limit = BatchLimit()
-        self._scored = False
         self._reported_rss = 0
         if self._ledger is not None:
             ray.get(
                 self._ledger.record.remote(
                     {
+                        "name": context.get_actor_name(),
                         "pid": os.getpid(),
-                        "node": ray.get_runtime_context().get_node_id(),
+                        "node": context.get_node_id(),
+                        "started": started,
+                        "loaded": time.time(),
                         "load_seconds": time.perf_counter() - t0,
                         "output_shapes": {t.name: list(t.shape or ()) for t in self._model.spec.outputs},
                         "loaded_from": path,
@@ -237,12 +246,13 @@ class Predictor:
         if plan not in self._checked:
             _check_same_inputs(plan.bindings, self._model.spec, self._path)
             self._checked.add(plan)
-        before = self._limit.rows
+        before, retries, began = self._limit.rows, self._limit.retries, time.time()
         table = predict_table(self._model, plan, from_ipc(batch), self._limit)
         if self._ledger is not None:
-            if not self._scored:
-                self._scored = True
-                self._ledger.scored.remote(time.time())
+            quarantined = table.num_rows - table.column(REASON).null_count if REASON in table.column_names else 0
+            self._ledger.batch.remote(
+                os.getpid(), began, time.time(), table.num_rows, batch.size, quarantined, self._limit.retries - retries
+            )
             if self._limit.rows != before:
                 self._ledger.shrunk.remote(os.getpid(), self._limit.rows)
         self._report_rss()
@@ -289,23 +299,45 @@ def _prepare_devices() -> dict[str, Any]:
 
 
 class LoadLedger:
-    """A tiny actor that predictors report to: their model loads, peak memory, first batch, batch splits."""
+    """A tiny actor on the driver's node that the predictors report to; read for progress and the report.
+
+    It holds each actor's model loads (and restarts), peak memory, batch
+    splits, and every batch scored: counted for progress
+    (:meth:`snapshot`) and folded into a bounded :class:`Timeline` for the
+    report. Cost: one fire-and-forget call per batch scored.
+    """
 
     def __init__(self) -> None:
         self._loads: list[dict[str, Any]] = []
         self._working: dict[int, int] = {}
         self._peaks: dict[int, int] = {}
         self._first_scored: float | None = None
+        self._incarnations: dict[str, list[dict[str, Any]]] = {}  # actor name -> its processes, in order
+        self._totals = {"rows": 0, "bytes": 0, "batches": 0, "quarantined": 0, "retries": 0}
+        self._timeline = Timeline(time.time())
 
-    def scored(self, at: float) -> None:
-        """A predictor scored its first batch at ``at`` (``time.time()``)."""
-        self._first_scored = at if self._first_scored is None else min(at, self._first_scored)
+    def loading(self, name: str, pid: int, node: str, at: float) -> None:
+        """Actor ``name`` began loading the model in process ``pid`` (a second process of a name is a restart)."""
+        self._incarnations.setdefault(name, []).append({"pid": pid, "node": node, "started": at, "loaded": None})
+
+    def record(self, info: dict[str, Any]) -> None:
+        """A model load finished (``info`` as :meth:`loads` returns it)."""
+        self._loads.append(info)
+        for inc in self._incarnations.get(info.get("name", ""), []):
+            if inc["pid"] == info["pid"]:
+                inc["loaded"] = info.get("loaded")
+
+    def batch(self, pid: int, start: float, end: float, rows: int, nbytes: int, quarantined: int, retries: int) -> None:
+        """Process ``pid`` scored a batch of ``rows`` (``nbytes`` of Arrow) from ``start`` to ``end``."""
+        self._first_scored = end if self._first_scored is None else min(end, self._first_scored)
+        for key, value in (("rows", rows), ("bytes", nbytes), ("batches", 1)):
+            self._totals[key] += value
+        self._totals["quarantined"] += quarantined
+        self._totals["retries"] += retries
+        self._timeline.add(pid, start, end, rows)
 
     def first_scored(self) -> float | None:
         return self._first_scored
-
-    def record(self, info: dict[str, Any]) -> None:
-        self._loads.append(info)
 
     def peak_rss(self, pid: int, rss: int) -> None:
         self._peaks[pid] = max(rss, self._peaks.get(pid, 0))
@@ -318,6 +350,30 @@ class LoadLedger:
 
     def loads(self) -> list[dict[str, Any]]:
         return [{**x, "peak_rss": self._peaks.get(x["pid"], 0)} for x in self._loads]
+
+    def snapshot(self) -> dict[str, Any]:
+        """What progress shows: the batch totals, and the actors loaded, loading and restarted."""
+        last = [incs[-1] for incs in self._incarnations.values()]
+        return {
+            **self._totals,
+            "loaded": sum(1 for inc in last if inc["loaded"] is not None),
+            "loading": sum(1 for inc in last if inc["loaded"] is None),
+            "restarted": sum(len(incs) - 1 for incs in self._incarnations.values()),
+            "first_scored": self._first_scored,
+        }
+
+    def timeline(self) -> dict[str, Any]:
+        """Per actor, each process's load and its batches over time (:meth:`Timeline.to_dict`), for the report."""
+        now = time.time()
+        pids = [inc["pid"] for incs in self._incarnations.values() for inc in incs]
+        out = self._timeline.to_dict(pids, until=now)
+        out["actors"] = [
+            {"name": name, "restart": i, **inc}
+            for name, incs in sorted(self._incarnations.items())
+            for i, inc in enumerate(incs)
+        ]
+        out["read_at"] = now
+        return out
 
 
 def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:

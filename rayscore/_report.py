@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +38,11 @@ class RunResult:
     writing overlap), ``write`` (counted and committed). Two entries are
     moments, not stages, counted from the job's start: ``first_prediction``
     (the first batch scored) and ``total`` (the output committed).
+
+    ``timeline`` is where the time went, for the HTML report: the stages'
+    spans (seconds from the job's start), each actor process's load
+    (``started``, ``loaded``: epoch seconds, like ``job_began``) and its rows
+    and busy seconds per bucket of ``bucket_s`` seconds from ``origin``.
     """
 
     rows_in: int = 0
@@ -64,6 +69,7 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
     report_path: str | None = None
     shards: dict[str, int] = field(default_factory=dict)
+    timeline: dict[str, Any] = field(default_factory=dict)
 
     def add_loads(self, loads: dict[str, Any]) -> None:
         """Fold one actor pool's load summary in (resume runs one pool per shard)."""
@@ -98,23 +104,33 @@ class RunResult:
 
 
 class StageClock:
-    """Accumulates wall-clock seconds per named stage."""
+    """Accumulates wall-clock seconds per named stage, and when each ran (``spans``, for the timeline).
 
-    def __init__(self) -> None:
+    ``on_stage(name)``, if set, hears each stage begin (the progress display's phase).
+    """
+
+    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
-        self._began = time.time()
+        self.spans: list[dict[str, Any]] = []
+        self.began = time.time()
+        self.on_stage = on_stage
 
     def since_start(self, at: float | None = None) -> float:
         """Seconds from this clock's making (the job's start) until ``at`` (a ``time.time()``; default now)."""
-        return round((time.time() if at is None else at) - self._began, 3)
+        return round((time.time() if at is None else at) - self.began, 3)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        if self.on_stage is not None:
+            self.on_stage(name)
+        t0, start = time.perf_counter(), self.since_start()
         try:
             yield
         finally:
-            self.add(name, time.perf_counter() - t0)
+            self.add(name, time.perf_counter() - t0, start)
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, start: float | None = None) -> None:
+        """``seconds`` more of stage ``name``, which began ``start`` seconds into the job (default: it ends now)."""
         self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+        start = self.since_start() - seconds if start is None else start
+        self.spans.append({"name": name, "start": round(start, 3), "end": round(start + seconds, 3)})

@@ -33,8 +33,9 @@ from ._model import ModelSpec
 from ._plan import errors_output, new_result
 from ._pool import Pool
 from ._predict import ModelRef
+from ._progress import Tracker
 from ._report import RunResult, StageClock
-from ._sink import REPORT_NAME, write_scored
+from ._sink import REPORT_NAME, write_report, write_scored
 from ._source import InputFiles
 from ._stream import score
 
@@ -103,13 +104,12 @@ def run_resumable(
     model: ModelRef,
     spec: ModelSpec,
     clock: StageClock,
+    tracker: Tracker,
 ) -> RunResult:
     """Score the shards of ``df`` that ``output.path`` does not hold yet, one Spark job per shard.
 
     ``start_pool`` gives the job's actor pool; it is called only if a shard needs scoring.
     """
-    from pyspark.sql import functions as F  # noqa: PLC0415
-
     spark = df.sparkSession
     path = (cfg.output.path or "").rstrip("/")
     result = new_result(cfg, model, spec, plan)
@@ -135,11 +135,53 @@ def run_resumable(
     result.rows_in = sum(expected.values())
     todo = [s for s in range(cfg.output.shards) if s not in done and expected.get(s, 0) > 0]
     result.shards = {"total": cfg.output.shards, "reused": len(done), "scored": 0}
-    rows_out = sum(done.values())
-    quarantined = 0
+    tracker.rows_total = sum(expected[s] for s in todo)
     pool = start_pool() if todo else None
     if pool is not None:
+        tracker.phase("loading")
         pool.wait()
+    with tracker.jobs(spark):
+        rows_out, quarantined = _score_shards(
+            cfg, keyed, todo, expected, manifest, path, plan, pool, spec, clock, files, result
+        )
+    rows_out += sum(done.values())
+    if pool is not None:
+        pool.report_into(result, clock)
+    result.rows_out = rows_out
+    result.rows_quarantined = quarantined + sum(_marker(fs, path, s).get("quarantined", 0) for s in done)
+    if result.rows_out + result.rows_quarantined != result.rows_in:
+        raise OutputError(
+            f"output: the shards hold {result.rows_out} rows (+{result.rows_quarantined} quarantined) "
+            f"for {result.rows_in} input rows; the job is not complete"
+        )
+    clock.seconds["total"] = clock.since_start()
+    result.seconds = dict(clock.seconds)
+    result.report_path = f"{path}/{REPORT_NAME}"
+    with translate_errors("output.path", OutputError):
+        write_report(fs, path, result.to_json())
+        fs.write_text(f"{path}/_SUCCESS", "")
+    return result
+
+
+def _score_shards(
+    cfg: Config,
+    keyed: Any,
+    todo: list[int],
+    expected: dict[int, int],
+    manifest: dict[str, Any],
+    path: str,
+    plan: Plan,
+    pool: Pool | None,
+    spec: ModelSpec,
+    clock: StageClock,
+    files: InputFiles,
+    result: RunResult,
+) -> tuple[int, int]:
+    """Score and commit each shard in ``todo``, one Spark job each: (rows written, rows quarantined)."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    spark = keyed.sparkSession
+    rows_out = quarantined = 0
     for shard in todo:
         part = keyed.filter(F.col(SHARD_COLUMN) == shard).drop(SHARD_COLUMN)
         marker = lambda rows, bad, shard=shard: json.dumps(
@@ -174,22 +216,7 @@ def run_resumable(
         rows_out += rows - bad
         quarantined += bad
         result.shards["scored"] += 1
-    if pool is not None:
-        pool.report_into(result, clock)
-    result.rows_out = rows_out
-    result.rows_quarantined = quarantined + sum(_marker(fs, path, s).get("quarantined", 0) for s in done)
-    if result.rows_out + result.rows_quarantined != result.rows_in:
-        raise OutputError(
-            f"output: the shards hold {result.rows_out} rows (+{result.rows_quarantined} quarantined) "
-            f"for {result.rows_in} input rows; the job is not complete"
-        )
-    clock.seconds["total"] = clock.since_start()
-    result.seconds = dict(clock.seconds)
-    result.report_path = f"{path}/{REPORT_NAME}"
-    with translate_errors("output.path", OutputError):
-        fs.write_text(f"{path}/{REPORT_NAME}", result.to_json())
-        fs.write_text(f"{path}/_SUCCESS", "")
-    return result
+    return rows_out, quarantined
 
 
 def _marker(fs: HadoopFS, path: str, shard: int) -> dict[str, Any]:

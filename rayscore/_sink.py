@@ -10,6 +10,8 @@ way). A failed job therefore leaves nothing that looks complete, and
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import posixpath
 import uuid
@@ -20,11 +22,14 @@ from ._config import OutputConfig, spark_options
 from ._convert import Plan
 from ._errors import OutputError, translate_errors
 from ._hadoop import HadoopFS
+from ._html import HTML_NAME
+from ._html import render as render_html
 from ._predict import REASON
 from ._report import StageClock
 from ._source import data_files
 from ._storage import local_dir
 from ._stream import Scoring
+from ._watch import watch_spark
 
 __all__ = [
     "check_output_free",
@@ -34,7 +39,10 @@ __all__ = [
     "StagedWrite",
     "split_quarantined",
     "write_scored",
+    "write_report",
 ]
+
+log = logging.getLogger("rayscore")
 
 REPORT_NAME = "_rayscore_report.json"
 
@@ -123,7 +131,11 @@ class StagedWrite:
             written = count_written(self.spark, self.cfg, self.staging)
             if written != expected_rows:
                 raise OutputError(f"output: wrote {written} rows for {expected_rows} input rows; nothing committed")
-            self.fs.write_text(f"{self.staging}/{report_name}", report(written))
+            text = report(written)
+            if report_name == REPORT_NAME:
+                write_report(self.fs, self.staging, text)
+            else:
+                self.fs.write_text(f"{self.staging}/{report_name}", text)
             _commit(self.fs, self.staging, self.path, self.cfg.mode)
         return written
 
@@ -134,6 +146,22 @@ class StagedWrite:
         with translate_errors("output.path", OutputError):
             if self.fs.exists(self.staging):
                 self.fs.delete(self.staging)
+
+
+def write_report(fs: HadoopFS, folder: str, text: str) -> None:
+    """The run report (JSON ``text``) into ``folder`` as ``_rayscore_report.json`` and as a page beside it.
+
+    A page that cannot be drawn is left out with a warning: it never costs the job its output.
+    """
+    fs.write_text(f"{folder}/{REPORT_NAME}", text)
+    try:
+        page = render_html(json.loads(text))
+    except Exception as exc:  # noqa: BLE001 - the JSON report is the record; the page only shows it
+        log.warning(
+            "the HTML run report could not be drawn (%s: %s); the JSON report is written", type(exc).__name__, exc
+        )
+        return
+    fs.write_text(f"{folder}/{HTML_NAME}", page)
 
 
 def split_quarantined(sdf: Any, plan: Plan) -> tuple[Any, Any]:
@@ -167,7 +195,8 @@ def write_scored(
     each row once. ``report(rows scored, rows quarantined)`` gives the text
     committed as ``report_name`` with each output; ``check()`` runs just
     before the commits and may refuse them (the input changed). Returns the
-    same two counts.
+    same two counts. A Spark left without executors (their node lost) fails
+    the write instead of waiting (:func:`watch_spark`).
     """
     from pyspark import StorageLevel  # noqa: PLC0415
 
@@ -178,7 +207,7 @@ def write_scored(
         assert errors is not None
         writes.append(StagedWrite(spark, errors))
     try:
-        with clock.stage("predict"):
+        with clock.stage("predict"), watch_spark(spark):
             for write, sdf in zip(writes, (good, bad)):
                 write.append(sdf)
         rows, quarantined = int(scoring.counters.rows.value), int(scoring.counters.quarantined.value)

@@ -5,6 +5,7 @@ and the example's multi-input model and feature table built small and fresh.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def probed_model(workload: dict, folder: Path, output: str, layer: str, **config
     path = folder / f"ctr-{layer}.keras"
     probes.with_layer(keras.saving.load_model(workload["keras"]), output, getattr(probes, layer), **config).save(path)
     return str(path)
+
+
+PROGRESS_LINE = re.compile(r"^rayscore: \d+:\d\d:\d\d [^:]+: ([\d,]+) rows")
+
+
+def said(stderr: str) -> str:
+    """``rayscore run``'s stderr without its progress lines: what it said besides (an error, the interrupt)."""
+    return "".join(line for line in stderr.splitlines(keepends=True) if not PROGRESS_LINE.match(line))
 
 
 def read_parquet_dir(path: str | os.PathLike[str]) -> pa.Table:

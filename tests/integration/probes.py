@@ -11,6 +11,8 @@ loads it, without any of rayscore's own counters:
 * :class:`KilledForMemory` puts the actor's process under a memory limit the
   test set (a cgroup) and, in every call, fills more memory than that: the
   kernel kills the actor, as a container's limit would.
+* :class:`KillNodeAfterShard` kills a Ray node (its raylet and everything
+  under it) from inside the first batch after a shard is committed.
 * :class:`OomAbove` asks TensorFlow's allocator for 4 TiB when a call has more
   than ``max_rows`` rows: a real ``ResourceExhaustedError`` from a model op.
   ``Empty`` with ``init=False`` touches nothing, so on a kernel that would
@@ -74,9 +76,37 @@ class OomAbove(keras.layers.Layer):
         return {**super().get_config(), "max_rows": self.max_rows}
 
 
+class _PythonOnCall(keras.layers.Layer):
+    """The identity, running ``self.act()`` in Python (``tf.py_function``) at each model call, in the actor."""
+
+    def act(self) -> None:
+        raise NotImplementedError
+
+    def call(self, x):
+        def run(t):
+            self.act()
+            return t
+
+        y = tf.py_function(run, [x], x.dtype)
+        y.set_shape(x.shape)
+        return y
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def first_time(marker: str) -> bool:
+    """True for the one caller, in any process, that creates ``marker``."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 @keras.saving.register_keras_serializable(package="rayscore_tests")
-class ChangeFileOnFirstCall(keras.layers.Layer):
-    """The identity; the first call of any actor (``marker`` is created once) deletes or rewrites ``target``.
+class ChangeFileOnFirstCall(_PythonOnCall):
+    """The first call of any actor (``marker`` is created once) deletes or rewrites ``target``.
 
     A file changed mid-job, at a moment that is certain: Spark has listed the
     input and is streaming it through the pool.
@@ -86,35 +116,24 @@ class ChangeFileOnFirstCall(keras.layers.Layer):
         super().__init__(**kwargs)
         self.target, self.action, self.marker = target, action, marker  # Keras layers have a .path
 
-    def call(self, x):
-        def act(t):
-            try:
-                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return t
-            if self.action == "delete":
-                os.remove(self.target)
-            else:  # rewrite: the file's first ten rows, in a new file moved over it
-                import pyarrow.parquet as pq
+    def act(self) -> None:
+        if not first_time(self.marker):
+            return
+        if self.action == "delete":
+            os.remove(self.target)
+        else:  # rewrite: the file's first ten rows, in a new file moved over it
+            import pyarrow.parquet as pq
 
-                pq.write_table(pq.read_table(self.target).slice(0, 10), self.target + ".new")
-                os.replace(self.target + ".new", self.target)
-            return t
-
-        y = tf.py_function(act, [x], x.dtype)
-        y.set_shape(x.shape)
-        return y
-
-    def compute_output_shape(self, shape):
-        return shape
+            pq.write_table(pq.read_table(self.target).slice(0, 10), self.target + ".new")
+            os.replace(self.target + ".new", self.target)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "target": self.target, "action": self.action, "marker": self.marker}
 
 
 @keras.saving.register_keras_serializable(package="rayscore_tests")
-class KilledForMemory(keras.layers.Layer):
-    """The identity, in name: each call joins the cgroup ``procs`` names, then fills ``fill_bytes`` of memory.
+class KilledForMemory(_PythonOnCall):
+    """Each call joins the cgroup ``procs`` names, then fills ``fill_bytes`` of memory.
 
     Joining at the call, not at construction, keeps the test's own process
     (which builds the model) out of the cgroup.
@@ -124,22 +143,44 @@ class KilledForMemory(keras.layers.Layer):
         super().__init__(**kwargs)
         self.procs, self.fill_bytes = procs, fill_bytes
 
-    def call(self, x):
-        def fill(t):
-            import numpy as np
+    def act(self) -> None:
+        import numpy as np
 
-            Path(self.procs).write_text(str(os.getpid()))
-            return t + 0 * float(np.ones(self.fill_bytes // 8).sum())
-
-        y = tf.py_function(fill, [x], x.dtype)
-        y.set_shape(x.shape)
-        return y
-
-    def compute_output_shape(self, shape):
-        return shape
+        Path(self.procs).write_text(str(os.getpid()))
+        np.ones(self.fill_bytes // 8).sum()
 
     def get_config(self) -> dict:
         return {**super().get_config(), "procs": self.procs, "fill_bytes": self.fill_bytes}
+
+
+@keras.saving.register_keras_serializable(package="rayscore_tests")
+class KillNodeAfterShard(_PythonOnCall):
+    """The first call after a shard is committed under ``out_dir`` kills a Ray node: its raylet, and every
+    process under it, with SIGKILL (``marker`` makes it once) — the node lost while its actors score.
+    """
+
+    def __init__(self, out_dir: str, shard_marker: str, raylet_pid: int, marker: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.out_dir, self.shard_marker, self.raylet_pid, self.marker = out_dir, shard_marker, raylet_pid, marker
+
+    def act(self) -> None:
+        if not any(Path(self.out_dir).glob(f"rayscore_shard=*/{self.shard_marker}")) or not first_time(self.marker):
+            return
+        import signal
+
+        import psutil
+
+        raylet = psutil.Process(self.raylet_pid)
+        node = [raylet, *raylet.children(recursive=True)]
+        for proc in sorted(node, key=lambda p: p.pid == os.getpid()):  # this process last, if it is there
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+
+    def get_config(self) -> dict:
+        keys = ("out_dir", "shard_marker", "raylet_pid", "marker")
+        return {**super().get_config(), **{k: getattr(self, k) for k in keys}}
 
 
 CUSTOM_OBJECTS = {
@@ -147,6 +188,7 @@ CUSTOM_OBJECTS = {
     "OomAbove": OomAbove,
     "ChangeFileOnFirstCall": ChangeFileOnFirstCall,
     "KilledForMemory": KilledForMemory,
+    "KillNodeAfterShard": KillNodeAfterShard,
 }
 
 

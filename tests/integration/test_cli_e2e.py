@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from .conftest import assert_matches_model, processes_of_session, read_parquet_dir
+from .conftest import PROGRESS_LINE, assert_matches_model, processes_of_session, read_parquet_dir, said
 
 pytestmark = pytest.mark.integration
 
@@ -60,9 +60,9 @@ def config_for(workload: dict, out: Path, **sections) -> dict:
 
 def test_cli_runs_the_embedded_default_and_stops_what_it_started(workload, tmp_path):
     out = tmp_path / "scores.parquet"
-    done = rayscore_cli(config_for(workload, out), tmp_path, "--json")
+    done = rayscore_cli(config_for(workload, out), tmp_path, "--json", "--quiet")
     assert done.returncode == 0, done.stderr
-    assert done.stderr == ""  # Ray's, Spark's and TF's logs go to the log file
+    assert done.stderr == ""  # Ray's, Spark's and TF's logs go to the log file; --quiet: no progress
     report = json.loads(done.stdout)
     assert report["rows_in"] == report["rows_out"] == 6000
     assert report["model_loads"] == 2
@@ -86,8 +86,8 @@ def test_cli_a_bad_row_past_the_sample_fails_the_run_in_one_line(workload, tmp_p
     done = rayscore_cli(config_for(workload, out, input={"path": str(data)}), tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
-    assert done.stderr.count("\n") == 1
-    assert "column 'hour_of_week' is ragged: rows hold 167 to 168 values" in done.stderr
+    assert said(done.stderr).count("\n") == 1
+    assert "column 'hour_of_week' is ragged: rows hold 167 to 168 values" in said(done.stderr)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "ragged.parquet"]
 
@@ -98,8 +98,8 @@ def test_cli_bad_input_after_start_is_one_line_exit_2_and_nothing_written(worklo
     done = rayscore_cli(cfg, tmp_path)
     assert done.returncode == 2
     assert done.stdout == ""
-    assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith(
+    assert said(done.stderr).count("\n") == 1
+    assert said(done.stderr).startswith(
         "rayscore: error: model input 'title_0' needs column 'missing', which the input does not have"
     )
     assert "Traceback" not in done.stderr
@@ -175,7 +175,8 @@ def test_the_python_api_prints_nothing_but_the_scripts_own_lines(workload, tmp_p
         for left in processes_of_session(proc.pid):
             left.kill()
     assert proc.returncode == 0, stderr
-    assert (stdout, stderr) == ("predict: 100\nrun: 6000\n", "")
+    assert (stdout, said(stderr)) == ("predict: 100\nrun: 6000\n", "")  # stderr: run()'s progress lines only
+    assert PROGRESS_LINE.match(stderr.splitlines()[-1]).group(1) == "6,000"
     [log] = (tmp_path / "rayscore-logs").iterdir()
     text = log.read_text(errors="replace")
     assert "NativeCodeLoader" in text  # Spark's JVM's lines: what the terminal was spared

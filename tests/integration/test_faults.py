@@ -21,7 +21,7 @@ import yaml
 import rayscore
 
 from . import probes
-from .conftest import assert_matches_model, probed_model, processes_of_session, read_parquet_dir
+from .conftest import ROWS, assert_matches_model, probed_model, processes_of_session, read_parquet_dir, said
 from .test_pipeline import job, leftovers
 
 pytestmark = pytest.mark.integration
@@ -162,7 +162,7 @@ def test_two_jobs_on_one_output_at_once_leave_exactly_one_jobs_rows(workload, tm
     code, stderr = done["error"]
     if code != 0:  # the overwrite committed first: refused at its commit, in one line
         assert code == 2
-        assert stderr == f"rayscore: error: output.path: {out} appeared while the job ran; nothing committed\n"
+        assert said(stderr) == f"rayscore: error: output.path: {out} appeared while the job ran; nothing committed\n"
     # Whichever committed first, the overwrite's rows are what is left: it replaced the other's, or the
     # other refused to land on it.
     table = read_parquet_dir(out)
@@ -266,3 +266,139 @@ def test_an_actor_killed_for_memory_fails_the_job_after_its_restarts_naming_the_
     assert said[1] == ray.util.get_node_ip_address()
     assert sorted(p.name for p in out.iterdir()) == ["part-old.parquet"]
     assert leftovers(tmp_path) == ["ctr-KilledForMemory.keras", "scores.parquet"]
+
+
+@pytest.fixture
+def doomed_worker(tmp_path):
+    """A two-node loopback cluster whose worker node the test kills; each node has its own model cache.
+
+    The custom resources ``on_head`` and ``on_worker`` let a job choose the
+    node of Spark's one executor (100 units each: RayDP's master takes a sliver of ``on_head`` too).
+    The worker node has an address of its own (127.0.0.2), as every node of a real cluster has: on
+    one shared address RayDP's JVM may register with the worker's raylet instead of its own node's,
+    and then dies with that node however little it had there.
+    """
+    from ray.cluster_utils import Cluster
+
+    caches = tmp_path / "caches"
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 3,
+            "resources": {"on_head": 100},
+            "include_dashboard": False,
+            "env_vars": {"RAYSCORE_CACHE_DIR": str(caches / "head")},
+        },
+    )
+    worker = cluster.add_node(
+        num_cpus=2,
+        resources={"on_worker": 100},
+        node_ip_address="127.0.0.2",
+        env_vars={"RAYSCORE_CACHE_DIR": str(caches / "worker")},
+    )
+    cluster.wait_for_nodes()
+    yield cluster, worker, caches
+    cluster.shutdown()
+
+
+def run_cli(cfg: dict, folder: Path, name: str) -> subprocess.CompletedProcess:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [sys.executable, "-m", "rayscore", "run", str(path), "--json"], capture_output=True, text=True, timeout=600
+    )
+
+
+def node_loss_job(workload: dict, folder: Path, cluster, worker, spark_on: str) -> tuple[dict, Path]:
+    """A resumable job of 4 shards on 2 actors (one per node: they spread) whose model kills ``worker``
+    at the first batch after a shard is committed; Spark's executor on the node with ``spark_on``."""
+    out = folder / "scores.parquet"
+    model = probed_model(
+        workload,
+        folder,
+        "click",
+        "KillNodeAfterShard",
+        out_dir=str(out),
+        shard_marker="_rayscore_shard.json",
+        raylet_pid=worker.all_processes["raylet"][0].process.pid,
+        marker=str(folder / "killed"),
+    )
+    cfg = {
+        "input": {"path": workload["data"]},
+        "model": {"uri": model, "custom_objects": probes.CUSTOM_OBJECTS_PATH},
+        "predict": {"batch_size": 500, "actors": 2},
+        "output": {"path": str(out), "keep_columns": ["id"], "mode": "resume", "key_columns": ["id"], "shards": 4},
+        "ray": {"address": cluster.address},
+        "spark": {
+            "configs": {
+                f"spark.ray.raydp_spark_executor.actor.resource.{spark_on}": "1",
+                "spark.ray.raydp_spark_master.actor.resource.on_head": "0.001",
+                "spark.ray.raydp_spark_master.actor.resource.CPU": "0",
+            }
+        },
+    }
+    return cfg, out
+
+
+def test_a_worker_node_lost_mid_job_with_spark_elsewhere_costs_a_restart_and_the_job_finishes(
+    workload, tmp_path, doomed_worker
+):
+    """Spark's executor is on the head node; the worker node, with one of the actors, is killed mid-job.
+    Ray restarts that actor on the head node (its batch in flight is retried there) and the job finishes
+    with every row once: nothing lost needed recomputing beyond the batch."""
+    from .test_reliability import shard_dirs
+
+    cluster, worker, caches = doomed_worker
+    cfg, out = node_loss_job(workload, tmp_path, cluster, worker, "on_head")
+    done = run_cli(cfg, tmp_path, "job")
+    assert (tmp_path / "killed").exists()
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["nodes"] == 2  # an actor had loaded on each node before the kill
+    assert report["shards"] == {"total": 4, "reused": 0, "scored": 4}
+    assert (report["rows_in"], report["rows_out"]) == (ROWS, ROWS)
+    assert shard_dirs(out) == [f"rayscore_shard={i}" for i in range(4)]
+    assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
+
+
+def test_a_worker_node_lost_mid_job_with_spark_on_it_fails_naming_the_node_and_resume_finishes_it(
+    workload, tmp_path, doomed_worker
+):
+    """The worker node holds Spark's only executor and one of the two actors, and is killed mid-job.
+    Ray restarts the actor on the head node, but RayDP starts no new executor, and without one Spark
+    cannot recompute what was lost: the job fails naming the node, with the committed shards kept and
+    nothing half-written. `mode: resume` then scores only the other shards, on the head node, from the
+    head node's cached model copy."""
+    from .test_reliability import shard_dirs
+
+    cluster, worker, caches = doomed_worker
+    cfg, out = node_loss_job(workload, tmp_path, cluster, worker, "on_worker")
+    first = run_cli(cfg, tmp_path, "first")
+    assert (tmp_path / "killed").exists()
+    assert first.returncode == 1, first.stderr
+    said = first.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"rayscore: error: spark: Ray lost node \S+ \(Ray node {worker.node_id[:8]}\) and with it every Spark "
+        r"executor; RayDP starts no new ones, and none came back in 30 s, so the job stopped; what it was "
+        r"writing is not committed\. Run it again: with output\.mode: resume the shards already committed are "
+        r"kept and only the rest is scored \(logs: \S+\)",
+        said,
+    ), said
+    committed = shard_dirs(out)
+    assert 1 <= len(committed) < 4
+    assert not [p for p in out.iterdir() if ".rayscore-" in p.name]  # nothing half-written left
+    [head_copy] = (caches / "head").glob("*-ctr-KillNodeAfterShard.keras")  # the head's actor loaded it
+    before = head_copy.stat()
+
+    del cfg["spark"]  # the worker's resource is gone with it
+    second = run_cli(cfg, tmp_path, "second")
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["shards"] == {"total": 4, "reused": len(committed), "scored": 4 - len(committed)}
+    assert (report["rows_in"], report["rows_out"]) == (ROWS, ROWS)
+    assert report["nodes"] == 1 and report["model_copies"] == 0  # the head node's copy, not fetched again
+    after = head_copy.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert shard_dirs(out) == [f"rayscore_shard={i}" for i in range(4)]
+    assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)

@@ -21,7 +21,7 @@ import yaml
 
 import rayscore
 
-from .conftest import assert_matches_model, read_parquet_dir, settled_free_cpus
+from .conftest import assert_matches_model, read_parquet_dir, said, settled_free_cpus
 
 pytestmark = pytest.mark.integration
 
@@ -424,7 +424,7 @@ def test_signal_while_scoring_stops_everything_and_commits_nothing(workload, tmp
         code, stdout, stderr = cli.finish(timeout=60)  # raises if it takes longer
         assert code == 130, stderr
         assert stdout == ""
-        assert stderr == INTERRUPTED
+        assert said(stderr) == INTERRUPTED
         assert not out.exists()
         assert listing(tmp_path) == ["job.yaml"]  # no output, no staging directory
         cli.assert_nothing_left(own_before, started)

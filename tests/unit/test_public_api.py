@@ -26,6 +26,7 @@ EXPECTED_ALL = {
     "load_config",
     "Config",
     "RunResult",
+    "Progress",
     "inspect_model",
     "register_loader",
     "ModelSpec",

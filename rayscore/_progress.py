@@ -1,0 +1,394 @@
+"""Live progress of a job: what phase it is in, rows scored, rows/s, ETA, the pool's actors.
+
+A :class:`Tracker` runs one thread on the driver that, every second, asks the
+pool's ledger for its totals (one actor call) and Spark's status tracker for
+the job's tasks (one call into the driver's JVM), turns them into a
+:class:`Progress`, and hands it to its sinks: a ``rich`` display on a terminal
+or in a notebook (:class:`Display`), plain lines for a log file
+(:class:`Lines`), or the caller's function. Rows in are not known ahead of
+a streaming job (nothing is counted before scoring): the share done and the
+ETA come from Spark's finished tasks and the rows they held, or from the
+rows counted per shard in ``output.mode: resume``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, TextIO
+
+__all__ = ["Progress", "Tracker", "Display", "Lines", "ProgressArg", "sinks_for", "estimate", "describe"]
+
+log = logging.getLogger("rayscore")
+
+POLL_S = 1.0
+RATE_WINDOW_S = 10.0  # rows/s over this last stretch
+LINE_EVERY_S = 10.0  # plain lines: at most one per this many seconds ...
+LINE_EVERY_SHARE = 0.05  # ... or per this share of the job, whichever comes first
+
+PHASES = {
+    "starting": "starting Ray and Spark",
+    "read_convert": "reading the input's schema, checking a sample",
+    "loading": "loading the model",
+    "predict": "scoring",
+    "write": "committing",
+    "done": "done",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One look at a running job, as the display, the log lines and a ``progress=`` callback get it.
+
+    ``rows_scored`` counts rows the pool has scored (a batch Spark or Ray ran
+    again counts again, so it may pass the rows in before the end; it never
+    goes down, and the last look, ``done``, holds the rows in). ``rows_total``
+    is known in ``output.mode: resume`` (rows counted per shard) and at the
+    end; ``fraction`` and ``eta_seconds`` come from it, else from Spark's
+    finished tasks and the rows they held (None until one finishes).
+    """
+
+    phase: str
+    seconds: float
+    rows_scored: int = 0
+    rows_total: int | None = None
+    bytes_scored: int = 0
+    rows_per_second: float = 0.0
+    fraction: float | None = None
+    eta_seconds: float | None = None
+    tasks_done: int = 0
+    tasks_total: int = 0
+    actors: int = 0
+    actors_loaded: int = 0
+    actors_loading: int = 0
+    actors_restarted: int = 0
+    rows_quarantined: int = 0
+    batches_retried: int = 0
+    done: bool = False
+
+    @property
+    def phase_text(self) -> str:
+        return PHASES.get(self.phase, self.phase)
+
+
+ProgressArg = bool | Callable[[Progress], Any] | None
+
+
+def estimate(
+    scored: int, rate: float, total: int | None, counted: int, tasks_done: int, tasks_total: int
+) -> tuple[float | None, float | None]:
+    """(share done, seconds left) from the rows scored and their rate.
+
+    With a known ``total`` it is rows over rows. Otherwise the rows in are
+    estimated from Spark's finished tasks: ``counted`` rows in ``tasks_done``
+    of ``tasks_total`` tasks (partitions are about equal); before a task
+    finishes there is no estimate.
+    """
+    if total is None:
+        if not tasks_done or not tasks_total or not counted:
+            return None, None
+        total = max(round(counted / tasks_done * tasks_total), scored)
+    if total <= 0:
+        return 1.0, 0.0
+    share = min(scored / total, 1.0)
+    left = max(total - scored, 0)
+    return share, (left / rate if rate > 0 else None)
+
+
+def _count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def describe(p: Progress) -> str:
+    """One line of figures: rows (of total), share, rows/s, ETA, Spark's tasks, actors, quarantined, retried."""
+    rows = f"{p.rows_scored:,} rows" + (f" of {p.rows_total:,}" if p.rows_total is not None else "")
+    share = f" ({p.fraction:.0%})" if p.fraction is not None else ""
+    parts = [
+        rows + share,
+        f"{_count(p.rows_per_second)} rows/s",
+        f"ETA {_clock(p.eta_seconds)}" if not p.done else f"in {_clock(p.seconds)}",
+    ]
+    if p.tasks_total:
+        parts.append(f"Spark tasks {p.tasks_done}/{p.tasks_total}")
+    parts.append(
+        f"actors {p.actors_loaded} loaded, {p.actors_loading} loading, {p.actors_restarted} restarted (of {p.actors})"
+    )
+    parts.append(f"quarantined {p.rows_quarantined:,}, batches retried {p.batches_retried}")
+    return "; ".join(parts)
+
+
+class Lines:
+    """Plain progress lines for a log file or a pipe: on each phase, then every 10 s or 5 % at most."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._last: Progress | None = None
+        self._at = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        last = self._last
+        due = (
+            last is None
+            or p.phase != last.phase
+            or p.done
+            or p.seconds - self._at >= LINE_EVERY_S
+            or (p.fraction is not None and p.fraction - (last.fraction or 0.0) >= LINE_EVERY_SHARE)
+        )
+        if not due:
+            return
+        self._last, self._at = p, p.seconds
+        print(f"rayscore: {_clock(p.seconds)} {p.phase_text}: {describe(p)}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class Display:
+    """A live ``rich`` display on a terminal or in a notebook: the phase with a bar, then the figures."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, SpinnerColumn, TextColumn  # noqa: PLC0415
+        from rich.progress import Progress as Bar  # noqa: PLC0415
+        from rich.text import Text  # noqa: PLC0415
+
+        figures: list[str] = [""]
+
+        class WithFigures(Bar):
+            def get_renderables(self) -> Iterator[Any]:
+                yield self.make_tasks_table(self.tasks)
+                yield Text(figures[0], style="dim")
+
+        self._figures = figures
+        self._bar = WithFigures(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[head]}"),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
+        )
+        self._task = self._bar.add_task("starting", total=None, head="")
+        self._bar.start()
+
+    def __call__(self, p: Progress) -> None:
+        total = 1.0 if p.fraction is not None else None
+        head = f"{p.rows_scored:,} rows" + (f" of {p.rows_total:,}" if p.rows_total is not None else "")
+        head += f"  {_count(p.rows_per_second)} rows/s  " + (
+            f"ETA {_clock(p.eta_seconds)}" if not p.done else f"in {_clock(p.seconds)}"
+        )
+        self._figures[0] = describe(p)
+        self._bar.update(self._task, description=p.phase_text, total=total, completed=p.fraction or 0.0, head=head)
+        if p.done:
+            self.close()
+
+    def close(self) -> None:
+        self._bar.stop()
+
+
+def sinks_for(progress: ProgressArg, stream: TextIO | None = None) -> list[Callable[[Progress], None]]:
+    """What ``progress=`` asks for: nothing (False), the caller's function, or a display fit for ``stream``.
+
+    ``True`` (or None) gives a live display on a terminal or in a notebook,
+    else plain lines. ``stream`` defaults to a copy of this process's
+    standard error, so the display stays on the terminal while Ray's and
+    Spark's output goes to the log.
+    """
+    if progress is False:
+        return []
+    if callable(progress):
+        return [progress]
+    from rich.console import Console  # noqa: PLC0415
+
+    if stream is None:
+        stream = sys.stderr
+        try:
+            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        except (AttributeError, OSError, ValueError):  # a notebook's stream has no file descriptor
+            pass
+    console = Console(file=stream)
+    if console.is_terminal or console.is_jupyter:
+        return [Display(console)]
+    return [Lines(stream)]
+
+
+class Tracker:
+    """Polls a job's pool and Spark once a second and feeds :class:`Progress` to its sinks, from its own thread.
+
+    The job tells it its phase (:meth:`phase`), its pool (:meth:`pool`), the
+    Spark job group its writes run in (:attr:`group`) and their row counter
+    (:meth:`counting`); :meth:`finish` sends the last look, with the rows in.
+    A sink that raises is dropped (logged), never the job.
+    """
+
+    def __init__(self, sinks: list[Callable[[Progress], None]], spark: Any = None, poll_s: float = POLL_S) -> None:
+        self.sinks = list(sinks)
+        self.group = f"rayscore-{uuid.uuid4().hex[:12]}"
+        self.rows_total: int | None = None
+        self._spark, self._pool, self._counter = spark, None, None
+        self._phase, self._began = "starting", time.time()
+        self._last = Progress(phase="starting", seconds=0.0)
+        self._rates: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.sinks:
+            self._thread = threading.Thread(target=self._run, name="rayscore-progress", daemon=True)
+            self._thread.start()
+
+    def phase(self, name: str) -> None:
+        """The job entered phase ``name`` (a key of :data:`PHASES`, or a stage of the run's clock)."""
+        self._phase = name
+        self._emit()
+
+    def pool(self, pool: Any) -> None:
+        self._pool = pool
+
+    def spark(self, spark: Any) -> None:
+        self._spark = spark
+
+    def counting(self, counter: Any) -> None:
+        """A Spark accumulator of the rows in finished tasks (the estimate of the rows in)."""
+        self._counter = counter
+
+    @contextmanager
+    def jobs(self, spark: Any) -> Iterator[None]:
+        """Spark jobs started in the block belong to this tracker's job group (their tasks are counted)."""
+        sc = spark.sparkContext
+        sc.setJobGroup(self.group, "rayscore", interruptOnCancel=False)
+        try:
+            yield
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+            sc.setLocalProperty("spark.job.description", None)
+
+    def finish(self, rows_in: int, quarantined: int) -> None:
+        """The job committed ``rows_in`` rows: the last look, then the sinks are closed.
+
+        Ray and Spark may have stopped by now: the last look is the one before, with the final counts.
+        """
+        self._halt()
+        self._send(
+            replace(
+                self._last,
+                seconds=round(time.time() - self._began, 1),
+                phase="done",
+                rows_scored=rows_in,
+                rows_total=rows_in,
+                rows_quarantined=quarantined,
+                fraction=1.0,
+                eta_seconds=0.0,
+                done=True,
+            )
+        )
+        self.close()
+
+    def close(self) -> None:
+        """Stop polling and close the sinks (a failed or interrupted job: no last look)."""
+        self._halt()
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
+        self.sinks = []
+
+    def _halt(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self._emit()
+
+    def _emit(self) -> None:
+        if not self.sinks:
+            return
+        try:
+            p = self._look()
+        except Exception as exc:  # noqa: BLE001 - Ray or Spark stopping under us: skip this look
+            log.debug("progress: %s", exc)
+            return
+        self._send(p)
+
+    def _send(self, p: Progress) -> None:
+        with self._lock:
+            for sink in list(self.sinks):
+                try:
+                    sink(p)
+                except Exception as exc:  # noqa: BLE001 - the caller's function must not fail the job
+                    log.warning("progress: dropped a progress sink that raised %s: %s", type(exc).__name__, exc)
+                    self.sinks.remove(sink)
+
+    def _look(self) -> Progress:
+        import ray  # noqa: PLC0415
+
+        now = time.time()
+        snap: dict[str, Any] = {}
+        actors = 0
+        if self._pool is not None and ray.is_initialized():
+            snap = ray.get(self._pool.ledger.snapshot.remote(), timeout=10)
+            actors = len(self._pool.names)
+        done, total = self._tasks()
+        rows = max(int(snap.get("rows", 0)), self._last.rows_scored)
+        if self.rows_total is not None:
+            rows = min(rows, self.rows_total)
+        self._rates.append((now, rows))
+        while len(self._rates) > 2 and now - self._rates[0][0] > RATE_WINDOW_S:
+            self._rates.popleft()
+        t0, r0 = self._rates[0]
+        rate = (rows - r0) / (now - t0) if now > t0 else 0.0
+        counted = int(self._counter.value) if self._counter is not None else 0
+        share, eta = estimate(rows, rate, self.rows_total, counted, done, total)
+        p = Progress(
+            phase=self._phase,
+            seconds=round(now - self._began, 1),
+            rows_scored=rows,
+            rows_total=self.rows_total,
+            bytes_scored=int(snap.get("bytes", 0)),
+            rows_per_second=round(rate, 1),
+            fraction=share,
+            eta_seconds=eta,
+            tasks_done=done,
+            tasks_total=total,
+            actors=actors,
+            actors_loaded=int(snap.get("loaded", 0)),
+            actors_loading=int(snap.get("loading", 0)),
+            actors_restarted=int(snap.get("restarted", 0)),
+            rows_quarantined=int(snap.get("quarantined", 0)),
+            batches_retried=int(snap.get("retries", 0)),
+        )
+        self._last = p
+        return p
+
+    def _tasks(self) -> tuple[int, int]:
+        """(finished, all) tasks of the Spark jobs in this tracker's group."""
+        if self._spark is None or self._spark.sparkContext._jsc is None:  # not started, or stopped
+            return self._last.tasks_done, self._last.tasks_total
+        tracker = self._spark.sparkContext.statusTracker()
+        done = total = 0
+        for job in tracker.getJobIdsForGroup(self.group):
+            info = tracker.getJobInfo(job)
+            for stage in info.stageIds if info else ():
+                s = tracker.getStageInfo(stage)
+                if s is not None:
+                    done, total = done + s.numCompletedTasks, total + s.numTasks
+        return done, total
