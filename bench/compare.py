@@ -2,6 +2,7 @@
 
     python bench/compare.py --rows 1000000                  # speed: every way, same rows, same answers
     python bench/compare.py --memory --rows 1000000 4000000  # memory: rayscore's peak at each size
+    python bench/compare.py --progress-cost 716c07a --rows 1000000  # live progress: rows/s before and after
 
 **Speed mode** makes the workload of ``bench_e2e.py`` (the example's
 multi-input model, ``--rows`` rows in parquet, plus a ``country`` column
@@ -36,6 +37,13 @@ predictions (by ``id``, max abs difference <= 1e-5) and prints rows/s, the
 peak memory of each way's process tree, and the ratios the targets are
 about.
 
+**Progress mode** (``--progress-cost REV``) measures what live progress
+costs: the SQL job of step 5 run ``--repeat`` times each, alternating, by
+the code at git revision ``REV`` (a worktree put first on ``PYTHONPATH``;
+each child checks which rayscore it imported) and by this tree with its
+default progress (plain lines: the children's stderr is not a terminal),
+and prints each run's rows/s after start-up and the ratio of the medians.
+
 **Memory mode** runs ``rayscore run`` with the SQL input once per
 ``--rows`` value and prints the peak of the summed proportional set size
 (PSS: shared pages such as Ray's object store counted once) of every
@@ -48,6 +56,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -370,6 +379,50 @@ def memory(args: argparse.Namespace, workdir: str) -> int:
     return 0
 
 
+def run_from(tree: str, config: dict) -> tuple[e2e.RayscoreRun, str]:
+    """Child process: ``rayscore run`` as in step 5, and the file of the rayscore it ran (from ``tree``)."""
+    import rayscore  # noqa: PLC0415
+
+    if not rayscore.__file__.startswith(tree):
+        raise RuntimeError(f"imported rayscore from {rayscore.__file__}, not from {tree}")
+    return e2e.run_rayscore(config), rayscore.__file__
+
+
+def progress_cost(args: argparse.Namespace, workdir: str) -> int:
+    rows = args.rows[0]
+    print(f"making the workload ({rows:,} rows) in {workdir} ...", flush=True)
+    workload = e2e._in_child(e2e.make_workload, workdir, rows)
+    repo = str(Path(__file__).resolve().parent.parent)
+    trees = {"before": os.path.join(workdir, "before"), "after": repo}
+    subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", trees["before"], args.progress_cost], check=True)
+    rates: dict[str, list[float]] = {"before": [], "after": []}
+    old = os.environ.get("PYTHONPATH")
+    try:
+        for i in range(args.repeat):
+            for side, tree in trees.items():
+                os.environ["PYTHONPATH"] = tree + (os.pathsep + old if old else "")  # spawned children, Ray's too
+                config = sql_config(workload, os.path.join(workdir, f"scores-{side}-{i}.parquet"), args)
+                print(
+                    f"{side} ({args.progress_cost if side == 'before' else 'this tree'}), run {i + 1} ...", flush=True
+                )
+                run, where = e2e._in_child(run_from, tree, config)
+                rates[side].append(rows / run.after_startup_seconds)
+                print(f"  {rates[side][-1]:,.0f} rows/s after a {run.seconds.get('startup', 0):.1f} s start ({where})")
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+        subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", trees["before"]], check=False)
+    med = {side: sorted(r)[len(r) // 2] for side, r in rates.items()}
+    print()
+    print(f"# {rows:,} rows, rayscore run with the SQL input, {args.actors} actor(s), batch {args.batch_size}")
+    for side, r in rates.items():
+        print(f"{side:<7} rows/s: " + ", ".join(f"{x:,.0f}" for x in r) + f"; median {med[side]:,.0f}")
+    print(f"with progress: {med['after'] / med['before']:.3f}x the rows/s of {args.progress_cost} (medians)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
@@ -383,9 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         help="spark.executor_cores (default: rayscore's, the machine's cores on a local Ray)",
     )
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--progress-cost", metavar="REV", help="rows/s with progress against git revision REV")
+    parser.add_argument("--repeat", type=int, default=2, help="--progress-cost: runs of each side")
     args = parser.parse_args(argv)
     args.json = False
     with e2e.workdir_of(args) as workdir:
+        if args.progress_cost:
+            return progress_cost(args, workdir)
         return memory(args, workdir) if args.memory else speed(args, workdir)
 
 

@@ -159,6 +159,7 @@ def predict(
     actors: int | Mapping[str, int] = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
+    progress: ProgressArg = True,
 ) -> Any:
     """Score a Spark DataFrame with a Keras model on a pool of Ray actors: a lazy Spark DataFrame.
 
@@ -174,6 +175,13 @@ def predict(
     read); the model is never serialised. Memory per actor: one model copy
     plus a few batches. Cost at the call: the model's inputs and outputs
     read from its file, and a small Spark job that checks the first rows.
+
+    ``progress``: each action that scores through the pool shows its
+    progress (rows scored, rows/s, Spark's tasks, the actors), as
+    :func:`run`'s ``progress`` says: a bar on a terminal or in a notebook,
+    plain lines elsewhere, ``False`` nothing, or a function that gets each
+    :class:`~rayscore.Progress` (the last one of an action with ``done=True``).
+    The latest ``predict`` call for a pool sets it.
 
     Example:
         >>> with rayscore.session() as s:                       # doctest: +SKIP
@@ -209,6 +217,7 @@ def predict(
     )
     check_sample(df, plan)
     pool = pool_for(ref, spec, predict_cfg, _spark_cpus(df.sparkSession))
+    pool.watch_actions(df.sparkSession, progress)
     return score(df, plan, pool, spec, predict_cfg.batch_size).frame
 
 

@@ -34,6 +34,7 @@ from ._placement import (
     plan_pool,
 )
 from ._predict import LoadLedger, ModelRef, Predictor, summarize_loads
+from ._progress import ActionWatch, ProgressArg
 from ._report import RunResult, StageClock
 
 __all__ = ["Pool", "check_pool", "pool_for", "stop_pools", "POOL_START_TIMEOUT_S", "MAX_RESTARTS"]
@@ -107,6 +108,15 @@ class Pool:
         actor = ray.remote(Predictor)
         self.actors = [actor.options(name=name, **options).remote(model, f"{prefix}-ledger") for name in self.names]
         self._loaded = False  # the minimal pool has loaded
+        self._watch: ActionWatch | None = None
+
+    def watch_actions(self, spark: Any, progress: ProgressArg) -> None:
+        """Show progress for each Spark action that scores through this pool, as ``progress`` asks (False: none)."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        if progress is not False:
+            self._watch = ActionWatch(self, spark, progress)
 
     def wait(self, timeout: float = POOL_START_TIMEOUT_S) -> None:
         """Wait until ``plan.min_actors`` actors have loaded the model; raise the first load error."""
@@ -197,6 +207,9 @@ class Pool:
         """Kill the actors and the ledger now (their model copies and CPUs go back to Ray); safe to call twice."""
         import ray  # noqa: PLC0415
 
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if not ray.is_initialized():  # its Ray was stopped, and the actors with it (a call would start a new Ray)
             return
         for actor in [*self.actors, self.ledger]:

@@ -20,12 +20,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-__all__ = ["Progress", "Tracker", "Display", "Lines", "ProgressArg", "sinks_for", "estimate", "describe"]
+__all__ = ["Progress", "Tracker", "ActionWatch", "Display", "Lines", "ProgressArg", "sinks_for", "estimate", "describe"]
 
 log = logging.getLogger("rayscore")
 
@@ -239,10 +239,18 @@ class Tracker:
     A sink that raises is dropped (logged), never the job.
     """
 
-    def __init__(self, sinks: list[Callable[[Progress], None]], spark: Any = None, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self,
+        sinks: list[Callable[[Progress], None]],
+        spark: Any = None,
+        poll_s: float | None = POLL_S,
+        base: dict[str, Any] | None = None,
+    ) -> None:
         self.sinks = list(sinks)
-        self.group = f"rayscore-{uuid.uuid4().hex[:12]}"
+        self.group: str | None = f"rayscore-{uuid.uuid4().hex[:12]}"
         self.rows_total: int | None = None
+        self._base = base or {}  # the ledger's totals before what this tracker shows
+        self._jobs: set[int] = set()
         self._spark, self._pool, self._counter = spark, None, None
         self._phase, self._began = "starting", time.time()
         self._last = Progress(phase="starting", seconds=0.0)
@@ -250,9 +258,17 @@ class Tracker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if self.sinks:
+        if self.sinks and poll_s is not None:  # None: the owner calls tick()
             self._thread = threading.Thread(target=self._run, name="rayscore-progress", daemon=True)
             self._thread.start()
+
+    @property
+    def last(self) -> Progress:
+        return self._last
+
+    def tick(self) -> None:
+        """Take a look now and send it."""
+        self._emit()
 
     def phase(self, name: str) -> None:
         """The job entered phase ``name`` (a key of :data:`PHASES`, or a stage of the run's clock)."""
@@ -348,6 +364,7 @@ class Tracker:
             snap = ray.get(self._pool.ledger.snapshot.remote(), timeout=10)
             actors = len(self._pool.names)
         done, total = self._tasks()
+        snap = {k: v - self._base.get(k, 0) if k in self._base else v for k, v in snap.items()}
         rows = max(int(snap.get("rows", 0)), self._last.rows_scored)
         if self.rows_total is not None:
             rows = min(rows, self.rows_total)
@@ -384,11 +401,70 @@ class Tracker:
         if self._spark is None or self._spark.sparkContext._jsc is None:  # not started, or stopped
             return self._last.tasks_done, self._last.tasks_total
         tracker = self._spark.sparkContext.statusTracker()
+        if self.group is not None:
+            jobs: Iterable[int] = tracker.getJobIdsForGroup(self.group)
+        else:  # an action the caller runs: the jobs seen running since this tracker began
+            self._jobs.update(tracker.getActiveJobsIds())
+            jobs = self._jobs
         done = total = 0
-        for job in tracker.getJobIdsForGroup(self.group):
+        for job in jobs:
             info = tracker.getJobInfo(job)
             for stage in info.stageIds if info else ():
                 s = tracker.getStageInfo(stage)
                 if s is not None:
                     done, total = done + s.numCompletedTasks, total + s.numTasks
         return done, total
+
+
+class ActionWatch:
+    """Progress for ``rayscore.predict``'s lazy DataFrames: one display per Spark action that scores.
+
+    The DataFrame is scored by whatever action the caller runs later, so the
+    watch follows the pool, not a job: once a second it asks the pool's
+    ledger for its totals and Spark for its active jobs. Rows scored while
+    Spark runs a job open a display (phase ``predict``, counting from that
+    action's first rows); Spark going idle closes it with a last look
+    (``done``) that holds the rows the action scored. Cost: one thread, one
+    actor call and one call into Spark's driver a second, for the pool's life.
+    """
+
+    def __init__(self, pool: Any, spark: Any, progress: ProgressArg, poll_s: float = POLL_S) -> None:
+        self.pool, self.spark, self.progress, self.poll_s = pool, spark, progress, poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rayscore-actions", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import ray  # noqa: PLC0415
+
+        tracker: Tracker | None = None
+        try:  # the ledger's totals when the last action ended: what the pool scored before this watch
+            seen: dict[str, Any] = ray.get(self.pool.ledger.snapshot.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - the pool is ending already
+            return
+        while not self._stop.wait(self.poll_s):
+            try:
+                active = bool(self.spark.sparkContext.statusTracker().getActiveJobsIds())
+                snap = ray.get(self.pool.ledger.snapshot.remote(), timeout=10)
+            except Exception as exc:  # noqa: BLE001 - Ray or Spark stopping under us: the pool is ending
+                log.debug("progress: %s", exc)
+                continue
+            if tracker is None and snap["rows"] > seen.get("rows", 0):  # an action began scoring
+                base = {k: seen.get(k, 0) for k in ("rows", "bytes", "batches", "quarantined", "retries")}
+                tracker = Tracker(sinks_for(self.progress), self.spark, poll_s=None, base=base)
+                tracker.group = None
+                tracker.pool(self.pool)
+                tracker.phase("predict")
+            if tracker is None:
+                continue
+            tracker.tick()
+            if not active:  # the action ended
+                tracker.finish(tracker.last.rows_scored, tracker.last.rows_quarantined)
+                tracker, seen = None, snap
+        if tracker is not None:
+            tracker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +43,32 @@ def test_predict_is_lazy_and_every_action_streams_through_the_sessions_one_pool(
     """predict() returns a DataFrame at once; each action scores it anew on the same actors (no new load)."""
     from rayscore import _pool
 
+    seen: list[rayscore.Progress] = []
+    ended = threading.Event()
+
+    def watch(p: rayscore.Progress) -> None:
+        seen.append(p)
+        if p.done:
+            ended.set()
+
     df = rs.spark.read.parquet(workload["data"])
-    scored = rayscore.predict(df, model=workload["keras"], keep_columns=["id"], batch_size=700, actors=2)
+    scored = rayscore.predict(
+        df, model=workload["keras"], keep_columns=["id"], batch_size=700, actors=2, progress=watch
+    )
     assert scored.columns == ["id", "click", "topics"]
     assert dict(scored.dtypes) == {"id": "bigint", "click": "float", "topics": "array<float>"}
     (pool,) = [p for p in _pool._pools.values() if p.model.path == workload["keras"] and p.plan.max_actors == 2]
     assert pool.loads()["first_scored"] is None  # nothing scored until an action runs
     assert scored.count() == ROWS
+    assert ended.wait(60)  # the watch saw Spark go idle: the action's last look
+    counted, ended = list(seen), threading.Event()
     scored.write.parquet(str(tmp_path / "scores.parquet"))
+    assert ended.wait(60)
+    wrote = seen[len(counted) :]
+    for action in (counted, wrote):  # each action's progress counts its own rows, monotone, and ends done
+        rows = [p.rows_scored for p in action]
+        assert rows == sorted(rows) and rows[-1] == ROWS and action[-1].done
+        assert {p.phase for p in action[:-1]} == {"predict"} and action[-1].phase == "done"
     assert_matches_model(read_parquet_dir(tmp_path / "scores.parquet"), workload)
     again = rayscore.predict(df.limit(10), model=workload["keras"], keep_columns=["id"], batch_size=700, actors=2)
     assert again.count() == 10
