@@ -39,8 +39,9 @@ about.
 
 **Progress mode** (``--progress-cost REV``) measures what live progress
 costs: the SQL job of step 5 run ``--repeat`` times each, alternating, by
-the code at git revision ``REV`` (a worktree put first on ``PYTHONPATH``;
-each child checks which rayscore it imported) and by this tree with its
+the code at git revision ``REV`` (a git worktree, imported by a Python whose
+only other path is this environment's packages, so Ray's and Spark's
+workers import it too; each child checks which rayscore it ran) and by this tree with its
 default progress (plain lines: the children's stderr is not a terminal),
 and prints each run's rows/s after start-up and the ratio of the medians.
 
@@ -54,8 +55,10 @@ and the ratio of each peak to the first.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -379,13 +382,39 @@ def memory(args: argparse.Namespace, workdir: str) -> int:
     return 0
 
 
-def run_from(tree: str, config: dict) -> tuple[e2e.RayscoreRun, str]:
-    """Child process: ``rayscore run`` as in step 5, and the file of the rayscore it ran (from ``tree``)."""
+def run_from(tree: str, config: dict, cwd: str) -> tuple[e2e.RayscoreRun, str]:
+    """Child process: ``rayscore run`` as in step 5, and the file of the rayscore it ran (from ``tree``).
+
+    It runs in ``cwd``: Ray puts the driver's working directory on its workers' path, and this
+    repository's root would give them this tree's rayscore.
+    """
+    os.chdir(cwd)
     import rayscore  # noqa: PLC0415
 
     if not rayscore.__file__.startswith(tree):
         raise RuntimeError(f"imported rayscore from {rayscore.__file__}, not from {tree}")
     return e2e.run_rayscore(config), rayscore.__file__
+
+
+def python_for(tree: str, workdir: str) -> str:
+    """A Python that imports rayscore from ``tree`` and every other package from this environment.
+
+    A venv whose one ``.pth`` lists ``tree``, then this environment's
+    site-packages as a plain path (so its editable rayscore finder is not
+    installed).
+    """
+    import sysconfig
+
+    venv = os.path.join(workdir, "before-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    site = subprocess.run(
+        [os.path.join(venv, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(site, "rayscore-before.pth").write_text(f"{tree}\n{sysconfig.get_paths()['purelib']}\n")
+    return os.path.join(venv, "bin", "python")
 
 
 def progress_cost(args: argparse.Namespace, workdir: str) -> int:
@@ -395,26 +424,27 @@ def progress_cost(args: argparse.Namespace, workdir: str) -> int:
     repo = str(Path(__file__).resolve().parent.parent)
     trees = {"before": os.path.join(workdir, "before"), "after": repo}
     subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", trees["before"], args.progress_cost], check=True)
+    pythons = {"before": python_for(trees["before"], workdir), "after": sys.executable}
     rates: dict[str, list[float]] = {"before": [], "after": []}
-    old = os.environ.get("PYTHONPATH")
     try:
         for i in range(args.repeat):
             for side, tree in trees.items():
-                os.environ["PYTHONPATH"] = tree + (os.pathsep + old if old else "")  # spawned children, Ray's too
+                multiprocessing.set_executable(pythons[side])  # the child, and so Ray's and Spark's workers
+                if side == "before":  # a spawned child takes its parent's sys.path
+                    sys.path.insert(0, tree)
+                elif trees["before"] in sys.path:
+                    sys.path.remove(trees["before"])
                 config = sql_config(workload, os.path.join(workdir, f"scores-{side}-{i}.parquet"), args)
                 print(
                     f"{side} ({args.progress_cost if side == 'before' else 'this tree'}), run {i + 1} ...", flush=True
                 )
-                run, where = e2e._in_child(run_from, tree, config)
+                run, where = e2e._in_child(run_from, tree, config, workdir)
                 rates[side].append(rows / run.after_startup_seconds)
                 print(f"  {rates[side][-1]:,.0f} rows/s after a {run.seconds.get('startup', 0):.1f} s start ({where})")
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        multiprocessing.set_executable(sys.executable)
         subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", trees["before"]], check=False)
-    med = {side: sorted(r)[len(r) // 2] for side, r in rates.items()}
+    med = {side: statistics.median(r) for side, r in rates.items()}
     print()
     print(f"# {rows:,} rows, rayscore run with the SQL input, {args.actors} actor(s), batch {args.batch_size}")
     for side, r in rates.items():

@@ -121,3 +121,36 @@ def test_the_python_api_gives_a_function_the_same_figures(rs, workload, tmp_path
     assert max(p.actors_loaded for p in seen) == 2 and all(p.actors == 2 for p in seen if p.phase == "predict")
     assert seen[-1].batches_retried == 0 and seen[-1].rows_quarantined == 0
     assert_matches_model(read_parquet_dir(out), workload)
+
+
+def test_ctrl_c_on_a_terminal_stops_everything_under_the_live_display(workload, tmp_path):
+    """Ctrl-C typed at the terminal (the pty's interrupt character, to its foreground group) while the display
+    shows the scoring: exit 130 within the bound the CLI has without a display, nothing written, nothing left."""
+    import pexpect
+
+    from .conftest import processes_of_session
+
+    out = tmp_path / "scores.parquet"
+    cfg = config_for(workload, out, predict={"batch_size": 50, "actors": 2})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "rayscore", "run", "job.yaml"],
+        cwd=str(tmp_path),
+        env={**os.environ, "TERM": "xterm-256color"},
+        dimensions=(40, 160),
+        encoding="utf-8",
+        timeout=300,
+    )
+    try:
+        child.expect("scoring")
+        child.sendintr()
+        child.expect(pexpect.EOF, timeout=60)  # the bound of the CLI's signal tests
+        child.close()
+        assert child.exitstatus == 130, child.before
+        assert "rayscore: interrupted; stopped the actors, Spark and Ray it had started" in child.before
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+        assert processes_of_session(child.pid, timeout=60) == []
+    finally:
+        for left in processes_of_session(child.pid, timeout=0):
+            left.kill()
