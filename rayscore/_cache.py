@@ -30,19 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._config import REGISTRY_SCHEMES
 from ._errors import ModelError
 from ._storage import basename, copy_model, is_remote, list_model, local_dir, open_filesystem, version_of
 
-__all__ = ["CACHE_ENV", "CachedCopy", "cache_root", "cached_model"]
+__all__ = ["CACHE_ENV", "CachedCopy", "cache_root", "cached_model", "remove_path"]
 
 CACHE_ENV = "RAYSCORE_CACHE_DIR"
 
 
 def cache_root(configured: str | None, uri: str = "") -> str | None:
     """This node's cache directory: ``$RAYSCORE_CACHE_DIR``, else ``model.cache_dir``, else a
-    default under the temp directory for remote models, else None (read the model in place)."""
+    default under the temp directory for remote and registry models, else None (read the model in place)."""
     root = os.environ.get(CACHE_ENV) or configured
-    if root is None and is_remote(uri):
+    if root is None and (is_remote(uri) or uri.startswith(REGISTRY_SCHEMES)):
         root = os.path.join(tempfile.gettempdir(), "rayscore-models")
     return root
 
@@ -83,18 +84,18 @@ def cached_model(
         if hit is not None:
             return hit
         for stale in [*folder.glob(f"*-{name}"), *folder.glob(f"*-{name}.ok"), *folder.glob(f".{name}.partial-*")]:
-            _remove(stale)  # older versions of this model, half copies of crashed copiers
+            remove_path(stale)  # older versions of this model, half copies of crashed copiers
         partial = folder / f".{name}.partial-{os.getpid()}"
-        _remove(partial)
+        remove_path(partial)
         if len(files) > 1 or files[0].relpath:
             partial.mkdir()
         try:
             got, nbytes = copy_model(fs, path, files, str(partial), uri)
         except BaseException:
-            _remove(partial)
+            remove_path(partial)
             raise
         if fingerprint is not None and got != fingerprint:
-            _remove(partial)
+            remove_path(partial)
             raise ModelError(
                 f"model.uri: the copy of {uri} does not match the model the job was planned with "
                 f"({nbytes} bytes, {got[:19]}… against {fingerprint[:19]}…); was it changed while the job ran?"
@@ -125,7 +126,8 @@ def _find(folder: Path, name: str, fingerprint: str | None, version: str) -> Cac
     return None
 
 
-def _remove(p: Path) -> None:
+def remove_path(p: Path) -> None:
+    """Remove a file or a folder with what is in it, if it is there."""
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink():

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the figures of the run report that a finished job committed with its output, and "
         "open its page (_rayscore_report.html) in a browser when there is one.",
     )
-    report.add_argument("output", help="the job's output.path (a local path, or a uri Spark's Hadoop can read)")
+    report.add_argument("output", help="the job's output.path (a local path)")
     report.add_argument("--no-browser", action="store_true", help="print only; do not open the page")
     return parser
 
@@ -116,7 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._progress import sinks_for  # noqa: PLC0415
 
         shown = [] if args.quiet else sinks_for(True, err)
-        result = run(args.config, verbose=args.verbose, progress=shown[0] if shown else False)
+        try:
+            result = run(args.config, verbose=args.verbose, progress=shown[0] if shown else False)
+        finally:
+            for sink in shown:  # a run that failed before its first look never drew it; closing is safe twice
+                sink.close()
     except RayscoreError as exc:
         named = exc.user_error or "(logs: " in str(exc)
         print(f"rayscore: error: {exc}" + ("" if named else details), file=err)

@@ -44,6 +44,8 @@ __all__ = [
     "spark_options",
 ]
 
+REGISTRY_SCHEMES = ("models:/", "runs:/")  # MLflow model uris: not paths (rayscore._registry)
+
 
 def _scalars(value: dict[str, Any]) -> dict[str, Any]:
     bad = {k: v for k, v in value.items() if not isinstance(v, (bool, int, float, str))}
@@ -90,6 +92,7 @@ class ModelConfig(_Frozen):
     cache_dir: str | None = None
     signature: str = Field(default="serving_default", min_length=1)  # format: savedmodel only
     custom_objects: str | None = None  # package.module:NAME of a dict of custom classes
+    tracking_uri: str | None = None  # the MLflow tracking server of models:/ and runs:/ uris (else MLflow's own)
     # Keyword arguments of the uri scheme's pyarrow filesystem; "${VAR}" values
     # come from the environment. May hold secrets: never in repr, logs or reports.
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
@@ -391,7 +394,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> str
 
 def _resolve_local(value: str | None, base: Path) -> str | None:
     """Make a relative local path absolute, so Ray workers (other cwd) find it too."""
-    if value is None or "://" in value or value.startswith(("/", "~")):
+    if value is None or "://" in value or value.startswith(("/", "~", *REGISTRY_SCHEMES)):
         return os.path.expanduser(value) if value else value
     return str((base / value).resolve())
 
@@ -482,7 +485,7 @@ def validated(cls: type[Any], data: Any, prefix: str, extra: Mapping[str, Any] |
     except ValidationError as exc:
         msg = format_validation_error(exc, cls)
         raise ConfigError("; ".join(f"{prefix}.{part}" for part in msg.split("; "))) from None
-    if cls is ModelConfig and "://" not in cfg.uri:  # as load_config resolves it
+    if cls is ModelConfig and "://" not in cfg.uri and not cfg.uri.startswith(REGISTRY_SCHEMES):  # as load_config
         cfg = cfg.model_copy(update={"uri": os.path.abspath(os.path.expanduser(cfg.uri))})
     return cfg
 

@@ -80,7 +80,7 @@ def lanes(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         if actor.get("restart"):
             bars.append({"lane": lane, "kind": "restart", "start": start, "end": start})
         bars.append({"lane": lane, "kind": "load", "start": start, "end": loaded if loaded is not None else start})
-        busy = t.get("busy", {}).get(str(actor["pid"]), [])
+        busy = t.get("busy", {}).get(actor.get("key", str(actor["pid"])), [])
         if loaded is None:
             continue
         first = max(int((loaded - origin) // width), 0)

@@ -142,6 +142,7 @@ def _run(
         scorer.report_into(result, clock)
         return result
     finally:
+        tracker.halt()  # no more looks while Ray and Spark stop
         if pool is not None:
             pool.stop()
         if own:

@@ -18,6 +18,7 @@ from ._convert import Plan, make_plan, to_tensors
 from ._errors import InputError, translate_errors
 from ._model import ModelSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
 from ._predict import ModelRef, first_bad_row
+from ._registry import cached_download, is_registry, resolve
 from ._report import RunResult
 from ._source import arrow_schema
 from ._storage import is_remote
@@ -44,7 +45,14 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
     local copy to inspect; actors on this node then reuse that copy.
     """
     import_custom_objects(model.custom_objects)  # a bad import path fails here, not in every actor
-    if is_remote(model.uri):
+    registry = resolve(model.uri, model.tracking_uri) if is_registry(model.uri) else None
+    if registry is not None:
+        root = cache_root(model.cache_dir, model.uri)
+        assert root is not None
+        got = cached_download(registry, root)
+        path, digest, nbytes, fetched = got.path, got.fingerprint, got.nbytes, got.copied
+        local, loader = resolve_loader(path, model.format, uri=model.uri)
+    elif is_remote(model.uri):
         root = cache_root(model.cache_dir, model.uri)
         assert root is not None
         copy = cached_model(model.uri, root, storage_options=model.storage_options)
@@ -56,7 +64,7 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         root = model.cache_dir
     options = getattr(loader, "options", ())
     ref = ModelRef(
-        path=model.uri if is_remote(model.uri) else local,
+        path=registry.pinned if registry else model.uri if is_remote(model.uri) else local,
         loader=loader.name,
         safe_mode=model.safe_mode,
         fingerprint=digest,
@@ -66,6 +74,7 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         custom_objects=model.custom_objects if "custom_objects" in options else None,
         storage_options=model.storage_options,
         fetched=fetched,
+        registry=registry,
     )
     return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
 
@@ -132,6 +141,7 @@ def new_result(cfg: Config, ref: ModelRef, spec: ModelSpec, plan: Plan) -> RunRe
         model_format=spec.format,
         model_bytes=ref.nbytes,
         model_fingerprint=ref.fingerprint,
+        model_registry=ref.registry.identity() if ref.registry else {},
         model_copies=int(ref.fetched),
         batch_size=cfg.predict.batch_size,
         output_columns=list(plan.keep_columns) + list(plan.output_columns),

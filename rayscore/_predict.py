@@ -22,6 +22,7 @@ from ._cache import cache_root, cached_model
 from ._convert import Plan, from_ipc, output_type, row_problems, to_columns, to_ipc, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
 from ._model import ModelSpec, loaders
+from ._registry import RegistryModel, cached_download
 from ._timeline import Timeline
 
 __all__ = ["ModelRef", "Predictor", "local_copy", "LoadLedger", "predict_table", "first_bad_row", "REASON"]
@@ -45,6 +46,7 @@ class ModelRef:
     custom_objects: str | None = None  # a dotted path to a dict of classes (keras, h5)
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     fetched: bool = field(default=False, compare=False)  # the driver copied it into its node's cache
+    registry: RegistryModel | None = None  # a models:/ or runs:/ uri, as resolved when the job started
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for this loader's load() beyond the path."""
@@ -204,6 +206,7 @@ class Predictor:
         # The ledger's name, not its handle: a handle among an actor's constructor arguments is a
         # reference Ray warns about for restartable actors (and logs on every start).
         self._ledger = ray.get_actor(ledger, namespace=context.namespace) if ledger else None
+        self._key = f"{os.getpid()}@{context.get_node_id()[:8]}"  # pids repeat across nodes
         if self._ledger is not None:
             self._ledger.loading.remote(context.get_actor_name(), os.getpid(), context.get_node_id(), started)
         prepare = getattr(loaders[model.loader], "prepare", None)
@@ -251,7 +254,7 @@ class Predictor:
         if self._ledger is not None:
             quarantined = table.num_rows - table.column(REASON).null_count if REASON in table.column_names else 0
             self._ledger.batch.remote(
-                os.getpid(), began, time.time(), table.num_rows, batch.size, quarantined, self._limit.retries - retries
+                self._key, began, time.time(), table.num_rows, batch.size, quarantined, self._limit.retries - retries
             )
             if self._limit.rows != before:
                 self._ledger.shrunk.remote(os.getpid(), self._limit.rows)
@@ -269,6 +272,10 @@ class Predictor:
 def local_copy(model: ModelRef) -> tuple[str, bool]:
     """(where this process reads the model, whether that took a copy): the node's cache, else in place."""
     root = cache_root(model.cache_dir, model.path)
+    if model.registry is not None:
+        assert root is not None
+        got = cached_download(model.registry, root, fingerprint=model.fingerprint)
+        return got.path, got.copied
     if not root:
         return model.path, False
     copy = cached_model(model.path, root, fingerprint=model.fingerprint, storage_options=model.storage_options)
@@ -318,7 +325,10 @@ class LoadLedger:
 
     def loading(self, name: str, pid: int, node: str, at: float) -> None:
         """Actor ``name`` began loading the model in process ``pid`` (a second process of a name is a restart)."""
-        self._incarnations.setdefault(name, []).append({"pid": pid, "node": node, "started": at, "loaded": None})
+        key = f"{pid}@{node[:8]}"  # as the predictor names its batches
+        self._incarnations.setdefault(name, []).append(
+            {"key": key, "pid": pid, "node": node, "started": at, "loaded": None}
+        )
 
     def record(self, info: dict[str, Any]) -> None:
         """A model load finished (``info`` as :meth:`loads` returns it)."""
@@ -327,14 +337,14 @@ class LoadLedger:
             if inc["pid"] == info["pid"]:
                 inc["loaded"] = info.get("loaded")
 
-    def batch(self, pid: int, start: float, end: float, rows: int, nbytes: int, quarantined: int, retries: int) -> None:
-        """Process ``pid`` scored a batch of ``rows`` (``nbytes`` of Arrow) from ``start`` to ``end``."""
+    def batch(self, key: str, start: float, end: float, rows: int, nbytes: int, quarantined: int, retries: int) -> None:
+        """Process ``key`` (pid@node) scored a batch of ``rows`` (``nbytes`` of Arrow) from ``start`` to ``end``."""
         self._first_scored = end if self._first_scored is None else min(end, self._first_scored)
         for key, value in (("rows", rows), ("bytes", nbytes), ("batches", 1)):
             self._totals[key] += value
         self._totals["quarantined"] += quarantined
         self._totals["retries"] += retries
-        self._timeline.add(pid, start, end, rows)
+        self._timeline.add(key, start, end, rows)
 
     def first_scored(self) -> float | None:
         return self._first_scored
@@ -365,8 +375,8 @@ class LoadLedger:
     def timeline(self) -> dict[str, Any]:
         """Per actor, each process's load and its batches over time (:meth:`Timeline.to_dict`), for the report."""
         now = time.time()
-        pids = [inc["pid"] for incs in self._incarnations.values() for inc in incs]
-        out = self._timeline.to_dict(pids, until=now)
+        keys = [inc["key"] for incs in self._incarnations.values() for inc in incs]
+        out = self._timeline.to_dict(keys, until=now)
         out["actors"] = [
             {"name": name, "restart": i, **inc}
             for name, incs in sorted(self._incarnations.items())

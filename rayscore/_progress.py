@@ -49,8 +49,8 @@ class Progress:
     """One look at a running job, as the display, the log lines and a ``progress=`` callback get it.
 
     ``rows_scored`` counts rows the pool has scored (a batch Spark or Ray ran
-    again counts again, so it may pass the rows in before the end; it never
-    goes down, and the last look, ``done``, holds the rows in). ``rows_total``
+    again counts again, so it may pass the rows in before the end); it never
+    goes down until the last look, ``done``, which holds the rows in. ``rows_total``
     is known in ``output.mode: resume`` (rows counted per shard) and at the
     end; ``fraction`` and ``eta_seconds`` come from it, else from Spark's
     finished tasks and the rows they held (None until one finishes).
@@ -138,8 +138,8 @@ def describe(p: Progress) -> str:
 class Lines:
     """Plain progress lines for a log file or a pipe: on each phase, then every 10 s or 5 % at most."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO, own: bool = False) -> None:
+        self.stream, self._own = stream, own  # own: a copy of the descriptor, closed with this sink
         self._last: Progress | None = None
         self._at = 0.0
 
@@ -158,13 +158,18 @@ class Lines:
         print(f"rayscore: {_clock(p.seconds)} {p.phase_text}: {describe(p)}", file=self.stream, flush=True)
 
     def close(self) -> None:
-        pass
+        if self._own and not self.stream.closed:
+            self.stream.close()
 
 
 class Display:
-    """A live ``rich`` display on a terminal or in a notebook: the phase with a bar, then the figures."""
+    """A live ``rich`` display on a terminal or in a notebook: the phase with a bar, then the figures.
 
-    def __init__(self, console: Any) -> None:
+    Drawn from the first look on (a job that fails before it leaves the terminal as it was); it leaves
+    ``sys.stdout`` and ``sys.stderr`` alone (rich would send them through itself).
+    """
+
+    def __init__(self, console: Any, own: bool = False) -> None:
         from rich.progress import BarColumn, SpinnerColumn, TextColumn  # noqa: PLC0415
         from rich.progress import Progress as Bar  # noqa: PLC0415
         from rich.text import Text  # noqa: PLC0415
@@ -185,11 +190,18 @@ class Display:
             console=console,
             transient=False,
             refresh_per_second=4,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self._task = self._bar.add_task("starting", total=None, head="")
-        self._bar.start()
+        self._console, self._own, self._state = console, own, "new"
 
     def __call__(self, p: Progress) -> None:
+        if self._state == "closed":
+            return
+        if self._state == "new":
+            self._bar.start()
+            self._state = "live"
         total = 1.0 if p.fraction is not None else None
         head = f"{p.rows_scored:,} rows" + (f" of {p.rows_total:,}" if p.rows_total is not None else "")
         head += f"  {_count(p.rows_per_second)} rows/s  " + (
@@ -201,7 +213,21 @@ class Display:
             self.close()
 
     def close(self) -> None:
-        self._bar.stop()
+        """Stop drawing (the last look stays on the terminal); safe to call twice."""
+        if self._state == "live":
+            self._bar.stop()
+        self._state = "closed"
+        if self._own and not self._console.file.closed:
+            self._console.file.close()
+
+
+def _close(sink: Any) -> None:
+    close = getattr(sink, "close", None)
+    try:
+        if close is not None:
+            close()
+    except Exception as exc:  # noqa: BLE001 - a display that cannot close must not fail the job
+        log.warning("progress: closing a progress sink: %s: %s", type(exc).__name__, exc)
 
 
 def sinks_for(progress: ProgressArg, stream: TextIO | None = None) -> list[Callable[[Progress], None]]:
@@ -218,16 +244,17 @@ def sinks_for(progress: ProgressArg, stream: TextIO | None = None) -> list[Calla
         return [progress]
     from rich.console import Console  # noqa: PLC0415
 
+    own = False
     if stream is None:
         stream = sys.stderr
         try:
-            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+            stream, own = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1), True
         except (AttributeError, OSError, ValueError):  # a notebook's stream has no file descriptor
             pass
     console = Console(file=stream)
     if console.is_terminal or console.is_jupyter:
-        return [Display(console)]
-    return [Lines(stream)]
+        return [Display(console, own)]
+    return [Lines(stream, own)]
 
 
 class Tracker:
@@ -256,6 +283,7 @@ class Tracker:
         self._last = Progress(phase="starting", seconds=0.0)
         self._rates: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
+        self._poll_s = poll_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if self.sinks and poll_s is not None:  # None: the owner calls tick()
@@ -289,19 +317,21 @@ class Tracker:
     def jobs(self, spark: Any) -> Iterator[None]:
         """Spark jobs started in the block belong to this tracker's job group (their tasks are counted)."""
         sc = spark.sparkContext
+        keys = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+        before = {k: sc.getLocalProperty(k) for k in keys}  # the caller's own group, if it set one
         sc.setJobGroup(self.group, "rayscore", interruptOnCancel=False)
         try:
             yield
         finally:
-            sc.setLocalProperty("spark.jobGroup.id", None)
-            sc.setLocalProperty("spark.job.description", None)
+            for key, value in before.items():
+                sc.setLocalProperty(key, value)
 
     def finish(self, rows_in: int, quarantined: int) -> None:
         """The job committed ``rows_in`` rows: the last look, then the sinks are closed.
 
         Ray and Spark may have stopped by now: the last look is the one before, with the final counts.
         """
-        self._halt()
+        self.halt()
         self._send(
             replace(
                 self._last,
@@ -319,20 +349,22 @@ class Tracker:
 
     def close(self) -> None:
         """Stop polling and close the sinks (a failed or interrupted job: no last look)."""
-        self._halt()
-        for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if close is not None:
-                close()
-        self.sinks = []
+        try:
+            self.halt()
+        finally:
+            sinks, self.sinks = self.sinks, []
+            for sink in sinks:
+                _close(sink)
 
-    def _halt(self) -> None:
+    def halt(self) -> None:
+        """Stop polling (before Ray and Spark stop under it); the sinks stay open for :meth:`finish`."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(POLL_S):
+        assert self._poll_s is not None
+        while not self._stop.wait(self._poll_s):
             self._emit()
 
     def _emit(self) -> None:
@@ -353,6 +385,7 @@ class Tracker:
                 except Exception as exc:  # noqa: BLE001 - the caller's function must not fail the job
                     log.warning("progress: dropped a progress sink that raised %s: %s", type(exc).__name__, exc)
                     self.sinks.remove(sink)
+                    _close(sink)
 
     def _look(self) -> Progress:
         import ray  # noqa: PLC0415
@@ -402,7 +435,9 @@ class Tracker:
             return self._last.tasks_done, self._last.tasks_total
         tracker = self._spark.sparkContext.statusTracker()
         if self.group is not None:
-            jobs: Iterable[int] = tracker.getJobIdsForGroup(self.group)
+            jobs: Iterable[int] = sorted(tracker.getJobIdsForGroup(self.group))
+            if self.rows_total is None:  # the first job scores; later ones (errors output, a count) only reread
+                jobs = list(jobs)[:1]
         else:  # an action the caller runs: the jobs seen running since this tracker began
             self._jobs.update(tracker.getActiveJobsIds())
             jobs = self._jobs
@@ -448,6 +483,8 @@ class ActionWatch:
         except Exception:  # noqa: BLE001 - the pool is ending already
             return
         while not self._stop.wait(self.poll_s):
+            if not ray.is_initialized() or self.spark.sparkContext._jsc is None:  # the session ended
+                break
             try:
                 active = bool(self.spark.sparkContext.statusTracker().getActiveJobsIds())
                 snap = ray.get(self.pool.ledger.snapshot.remote(), timeout=10)
@@ -456,7 +493,13 @@ class ActionWatch:
                 continue
             if tracker is None and snap["rows"] > seen.get("rows", 0):  # an action began scoring
                 base = {k: seen.get(k, 0) for k in ("rows", "bytes", "batches", "quarantined", "retries")}
-                tracker = Tracker(sinks_for(self.progress), self.spark, poll_s=None, base=base)
+                try:
+                    sinks = sinks_for(self.progress)
+                except Exception as exc:  # noqa: BLE001 - no display this time; never the action
+                    log.warning("progress: %s: %s", type(exc).__name__, exc)
+                    seen = snap
+                    continue
+                tracker = Tracker(sinks, self.spark, poll_s=None, base=base)
                 tracker.group = None
                 tracker.pool(self.pool)
                 tracker.phase("predict")

@@ -22,6 +22,11 @@ class RunResult:
     mode) counts ``total``, ``reused`` (committed by an earlier run) and
     ``scored`` (by this run).
 
+    ``model_registry`` names the MLflow model a ``models:/`` or ``runs:/``
+    uri resolved to when the job started (``name``, ``version``, ``alias``,
+    ``run_id``, ``source``, the ``pinned`` uri every actor loaded, and the
+    ``tracking_uri``); empty for other models.
+
     ``model_copies`` counts copies made into node-local caches (one per node
     and model version); ``working_batch_size`` is the smallest rows per model
     call an actor fell back to after running out of device memory (None: never).
@@ -54,6 +59,7 @@ class RunResult:
     model_format: str = ""
     model_bytes: int = 0
     model_fingerprint: str = ""
+    model_registry: dict[str, str] = field(default_factory=dict)
     actors: dict[str, int] = field(default_factory=dict)
     model_loads: int = 0
     model_copies: int = 0

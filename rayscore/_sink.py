@@ -119,8 +119,11 @@ class StagedWrite:
         with translate_errors(f"output.path: {self.path}", OutputError):
             _writer(sdf, self.cfg).format(self.cfg.format).mode("append").save(self.staging)
 
-    def commit(self, expected_rows: int, report: Any, report_name: str = REPORT_NAME) -> int:
-        """Check the written rows are ``expected_rows``; store ``report(written)`` as ``report_name``; commit."""
+    def commit(self, expected_rows: int, report: Any, report_name: str = REPORT_NAME, page: bool = True) -> int:
+        """Check the written rows are ``expected_rows``; store ``report(written)`` as ``report_name``; commit.
+
+        The run report (``REPORT_NAME``) gets its page beside it unless ``page`` is false.
+        """
         if self.cfg.format == "table":
             with translate_errors("output.table", OutputError):
                 written = int(self.spark.table(self.cfg.table).count())
@@ -133,7 +136,7 @@ class StagedWrite:
                 raise OutputError(f"output: wrote {written} rows for {expected_rows} input rows; nothing committed")
             text = report(written)
             if report_name == REPORT_NAME:
-                write_report(self.fs, self.staging, text)
+                write_report(self.fs, self.staging, text, page)
             else:
                 self.fs.write_text(f"{self.staging}/{report_name}", text)
             _commit(self.fs, self.staging, self.path, self.cfg.mode)
@@ -148,20 +151,18 @@ class StagedWrite:
                 self.fs.delete(self.staging)
 
 
-def write_report(fs: HadoopFS, folder: str, text: str) -> None:
-    """The run report (JSON ``text``) into ``folder`` as ``_rayscore_report.json`` and as a page beside it.
+def write_report(fs: HadoopFS, folder: str, text: str, page: bool = True) -> None:
+    """The run report (JSON ``text``) into ``folder`` as ``_rayscore_report.json``, and (``page``) its page beside it.
 
-    A page that cannot be drawn is left out with a warning: it never costs the job its output.
+    A page that cannot be drawn or written is left out with a warning: it never costs the job its output.
     """
     fs.write_text(f"{folder}/{REPORT_NAME}", text)
-    try:
-        page = render_html(json.loads(text))
-    except Exception as exc:  # noqa: BLE001 - the JSON report is the record; the page only shows it
-        log.warning(
-            "the HTML run report could not be drawn (%s: %s); the JSON report is written", type(exc).__name__, exc
-        )
+    if not page:
         return
-    fs.write_text(f"{folder}/{HTML_NAME}", page)
+    try:
+        fs.write_text(f"{folder}/{HTML_NAME}", render_html(json.loads(text)))
+    except Exception as exc:  # noqa: BLE001 - the JSON report is the record; the page only shows it
+        log.warning("the HTML run report was not written (%s: %s); the JSON report is", type(exc).__name__, exc)
 
 
 def split_quarantined(sdf: Any, plan: Plan) -> tuple[Any, Any]:
@@ -215,7 +216,7 @@ def write_scored(
         with clock.stage("write"):
             check()
             if bad is not None:
-                writes[1].commit(quarantined, text, report_name)
+                writes[1].commit(quarantined, text, report_name, page=False)  # the errors: no page
             writes[0].commit(rows - quarantined, text, report_name)
         return rows, quarantined
     finally:

@@ -130,6 +130,8 @@ def model_identity(plan: Plan, model: ModelRef) -> dict[str, dict[str, Any]]:
         "model_bytes": model.nbytes,
         "model_fingerprint": model.fingerprint,
     }
+    if model.registry is not None:
+        identity["model_registry"] = model.registry.identity()
     return {column: {"rayscore": {**identity, "model_output": name}} for name, column in plan.outputs}
 
 

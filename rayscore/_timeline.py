@@ -20,7 +20,7 @@ MAX_BUCKETS = 300
 
 
 class Timeline:
-    """Per key (an actor's pid): rows finished and seconds spent scoring, per ``width`` seconds from ``origin``."""
+    """Per key (an actor process, pid@node): rows finished and seconds scoring, per ``width`` s from ``origin``."""
 
     def __init__(self, origin: float, width: float = 1.0, max_buckets: int = MAX_BUCKETS) -> None:
         self.origin, self.width, self.max_buckets = origin, width, max_buckets
@@ -60,6 +60,8 @@ class Timeline:
 
     def to_dict(self, keys: list[Any], until: float | None = None) -> dict[str, Any]:
         """The report's form: ``{"origin", "bucket_s", "rows": {key: [...]}, "busy": {key: [...]}}``."""
+        while until is not None and (until - self.origin) / self.width >= self.max_buckets:  # an idle tail
+            self._widen()
         out: dict[str, Any] = {"origin": self.origin, "bucket_s": self.width, "rows": {}, "busy": {}}
         for key in keys:
             out["rows"][str(key)], out["busy"][str(key)] = self.series(key, until)

@@ -73,7 +73,7 @@ def watch_spark(spark: Any) -> Iterator[None]:
     def watch() -> None:
         while not done.wait(POLL_S):
             try:
-                if gone.seen(_executors(sc), time.monotonic()):
+                if gone.seen(_executors(sc), time.monotonic()) and not done.is_set():
                     lost.append(lost_text(alive, ray.nodes()))
                     sc.cancelAllJobs()
                     return
@@ -90,3 +90,4 @@ def watch_spark(spark: Any) -> Iterator[None]:
         raise
     finally:
         done.set()
+        thread.join(timeout=2 * POLL_S)  # so a verdict just as the block ended cancels nothing after it

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,70 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3():
     server = S3Server()
+    yield server
+    server.stop()
+
+
+class MlflowServer:
+    """A real MLflow tracking server (``mlflow server``) on loopback: a SQLite store, artifacts served from a folder.
+
+    Models are logged and registered through MLflow's own API (:meth:`register`), as a team's training job does.
+    """
+
+    def __init__(self, root: Path) -> None:
+        import socket
+        import subprocess
+        import sys
+        import urllib.request
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{port}"
+        self.log = open(root / "server.log", "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+                *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
+                *("--artifacts-destination", str(root / "artifacts"), "--workers", "1"),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while True:  # wait until it answers (a separate process, migrating its database first)
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+
+    def register(self, model_path: str, name: str, alias: str | None = None) -> tuple[str, str]:
+        """Log the Keras model at ``model_path`` in a new run and register it as a new version of ``name``:
+        (version, run id)."""
+        import keras
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        with warnings.catch_warnings(), mlflow.start_run() as run:
+            warnings.simplefilter("ignore")  # MLflow's advice on signatures and type hints
+            info = mlflow.keras.log_model(keras.saving.load_model(model_path), name="model", registered_model_name=name)
+        version = str(info.registered_model_version)
+        if alias is not None:
+            mlflow.MlflowClient(self.uri).set_registered_model_alias(name, alias, version)
+        return version, run.info.run_id
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     yield server
     server.stop()
 

@@ -8,6 +8,7 @@ the CLI, joining the cluster as a user's driver would.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,11 +45,15 @@ def two_nodes(tmp_path_factory):
     cluster.shutdown()
 
 
-def run_cli(config: dict, tmp_path: Path) -> dict:
+def run_cli(config: dict, tmp_path: Path, env: dict | None = None) -> dict:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
     done = subprocess.run(
-        [sys.executable, "-m", "rayscore", "run", str(path), "--json"], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "rayscore", "run", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -174,5 +179,30 @@ def test_half_a_gpu_per_actor_puts_two_actors_on_one_gpu(two_nodes, workload, tm
     assert report["model_loads"] == 2 and report["nodes"] == 1
     assert report["gpu_ids"] == [free]
     assert [(a["gpu_ids"], a["cuda_visible_devices"]) for a in report["actor_loads"]] == [([free], free)] * 2
+    assert_matches_model(read_parquet_dir(out), workload)
+    assert_left_clean(cluster.address)
+
+
+def test_a_registry_model_is_downloaded_once_per_node_and_loaded_from_each_node_s_copy(
+    two_nodes, workload, mlflow_server, tmp_path
+):
+    """models:/NAME/VERSION on two nodes: the driver (on the head node, sharing its cache) downloads it once
+    through MLflow to inspect it, the head node's actor reuses that copy, the other node's actor downloads it
+    once: two downloads for two nodes, one cache entry on each."""
+    cluster, caches = two_nodes
+    for node_cache in caches.iterdir():
+        shutil.rmtree(node_cache)
+    version, run_id = mlflow_server.register(workload["keras"], "ctr-cluster")
+    out = tmp_path / "scores.parquet"
+    cfg = job(workload, out, cluster.address)
+    cfg["model"] = {"uri": f"models:/ctr-cluster/{version}", "tracking_uri": mlflow_server.uri}
+    report = run_cli(cfg, tmp_path, env={"RAYSCORE_CACHE_DIR": str(caches / "head")})
+    assert (report["rows_in"], report["rows_out"]) == (ROWS, ROWS)
+    assert report["nodes"] == 2 and report["model_loads"] == 2
+    assert report["model_copies"] == 2  # one download per node
+    assert report["model_registry"]["version"] == version and report["model_registry"]["run_id"] == run_id
+    entry = f"mlflow-ctr-cluster-v{version}"
+    for node in ("head", "gpu-node"):
+        assert sorted(p.name for p in (caches / node).iterdir() if not p.name.startswith(".")) == [entry, f"{entry}.ok"]
     assert_matches_model(read_parquet_dir(out), workload)
     assert_left_clean(cluster.address)
