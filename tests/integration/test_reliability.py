@@ -131,8 +131,13 @@ def test_a_batch_that_keeps_failing_stops_the_job_naming_it_and_keeps_the_old_ou
         output={"mode": "overwrite"},
         predict={"batch_size": 500, "actors": 1, "max_retries": 1},
     )
-    tracker = rs.spark.sparkContext.statusTracker()
-    jobs_before = set(tracker.getJobIdsForGroup())
+    sc = rs.spark.sparkContext
+    tracker = sc.statusTracker()
+    sc.setJobGroup("before-the-run", "the newest job before the run (rayscore's jobs run in a group of their own)")
+    rs.spark.range(1).count()
+    sc.setLocalProperty("spark.jobGroup.id", None)
+    sc.setLocalProperty("spark.job.description", None)
+    newest = max(tracker.getJobIdsForGroup("before-the-run"))
     with pytest.raises(rayscore.PredictError) as caught:
         rayscore.run(cfg, session=rs)
     message = str(caught.value)
@@ -141,7 +146,7 @@ def test_a_batch_that_keeps_failing_stops_the_job_naming_it_and_keeps_the_old_ou
     assert "99999" in message and "\n" not in message
     # Spark's write job (Spark packs the three files into its tasks): every task but the poisoned one had
     # finished, its part file written into staging, when the job failed.
-    new_jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup() if j not in jobs_before]
+    new_jobs = [info for j in range(newest + 1, newest + 100) if (info := tracker.getJobInfo(j)) is not None]
     [failed] = [j for j in new_jobs if j.status == "FAILED"]
     [stage] = [tracker.getStageInfo(s) for s in failed.stageIds]
     assert stage.numTasks >= 2 and stage.numCompletedTasks == stage.numTasks - 1
