@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -161,3 +162,25 @@ def test_without_mlflow_a_registry_uri_names_the_extra_to_install(workload, tmp_
     assert done.stderr == (
         'rayscore: error: model.uri: models:/ and runs:/ uris need MLflow: pip install "rayscore[mlflow]"\n'
     )
+
+
+def test_an_alias_moved_after_the_job_started_changes_nothing_an_actor_loads(mlflow_server, registered, tmp_path):
+    """The driver pins the alias to its version when the job starts; an actor that loads later (on another
+    node, or restarted) downloads that version even after the alias has moved on."""
+    import mlflow
+
+    from rayscore._config import ModelConfig
+    from rayscore._predict import local_copy
+
+    v1, v2 = registered["v1"], registered["v2"]
+    cfg = ModelConfig(uri=f"models:/{NAME}@champion", tracking_uri=mlflow_server.uri, cache_dir=str(tmp_path / "a"))
+    ref, _ = rayscore.inspect_model(cfg)  # the job starts: champion is v2
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    client.set_registered_model_alias(NAME, "champion", v1)
+    try:
+        on_another_node = dataclasses.replace(ref, cache_dir=str(tmp_path / "b"))  # its own cache: it downloads
+        path, copied = local_copy(on_another_node)
+        assert copied and Path(path).is_relative_to(tmp_path / "b" / f"mlflow-{NAME}-v{v2}")
+        assert ref.registry.version == v2 and ref.path == f"models:/{NAME}/{v2}"
+    finally:
+        client.set_registered_model_alias(NAME, "champion", v2)
