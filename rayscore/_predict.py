@@ -340,8 +340,8 @@ class LoadLedger:
     def batch(self, key: str, start: float, end: float, rows: int, nbytes: int, quarantined: int, retries: int) -> None:
         """Process ``key`` (pid@node) scored a batch of ``rows`` (``nbytes`` of Arrow) from ``start`` to ``end``."""
         self._first_scored = end if self._first_scored is None else min(end, self._first_scored)
-        for key, value in (("rows", rows), ("bytes", nbytes), ("batches", 1)):
-            self._totals[key] += value
+        for total, value in (("rows", rows), ("bytes", nbytes), ("batches", 1)):
+            self._totals[total] += value
         self._totals["quarantined"] += quarantined
         self._totals["retries"] += retries
         self._timeline.add(key, start, end, rows)

@@ -225,3 +225,29 @@ def test_the_lost_executors_line_names_the_nodes_lost_since_the_job_began():
     assert text.startswith("spark: Ray lost node 10.0.0.7 (Ray node bbbbbbbb) and with it every Spark executor; ")
     assert "none came back in 30 s" in text and "output.mode: resume" in text
     assert lost_text({"aa" * 28}, nodes).startswith("spark: Spark lost every executor (no Ray node was lost); ")
+
+
+def test_the_ledger_counts_batches_per_actor_process_and_its_restarts():
+    from rayscore._predict import LoadLedger
+
+    ledger = LoadLedger()
+    t0 = ledger._timeline.origin
+    ledger.loading("pool-0", 11, "node-aaaaaaaa", t0)
+    ledger.loading("pool-1", 12, "node-bbbbbbbb", t0)
+    ledger.record({"name": "pool-0", "pid": 11, "node": "node-aaaaaaaa", "loaded": t0 + 2.0})
+    ledger.batch("11@node-aaa", t0 + 2.0, t0 + 2.5, 500, 4096, 3, 1)
+    ledger.batch("11@node-aaa", t0 + 2.5, t0 + 3.5, 500, 4096, 0, 0)
+    ledger.loading("pool-1", 13, "node-bbbbbbbb", t0 + 4.0)  # pool-1's first process died loading
+    snap = ledger.snapshot()
+    assert {k: snap[k] for k in ("rows", "bytes", "batches", "quarantined", "retries")} == {
+        "rows": 1000,
+        "bytes": 8192,
+        "batches": 2,
+        "quarantined": 3,
+        "retries": 1,
+    }
+    assert (snap["loaded"], snap["loading"], snap["restarted"]) == (1, 1, 1)
+    timeline = ledger.timeline()
+    assert [a["key"] for a in timeline["actors"]] == ["11@node-aaa", "12@node-bbb", "13@node-bbb"]
+    assert sum(timeline["rows"]["11@node-aaa"]) == 1000 and sum(timeline["busy"]["11@node-aaa"]) == 1.5
+    assert sum(timeline["rows"]["13@node-bbb"]) == 0
