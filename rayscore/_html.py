@@ -17,8 +17,8 @@ from typing import Any
 __all__ = ["render", "HTML_NAME", "summary_rows"]
 
 HTML_NAME = "_rayscore_report.html"
-BUSY = 0.5  # a bucket in which an actor scored at least this share of the time is "scoring", else "idle"
-COLORS = {"load": "#f0a030", "scoring": "#2a9d5c", "idle": "#d9d9d9", "restart": "#d62728"}
+BUSY = 0.5  # a bucket in which an actor scored at least this share of the time is "scoring"; less, "partly busy"
+COLORS = {"load": "#f0a030", "scoring": "#2a9d5c", "partly busy": "#a8dcb9", "idle": "#d9d9d9", "restart": "#d62728"}
 
 
 def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -67,7 +67,8 @@ def lanes(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The bars of the lanes chart, in seconds from the job's start: ``{lane, kind, start, end}``.
 
     Spark's lane holds the run's stages; each actor's lane its processes'
-    model loads, their restarts, and their buckets of scoring or idling.
+    model loads, their restarts, and their buckets of scoring (busy at least
+    half the bucket), partly busy, or idle.
     """
     t = report.get("timeline") or {}
     began, width = t.get("job_began", t.get("origin", 0.0)), t.get("bucket_s", 1.0)
@@ -84,7 +85,7 @@ def lanes(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         if loaded is None:
             continue
         first = max(int((loaded - origin) // width), 0)
-        kinds = ["scoring" if b >= BUSY * width else "idle" for b in busy[first:]]
+        kinds = ["scoring" if b >= BUSY * width else "partly busy" if b > 0 else "idle" for b in busy[first:]]
         for kind, a, b in _runs(kinds):
             lo = max(origin + (first + a) * width, loaded)
             bars.append({"lane": lane, "kind": kind, "start": lo, "end": origin + (first + b) * width})

@@ -174,7 +174,7 @@ def test_the_lanes_show_loads_restarts_scoring_and_idle_in_seconds_from_the_job_
     spark = [(b["kind"], b["start"], b["end"]) for b in bars if b["lane"] == "Spark"]
     assert spark == [("startup", 0.0, 1.0), ("predict", 2.0, 8.5)]
     zero = [(b["kind"], b["start"], b["end"]) for b in bars if b["lane"].startswith("actor 0")]
-    assert zero == [("load", 0.5, 2.5), ("scoring", 2.5, 7.5), ("idle", 7.5, 8.5)]
+    assert zero == [("load", 0.5, 2.5), ("scoring", 2.5, 7.5), ("partly busy", 7.5, 8.5)]
     one = [(b["kind"], b["start"], b["end"]) for b in bars if b["lane"].startswith("actor 1")]
     assert one[:2] == [("load", 0.5, 0.5), ("restart", 3.5, 3.5)]  # the first process died loading
     assert ("scoring", 5.5, 7.5) in one and one[-1] == ("idle", 7.5, 8.5)
