@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import posixpath
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "split_quarantined",
     "write_scored",
     "write_report",
+    "stop_jobs",
 ]
 
 log = logging.getLogger("rayscore")
@@ -219,11 +221,37 @@ def write_scored(
                 writes[1].commit(quarantined, text, report_name, page=False)  # the errors: no page
             writes[0].commit(rows - quarantined, text, report_name)
         return rows, quarantined
+    except BaseException:
+        stop_jobs(spark)  # an interrupted write's Spark job runs on: its tasks would write after the discard
+        raise
     finally:
         for write in writes:
             write.discard()
         if plan.quarantine:
             frame.unpersist()
+
+
+def stop_jobs(spark: Any, wait_s: float = 30.0) -> None:
+    """Cancel this thread's Spark jobs (its job group) and wait up to ``wait_s`` for them to end.
+
+    Ctrl-C stops the Python call, not the Spark job behind it; its tasks go on writing part files into
+    the staging directory, and would bring it back after it is removed. Best effort: Spark may be gone.
+    """
+    try:
+        sc = spark.sparkContext
+        group = sc.getLocalProperty("spark.jobGroup.id")
+        if group is None:
+            return
+        sc.cancelJobGroup(group)
+        tracker = sc.statusTracker()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            infos = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)]
+            if not any(i is not None and i.status == "RUNNING" for i in infos):
+                return
+            time.sleep(0.1)
+    except Exception as exc:  # noqa: BLE001 - the job's own error (or the interrupt) is what the user sees
+        log.debug("stopping Spark's jobs: %s", exc)
 
 
 def count_written(spark: Any, cfg: OutputConfig, staging: str) -> int:
