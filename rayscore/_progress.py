@@ -272,9 +272,11 @@ class Tracker:
         spark: Any = None,
         poll_s: float | None = POLL_S,
         base: dict[str, Any] | None = None,
+        own_jobs: bool = True,
     ) -> None:
         self.sinks = list(sinks)
-        self.group: str | None = f"rayscore-{uuid.uuid4().hex[:12]}"
+        # own_jobs: the job's writes run in this tracker's Spark job group; else it counts the jobs it sees run
+        self.group: str | None = f"rayscore-{uuid.uuid4().hex[:12]}" if own_jobs else None
         self.rows_total: int | None = None
         self._base = base or {}  # the ledger's totals before what this tracker shows
         self._jobs: set[int] = set()
@@ -294,9 +296,9 @@ class Tracker:
     def last(self) -> Progress:
         return self._last
 
-    def tick(self) -> None:
-        """Take a look now and send it."""
-        self._emit()
+    def tick(self, snapshot: dict[str, Any] | None = None) -> None:
+        """Take a look now (with the ledger's ``snapshot`` when the caller has just read it) and send it."""
+        self._emit(snapshot)
 
     def phase(self, name: str) -> None:
         """The job entered phase ``name`` (a key of :data:`PHASES`, or a stage of the run's clock)."""
@@ -367,11 +369,11 @@ class Tracker:
         while not self._stop.wait(self._poll_s):
             self._emit()
 
-    def _emit(self) -> None:
+    def _emit(self, snapshot: dict[str, Any] | None = None) -> None:
         if not self.sinks:
             return
         try:
-            p = self._look()
+            p = self._look(snapshot)
         except Exception as exc:  # noqa: BLE001 - Ray or Spark stopping under us: skip this look
             log.debug("progress: %s", exc)
             return
@@ -387,15 +389,15 @@ class Tracker:
                     self.sinks.remove(sink)
                     _close(sink)
 
-    def _look(self) -> Progress:
+    def _look(self, snap: dict[str, Any] | None = None) -> Progress:
         import ray  # noqa: PLC0415
 
         now = time.time()
-        snap: dict[str, Any] = {}
-        actors = 0
-        if self._pool is not None and ray.is_initialized():
-            snap = ray.get(self._pool.ledger.snapshot.remote(), timeout=10)
-            actors = len(self._pool.names)
+        actors = len(self._pool.names) if self._pool is not None else 0
+        if snap is None:
+            snap = {}
+            if self._pool is not None and ray.is_initialized():
+                snap = ray.get(self._pool.ledger.snapshot.remote(), timeout=10)
         done, total = self._tasks()
         snap = {k: v - self._base.get(k, 0) if k in self._base else v for k, v in snap.items()}
         rows = max(int(snap.get("rows", 0)), self._last.rows_scored)
@@ -499,13 +501,12 @@ class ActionWatch:
                     log.warning("progress: %s: %s", type(exc).__name__, exc)
                     seen = snap
                     continue
-                tracker = Tracker(sinks, self.spark, poll_s=None, base=base)
-                tracker.group = None
+                tracker = Tracker(sinks, self.spark, poll_s=None, base=base, own_jobs=False)
                 tracker.pool(self.pool)
                 tracker.phase("predict")
             if tracker is None:
                 continue
-            tracker.tick()
+            tracker.tick(snap)  # the snapshot just read: one ledger call a second
             if not active:  # the action ended
                 tracker.finish(tracker.last.rows_scored, tracker.last.rows_quarantined)
                 tracker, seen = None, snap
