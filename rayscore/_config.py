@@ -21,6 +21,7 @@ from pydantic import (
     Discriminator,
     Field,
     StrictBool,
+    StrictInt,
     Tag,
     ValidationError,
     field_validator,
@@ -93,6 +94,10 @@ class ModelConfig(_Frozen):
     signature: str = Field(default="serving_default", min_length=1)  # format: savedmodel only
     custom_objects: str | None = None  # package.module:NAME of a dict of custom classes
     tracking_uri: str | None = None  # the MLflow tracking server of models:/ and runs:/ uris (else MLflow's own)
+    # Embedding tables of this many bytes or more are memory-mapped from the node's model file and
+    # shared by its actors (rayscore._tables); 0: every table loads into each actor's memory.
+    mmap_min_bytes: StrictInt = Field(default=256 << 20, ge=0)
+    mmap_on_gpu: StrictBool = False  # GPU actors map too (gather on the host), rather than hold tables on the device
     # Keyword arguments of the uri scheme's pyarrow filesystem; "${VAR}" values
     # come from the environment. May hold secrets: never in repr, logs or reports.
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)

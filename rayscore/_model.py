@@ -132,22 +132,29 @@ def import_custom_objects(dotted: str | None) -> dict[str, Any] | None:
     return dict(value)
 
 
-def _read_keras_model(path: str, fmt: str, safe_mode: bool, custom_objects: Mapping[str, Any] | None) -> Any:
-    """Stream the weights in where we can (about 1.1x the model's bytes), else Keras's own loader."""
+def _read_keras_model(
+    path: str, fmt: str, safe_mode: bool, custom_objects: Mapping[str, Any] | None, mmap_min_bytes: int
+) -> tuple[Any, list[Any]]:
+    """(the model, its large tables): weights streamed in and big tables mapped where we can, else Keras's loader."""
     keras = _import_keras()
-    from . import _weights  # noqa: PLC0415 - imports keras internals
+    from . import _tables, _weights  # noqa: PLC0415 - imports keras internals
 
+    tables = _tables.scan(path, fmt, mmap_min_bytes) if _weights._tf_backend() else []
     if fmt == "h5" and _weights._tf_backend():
-        return _weights.stream_h5_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
+        return _weights.stream_h5_model(path, safe_mode=safe_mode, custom_objects=custom_objects, tables=tables), tables
     if fmt == "keras" and _weights.can_stream_archive(path):
-        return _weights.stream_keras_archive(path, safe_mode=safe_mode, custom_objects=custom_objects)
-    return keras.saving.load_model(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+        model = _weights.stream_keras_archive(path, safe_mode=safe_mode, custom_objects=custom_objects, tables=tables)
+        return model, tables
+    model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+    return model, [t for t in tables if not t.mapped]
 
 
-def _load_keras(path: str, fmt: str, safe_mode: bool, custom_objects: str | None = None) -> LoadedModel:
+def _load_keras(
+    path: str, fmt: str, safe_mode: bool, custom_objects: str | None = None, mmap_min_bytes: int = 0
+) -> LoadedModel:
     objects = import_custom_objects(custom_objects)
     try:
-        model = _read_keras_model(path, fmt, safe_mode, objects)
+        model, tables = _read_keras_model(path, fmt, safe_mode, objects, mmap_min_bytes)
     except (ValueError, TypeError) as exc:
         text = str(exc)
         if "safe_mode" in text or "Lambda" in text:
@@ -169,7 +176,8 @@ def _load_keras(path: str, fmt: str, safe_mode: bool, custom_objects: str | None
     names = tuple(getattr(model, "output_names", None) or [_layer_name(model, t) for t in model.outputs])
     inputs = tuple(TensorSpec(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs)
     outputs = tuple(TensorSpec(n, tuple(t.shape[1:]), str(t.dtype)) for n, t in zip(names, model.outputs))
-    return LoadedModel(ModelSpec(inputs, outputs, fmt), _keras_predict(model, names))
+    info = {"tables": [t.to_dict() for t in tables]}
+    return LoadedModel(ModelSpec(inputs, outputs, fmt), _keras_predict(model, names), info)
 
 
 def _unknown_class(exc: BaseException) -> str | None:
@@ -194,13 +202,16 @@ class _KerasFamily:
     """What the two Keras formats share: the framework to import, and the loader that streams the weights."""
 
     name = ""
-    options = ("custom_objects",)  # extra keywords load() accepts
+    options = ("custom_objects", "mmap_min_bytes")  # extra keywords load() accepts
 
     def prepare(self) -> None:
         _import_keras()
 
-    def load(self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None) -> LoadedModel:
-        return _load_keras(path, self.name, safe_mode, custom_objects)
+    def load(
+        self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None, mmap_min_bytes: int = 0
+    ) -> LoadedModel:
+        """Build the model; map its embedding tables of ``mmap_min_bytes`` or more (0: none)."""
+        return _load_keras(path, self.name, safe_mode, custom_objects, mmap_min_bytes)
 
 
 class KerasLoader(_KerasFamily):

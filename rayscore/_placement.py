@@ -30,6 +30,7 @@ __all__ = [
     "FALLBACK_MEMORY_FACTOR",
     "BATCH_BUFFERS",
     "ACTOR_PROCESS_BYTES",
+    "TABLE_SHARE",
     "nodes_from_ray",
     "memory_factor_for",
     "batch_bytes",
@@ -69,6 +70,11 @@ FALLBACK_MEMORY_FACTOR = 6.5
 # asked Ray for a few MiB per actor and a node could be given more actors than its
 # memory holds.
 ACTOR_PROCESS_BYTES = 640 * 2**20
+
+# Mapped embedding tables (rayscore._tables) live once per node, in its page cache, shared by
+# its actors: at most this share of a node's free memory is set aside for them. A larger table
+# is read partly from disk (its cold rows), and the rest of the node still holds actors.
+TABLE_SHARE = 0.5
 
 # Batches of tensors one actor holds at once: the Arrow batch a Spark task sends it,
 # the numpy feeds converted from it, the model's outputs, and the Arrow batch it
@@ -229,6 +235,7 @@ def plan_pool(
     spark_cpus: float = 0,
     spark_memory: int = 0,
     process_bytes: int = 0,
+    shared_bytes: int = 0,
 ) -> PoolPlan:
     """Size the predictor pool from the model and the cluster's nodes.
 
@@ -237,6 +244,8 @@ def plan_pool(
     ``process_bytes`` for the actor's process itself) and
     GPU slots count only when ``gpus_per_actor > 0`` (then CPU-only nodes hold
     none). Fractional ``gpus_per_actor`` shares one GPU: 0.5 is two per GPU.
+    ``model_bytes`` is what each actor holds itself; ``shared_bytes`` (mapped
+    tables) count once per node, up to :data:`TABLE_SHARE` of its free memory.
 
     Spark's executors (``spark_cpus`` CPUs, ``spark_memory`` bytes) are Ray
     actors that hold their share for the whole job, on nodes rayscore cannot
@@ -263,11 +272,15 @@ def plan_pool(
 
     cpu_slots = {i: math.floor(free_cpu[i] / cpus_per_actor + _EPS) for i in ids}
     gpu_slots = {i: _gpu_slots(gpus[i], gpus_per_actor) if gpus_per_actor > 0 else math.inf for i in ids}
+    for i in ids:  # the page cache a node keeps for its mapped tables
+        free_mem[i] -= min(float(shared_bytes), TABLE_SHARE * free_mem[i])
     mem_slots = {i: math.floor(free_mem[i] / mem + _EPS) if mem > 0 else math.inf for i in ids}
     per_node = {i: int(min(cpu_slots[i], gpu_slots[i], mem_slots[i])) for i in ids}
     capacity = sum(per_node.values())
 
     need = _need_text(model_bytes, memory_factor, batch_bytes, process_bytes)
+    if shared_bytes:
+        need += f"; mapped tables {format_bytes(shared_bytes)} once per node"
     spark = f" besides Spark's {_num(spark_cpus)}" if spark_cpus else ""
     if capacity == 0:
         raise ConfigError(

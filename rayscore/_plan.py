@@ -7,6 +7,7 @@ any actor starts.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,13 +16,15 @@ import pyarrow as pa
 from ._cache import cache_root, cached_model
 from ._config import Config, ModelConfig, OutputConfig, PredictConfig
 from ._convert import Plan, make_plan, to_tensors
-from ._errors import InputError, translate_errors
+from ._errors import InputError, first_line, translate_errors
 from ._model import ModelSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
+from ._placement import format_bytes
 from ._predict import ModelRef, first_bad_row
 from ._registry import cached_download, is_registry, resolve
 from ._report import RunResult
 from ._source import arrow_schema
 from ._storage import is_remote
+from ._tables import Table, scan
 
 __all__ = [
     "inspect_model",
@@ -35,6 +38,8 @@ __all__ = [
 ]
 
 SAMPLE_ROWS = 1000
+
+log = logging.getLogger("rayscore")
 
 
 def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
@@ -63,6 +68,13 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         path, digest, nbytes, fetched = local, fingerprint(local), model_bytes(local), False
         root = model.cache_dir
     options = getattr(loader, "options", ())
+    mmap = model.mmap_min_bytes if "mmap_min_bytes" in options else None
+    tables = _scan_tables(local, loader.name, mmap or 0)
+    if mmap is None and model.mmap_min_bytes and nbytes >= model.mmap_min_bytes:
+        log.warning(
+            "model: %s's tables load into each actor's memory (tables are mapped from .keras and .h5 files only)",
+            loader.name,
+        )
     ref = ModelRef(
         path=registry.pinned if registry else model.uri if is_remote(model.uri) else local,
         loader=loader.name,
@@ -75,8 +87,29 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         storage_options=model.storage_options,
         fetched=fetched,
         registry=registry,
+        mmap_min_bytes=mmap,
+        mmap_on_gpu=model.mmap_on_gpu,
+        shared_bytes=sum(t.nbytes for t in tables if t.mapped),
     )
     return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
+
+
+def _scan_tables(path: str, fmt: str, min_bytes: int) -> list[Table]:
+    """The model's tables of ``min_bytes`` or more (:func:`rayscore._tables.scan`); one log line for each not mapped."""
+    try:
+        tables = scan(path, fmt, min_bytes)
+    except Exception as exc:  # noqa: BLE001 - zip, json, h5py: the loader names the problem, when an actor loads it
+        log.warning("model: its tables are not mapped: %s: %s", type(exc).__name__, first_line(str(exc)))
+        return []
+    for table in tables:
+        if not table.mapped:
+            log.warning(
+                "model: %s (%s) loads into each actor's memory, not mapped: %s",
+                table.layer,
+                format_bytes(table.nbytes),
+                table.reason,
+            )
+    return tables
 
 
 def check_sample(df: Any, plan: Plan) -> None:

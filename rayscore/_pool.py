@@ -53,16 +53,18 @@ def check_pool(
     """Size the pool from the model and the cluster's nodes, or refuse it before it starts.
 
     Memory per actor is the process before its model (``ACTOR_PROCESS_BYTES``),
-    the model's bytes times its loader's measured factor and a few batches;
-    each node holds as many actors as its CPUs, GPUs and memory allow
-    beside Spark's executors.
+    the model's bytes it holds itself times its loader's measured factor and a
+    few batches; its mapped tables count once per node. Each node holds as
+    many actors as its CPUs, GPUs and memory allow beside Spark's executors.
     """
     import ray  # noqa: PLC0415
 
+    shared = model.shared_on(predict.gpus_per_actor > 0)
     return plan_pool(
         nodes_from_ray(ray.nodes()),
         actors=predict.actors,
-        model_bytes=model.nbytes,
+        model_bytes=model.nbytes - shared,
+        shared_bytes=shared,
         memory_factor=memory_factor_for(model.loader, predict.memory_factor),
         batch_bytes=batch_bytes(spec, predict.batch_size),
         cpus_per_actor=predict.cpus_per_actor,

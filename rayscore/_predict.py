@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from . import _tables
 from ._cache import cache_root, cached_model
 from ._convert import Plan, from_ipc, output_type, row_problems, to_columns, to_ipc, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
@@ -47,11 +48,19 @@ class ModelRef:
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     fetched: bool = field(default=False, compare=False)  # the driver copied it into its node's cache
     registry: RegistryModel | None = None  # a models:/ or runs:/ uri, as resolved when the job started
+    mmap_min_bytes: int | None = None  # map embedding tables this large (keras, h5; rayscore._tables)
+    mmap_on_gpu: bool = False  # GPU actors map them too
+    shared_bytes: int = 0  # bytes of the tables the driver found mappable: held once per node, not per actor
 
-    def options(self) -> dict[str, Any]:
-        """Keyword arguments for this loader's load() beyond the path."""
-        opts = {"signature": self.signature, "custom_objects": self.custom_objects}
+    def options(self, *, gpu: bool = False) -> dict[str, Any]:
+        """Keyword arguments for this loader's load() beyond the path (``gpu``: for an actor with GPUs)."""
+        mmap = 0 if gpu and not self.mmap_on_gpu and self.mmap_min_bytes is not None else self.mmap_min_bytes
+        opts = {"signature": self.signature, "custom_objects": self.custom_objects, "mmap_min_bytes": mmap}
         return {k: v for k, v in opts.items() if v is not None}
+
+    def shared_on(self, gpu: bool) -> int:
+        """Bytes of mapped tables an actor (with GPUs, when ``gpu``) shares with the others on its node."""
+        return 0 if gpu and not self.mmap_on_gpu else self.shared_bytes
 
 
 def _check_same_inputs(expected: tuple[Any, ...], spec: ModelSpec, path: str) -> None:
@@ -60,6 +69,8 @@ def _check_same_inputs(expected: tuple[Any, ...], spec: ModelSpec, path: str) ->
     if missing:
         raise ModelError(f"model {path} has no input {missing[0]!r} (inputs: {', '.join(sorted(have))})")
 
+
+RESIDENT_EVERY_S = 5.0  # how often an actor with mapped tables reads their page-cache residency
 
 REASON = "__rayscore_reason"  # per-row problem, in quarantine mode; null for scored rows
 
@@ -215,11 +226,15 @@ class Predictor:
         rss_before = _peak_rss()
         path, copied = local_copy(model)
         devices = _prepare_devices()
-        self._model = loaders[model.loader].load(path, safe_mode=model.safe_mode, **model.options())
+        self._model = loaders[model.loader].load(
+            path, safe_mode=model.safe_mode, **model.options(gpu=bool(devices["gpu_ids"]))
+        )
         self._path = model.path
         self._checked: set[Plan] = set()
         self._limit = BatchLimit()
         self._reported_rss = 0
+        self._mapped = any(t["mapped"] for t in self._model.info.get("tables", []))
+        self._resident_at = 0.0
         if self._ledger is not None:
             ray.get(
                 self._ledger.record.remote(
@@ -234,6 +249,7 @@ class Predictor:
                         "loaded_from": path,
                         "copied": copied,
                         "rss_before_load": rss_before,
+                        "tables": self._model.info.get("tables", []),
                         **devices,
                     }
                 )
@@ -262,11 +278,20 @@ class Predictor:
         return to_ipc(table)
 
     def _report_rss(self) -> None:
-        """Tell the ledger this process's peak RSS when it has grown by 16 MB or more."""
+        """Tell the ledger this process's peak RSS when it has grown by 16 MB or more.
+
+        And, every few seconds, how many bytes of its mapped tables are in the
+        node's page cache (``mincore``: a few ms for a 30 GB table).
+        """
+        if self._ledger is None:
+            return
         peak = _peak_rss()
-        if self._ledger is not None and peak >= self._reported_rss + (16 << 20):
+        if peak >= self._reported_rss + (16 << 20):
             self._ledger.peak_rss.remote(os.getpid(), peak)
             self._reported_rss = peak
+        if self._mapped and time.monotonic() >= self._resident_at + RESIDENT_EVERY_S:
+            self._ledger.table_resident.remote(os.getpid(), _tables.resident())
+            self._resident_at = time.monotonic()
 
 
 def local_copy(model: ModelRef) -> tuple[str, bool]:
@@ -318,6 +343,7 @@ class LoadLedger:
         self._loads: list[dict[str, Any]] = []
         self._working: dict[int, int] = {}
         self._peaks: dict[int, int] = {}
+        self._resident: dict[int, int] = {}
         self._first_scored: float | None = None
         self._incarnations: dict[str, list[dict[str, Any]]] = {}  # actor name -> its processes, in order
         self._totals = {"rows": 0, "bytes": 0, "batches": 0, "quarantined": 0, "retries": 0}
@@ -352,6 +378,10 @@ class LoadLedger:
     def peak_rss(self, pid: int, rss: int) -> None:
         self._peaks[pid] = max(rss, self._peaks.get(pid, 0))
 
+    def table_resident(self, pid: int, nbytes: int) -> None:
+        """Bytes of process ``pid``'s mapped tables found in its node's page cache."""
+        self._resident[pid] = max(nbytes, self._resident.get(pid, 0))
+
     def shrunk(self, pid: int, rows: int) -> None:
         self._working[pid] = rows
 
@@ -359,7 +389,10 @@ class LoadLedger:
         return min(self._working.values()) if self._working else None
 
     def loads(self) -> list[dict[str, Any]]:
-        return [{**x, "peak_rss": self._peaks.get(x["pid"], 0)} for x in self._loads]
+        return [
+            {**x, "peak_rss": self._peaks.get(x["pid"], 0), "table_resident_peak": self._resident.get(x["pid"], 0)}
+            for x in self._loads
+        ]
 
     def snapshot(self) -> dict[str, Any]:
         """What progress shows: the batch totals, and the actors loaded, loading and restarted."""
@@ -398,6 +431,8 @@ def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
         "nodes": len({x["node"] for x in loads}),
         "model_copies": sum(1 for x in loads if x.get("copied")),
         "gpu_ids": sorted({g for x in loads for g in x.get("gpu_ids", [])}),
+        "tables": loads[0].get("tables", []) if loads else [],
+        "table_bytes_resident_peak": max((x.get("table_resident_peak", 0) for x in loads), default=0),
         "actor_loads": [
             {
                 "node": x["node"][:12],
@@ -405,6 +440,7 @@ def summarize_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
                 "load_seconds": round(float(x["load_seconds"]), 3),
                 "rss_before_load": x.get("rss_before_load", 0),
                 "peak_rss": x.get("peak_rss", 0),
+                "mapped_tables": [t["layer"] for t in x.get("tables", []) if t["mapped"]],
                 "gpu_ids": x.get("gpu_ids", []),
                 "cuda_visible_devices": x.get("cuda_visible_devices", ""),
             }

@@ -44,6 +44,13 @@ class RunResult:
     moments, not stages, counted from the job's start: ``first_prediction``
     (the first batch scored) and ``total`` (the output committed).
 
+    ``tables`` lists the model's embedding tables of ``model.mmap_min_bytes``
+    or more (``layer``, ``nbytes``, ``mapped``, and the ``reason`` one is not),
+    as the first actor loaded them; each entry of ``actor_loads`` names the
+    tables that actor mapped (a GPU actor maps none unless
+    ``model.mmap_on_gpu``). ``table_bytes_resident_peak`` is the most bytes of
+    mapped tables found in a node's page cache while the job ran.
+
     ``timeline`` is where the time went, for the HTML report: the stages'
     spans (seconds from the job's start), each actor process's load
     (``started``, ``loaded``: epoch seconds, like ``job_began``) and its rows
@@ -69,6 +76,8 @@ class RunResult:
     memory_per_actor: int = 0
     actor_peak_rss: int = 0
     actor_loads: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    table_bytes_resident_peak: int = 0
     batch_size: int = 0
     output_columns: list[str] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -86,6 +95,8 @@ class RunResult:
         self.nodes = max(self.nodes, loads.get("nodes", 0))
         self.gpu_ids = sorted(set(self.gpu_ids) | set(loads.get("gpu_ids", [])))
         self.output_shapes = loads["output_shapes"] or self.output_shapes
+        self.tables = loads.get("tables") or self.tables
+        self.table_bytes_resident_peak = max(self.table_bytes_resident_peak, loads.get("table_bytes_resident_peak", 0))
         if "pool" in loads:
             pool = loads["pool"]
             self.actors = {"min": pool["min"], "max": pool["max"]}

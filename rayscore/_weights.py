@@ -29,74 +29,24 @@ to Keras's own loader, with its memory cost.
 from __future__ import annotations
 
 import contextlib
-import io
-import os
+import json
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from . import _tables
+from ._archive import WEIGHTS_MEMBER, ArchiveMember, member_range
+
 __all__ = ["CHUNK_BYTES", "stream_keras_archive", "stream_h5_model", "can_stream_archive"]
 
 CHUNK_BYTES = 64 << 20
-WEIGHTS_MEMBER = "model.weights.h5"
-
-
-class _ArchiveMember(io.RawIOBase):
-    """An uncompressed zip member, read in place (h5py opens any seekable file object)."""
-
-    def __init__(self, path: str, offset: int, size: int) -> None:
-        super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
-        self._offset, self._size, self._pos = offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = base + pos
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        got = os.preadv(self._fd, [memoryview(buffer)[:want]], self._offset + self._pos)
-        self._pos += got
-        return got
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
-
-
-def _member_range(path: str, name: str) -> tuple[int, int] | None:
-    """(offset, size) of an uncompressed member's bytes in the archive, else None."""
-    with zipfile.ZipFile(path) as archive:
-        if name not in archive.namelist():
-            return None
-        info = archive.getinfo(name)
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        header = fh.read(30)  # the local file header: its name and extra field lengths vary
-    name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
-    return info.header_offset + 30 + name_len + extra_len, info.file_size
 
 
 def can_stream_archive(path: str) -> bool:
     """Whether ``path``'s weights can be streamed (TF backend, uncompressed ``model.weights.h5``)."""
-    return _tf_backend() and _member_range(path, WEIGHTS_MEMBER) is not None
+    return _tf_backend() and member_range(path, WEIGHTS_MEMBER) is not None
 
 
 def _tf_backend() -> bool:
@@ -164,18 +114,20 @@ def _fill(pending: list[tuple[Any, _Lazy]]) -> None:
         tf.raw_ops.DisableCopyOnRead(resource=target.handle)
 
 
-def stream_keras_archive(path: str, *, safe_mode: bool, custom_objects: Mapping[str, Any] | None) -> Any:
-    """Build the model in a ``.keras`` archive and stream its weights in (see module docstring)."""
+def stream_keras_archive(
+    path: str, *, safe_mode: bool, custom_objects: Mapping[str, Any] | None, tables: Sequence[_tables.Table] = ()
+) -> Any:
+    """Build the model in a ``.keras`` archive and stream its weights in; map ``tables`` (see :mod:`._tables`)."""
     import h5py  # noqa: PLC0415
     from keras.src.saving import saving_lib  # noqa: PLC0415
 
-    span = _member_range(path, WEIGHTS_MEMBER)
+    span = member_range(path, WEIGHTS_MEMBER)
     if span is None:
         raise ValueError(f"{path} has no uncompressed {WEIGHTS_MEMBER}")
 
     class LazyStore(saving_lib.H5IOStore):
         def _get_h5_file(self, path_or_io: Any, mode: str | None = None) -> Any:
-            self.io_file = _ArchiveMember(path, *span)
+            self.io_file = ArchiveMember(path, *span)
             return h5py.File(self.io_file, mode="r")
 
         def __getitem__(self, key: str) -> Any:
@@ -185,12 +137,13 @@ def stream_keras_archive(path: str, *, safe_mode: bool, custom_objects: Mapping[
             return _Lazy(dataset)
 
     with zipfile.ZipFile(path) as archive:
-        config = archive.read("config.json")
+        config = json.loads(archive.read("config.json"))
+    config, custom_objects = _with_mapped(config, custom_objects, tables)
     pending: list[tuple[Any, _Lazy]] = []
     failed: set[int] = set()
     messages: dict[int, Any] = {}
-    with _recording(pending):
-        model = saving_lib._model_from_config(config, custom_objects, False, safe_mode)
+    with _recording(pending), _tables.mapping_source(path, span[0]):
+        model = saving_lib._model_from_config(json.dumps(config), custom_objects, False, safe_mode)
         store = LazyStore(path, mode="r")
         try:
             saving_lib._load_state(
@@ -210,26 +163,54 @@ def stream_keras_archive(path: str, *, safe_mode: bool, custom_objects: Mapping[
     return model
 
 
-def stream_h5_model(path: str, *, safe_mode: bool, custom_objects: Mapping[str, Any] | None) -> Any:
-    """Build the model in a legacy Keras ``.h5`` file and stream its weights in."""
-    import h5py  # noqa: PLC0415
-    from keras.src.legacy.saving import legacy_h5_format  # noqa: PLC0415
-    from keras.src.saving import saving_lib  # noqa: PLC0415
+def _with_mapped(
+    config: dict[str, Any], custom_objects: Mapping[str, Any] | None, tables: Sequence[_tables.Table]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The model config and custom objects that build ``tables``' mapped layers (unchanged when none is)."""
+    if not any(t.mapped for t in tables):
+        return config, dict(custom_objects) if custom_objects else None
+    return _tables.mapped_config(config, tables), {**(custom_objects or {}), **_tables.custom_objects()}
 
-    original = legacy_h5_format.load_subset_weights_from_hdf5_group
+
+def stream_h5_model(
+    path: str, *, safe_mode: bool, custom_objects: Mapping[str, Any] | None, tables: Sequence[_tables.Table] = ()
+) -> Any:
+    """Build the model in a legacy Keras ``.h5`` file and stream its weights in; map ``tables``.
+
+    Does what ``legacy_h5_format.load_model_from_hdf5`` does, with the config's
+    mapped layers swapped in and the weights handed out lazily.
+    """
+    import h5py  # noqa: PLC0415
+    from keras.src.legacy.saving import json_utils, legacy_h5_format, saving_options, saving_utils  # noqa: PLC0415
+    from keras.src.saving import saving_lib, serialization_lib  # noqa: PLC0415
+
+    original_subset = legacy_h5_format.load_subset_weights_from_hdf5_group
+    original_weights = legacy_h5_format._legacy_weights
 
     def lazy_subset(group: Any) -> list[_Lazy]:
         names = legacy_h5_format.load_attributes_from_hdf5_group(group, "weight_names")
         return [_Lazy(saving_lib.safe_get_h5_dataset(group, name)) for name in names]
 
+    def legacy_weights(layer: Any) -> list[Any]:
+        return [layer._embeddings] if _tables.is_mapped(layer) else original_weights(layer)
+
     pending: list[tuple[Any, _Lazy]] = []
-    with h5py.File(path, "r") as fh, _recording(pending):
+    with h5py.File(path, "r") as fh, _recording(pending), _tables.mapping_source(path, 0):
+        raw = fh.attrs.get("model_config")
+        if raw is None:
+            raise ValueError(f"No model config found in the file at {path}.")
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        config, objects = _with_mapped(config, custom_objects, tables)
         legacy_h5_format.load_subset_weights_from_hdf5_group = lazy_subset
+        legacy_h5_format._legacy_weights = legacy_weights
         try:
-            model = legacy_h5_format.load_model_from_hdf5(
-                fh, custom_objects=dict(custom_objects or {}), compile=False, safe_mode=safe_mode
-            )
+            with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(safe_mode):
+                model = saving_utils.model_from_config(json_utils.decode(json.dumps(config)), custom_objects=objects)
+                legacy_h5_format.load_weights_from_hdf5_group(
+                    legacy_h5_format.safe_get_h5_group(fh, "model_weights"), model
+                )
         finally:
-            legacy_h5_format.load_subset_weights_from_hdf5_group = original
+            legacy_h5_format.load_subset_weights_from_hdf5_group = original_subset
+            legacy_h5_format._legacy_weights = original_weights
         _fill(pending)
     return model
