@@ -14,10 +14,13 @@ time, so a 4 GB model needs a few hundred MB of memory to make:
 * ``.keras``: a small Keras model's ``config.json`` with the vocabulary
   patched, and a ``model.weights.h5`` written slice by slice, stored
   uncompressed in the archive exactly where Keras puts it;
+* ``.h5``: the small model saved by Keras as a legacy HDF5 file, its table
+  replaced in place (one copy on disk, so a 30 GB model needs 30 GB of disk);
 * SavedModel: a ``tf.Module`` with the same variables (zeros, filled in
   place slice by slice) and a ``serving_default`` signature ``tokens → score``.
 
     python examples/make_big_model.py --gb 4.5 --out /tmp/big   # writes big.keras, big_savedmodel/, tokens.parquet
+    python examples/make_big_model.py --gb 30 --formats h5 --out /tmp/huge   # larger than a 24 GB node
 """
 
 from __future__ import annotations
@@ -108,6 +111,35 @@ def write_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Pat
     return path
 
 
+def write_h5(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
+    """A legacy Keras ``.h5`` file of the model, its table written in place slice by slice (no second copy on disk)."""
+    import warnings
+
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras calls .h5 legacy; rayscore reads it as it is
+        _small_model(dim).save(path)
+    kernel, bias = dense_weights(dim)
+    with h5py.File(path, "a") as fh:
+        config = json.loads(fh.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["config"]["name"] == "embedding":
+                layer["config"]["input_dim"] = vocab
+        fh.attrs["model_config"] = json.dumps(config)
+        group = fh["model_weights/embedding/embedding"]
+        del group["embeddings"]
+        table = group.create_dataset("embeddings", (vocab, dim), "float32")
+        for start in range(0, vocab, SLICE_ROWS):
+            stop = min(vocab, start + SLICE_ROWS)
+            table[start:stop] = embedding_rows(start, stop, dim)
+        fh["model_weights/score/score/kernel"][...] = kernel
+        fh["model_weights/score/score/bias"][...] = bias
+    return path
+
+
 def write_savedmodel(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
     """A SavedModel directory of the same model (``serving_default``: tokens → score)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -166,6 +198,8 @@ def main() -> None:
     vocab = vocab_for(args.gb)
     if "keras" in args.formats:
         print("wrote", write_keras(out / "big.keras", vocab))
+    if "h5" in args.formats.split(","):
+        print("wrote", write_h5(out / "big.h5", vocab))
     if "savedmodel" in args.formats:
         print("wrote", write_savedmodel(out / "big_savedmodel", vocab))
     write_tokens(out / "tokens.parquet", args.rows, vocab)

@@ -242,7 +242,8 @@ class MappedTable:
 
     def __init__(self, layer: str, shape: tuple[int, int]) -> None:
         self.layer, self.shape, self.path = layer, shape, f"{layer}/embeddings"
-        self.array: np.ndarray | None = None
+        self.rows: np.ndarray | None = None  # the table's bytes, one row of bytes per id
+        self.dtype = np.dtype("float32")
         self._map: mmap.mmap | None = None
 
     def assign(self, value: Any) -> None:
@@ -261,25 +262,28 @@ class MappedTable:
             self._map = mmap.mmap(
                 fh.fileno(), start - aligned + dataset.nbytes, access=mmap.ACCESS_READ, offset=aligned
             )
-        self.array = np.frombuffer(self._map, dataset.dtype, int(np.prod(self.shape)), start - aligned).reshape(
-            self.shape
-        )
+        # Rows as raw bytes: a table inside a zip archive is seldom aligned to its dtype, and numpy
+        # copies a whole unaligned array before a take. Bytes are always aligned; the gathered rows
+        # are a new (aligned) array, viewed as the dtype afterwards.
+        self.dtype = dataset.dtype
+        self.rows = np.frombuffer(self._map, np.uint8, dataset.nbytes, start - aligned).reshape(self.shape[0], -1)
         _OPEN.append(self)
 
     def gather(self, ids: np.ndarray) -> np.ndarray:
-        assert self.array is not None
-        rows = self.shape[0]
-        if ids.size and (ids.min() < 0 or ids.max() >= rows):
-            bad = ids[(ids < 0) | (ids >= rows)].flat[0]
-            raise IndexError(f"layer {self.layer!r}: id {bad} is not in [0, {rows})")
-        out = np.take(self.array, ids, axis=0)
+        """The rows ``ids`` (any shape) of the table: ``ids.shape + (dim,)``, in the native byte order."""
+        assert self.rows is not None
+        count = self.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= count):
+            bad = ids[(ids < 0) | (ids >= count)].flat[0]
+            raise IndexError(f"layer {self.layer!r}: id {bad} is not in [0, {count})")
+        out = np.take(self.rows, ids, axis=0).view(self.dtype)
         return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
     def lookup(self, ids: Any) -> Any:
         import tensorflow as tf  # noqa: PLC0415
 
-        assert self.array is not None, f"the table of layer {self.layer!r} was never assigned"
-        dtype = self.array.dtype.newbyteorder("=")
+        assert self.rows is not None, f"the table of layer {self.layer!r} was never assigned"
+        dtype = self.dtype.newbyteorder("=")
         out = tf.numpy_function(self.gather, [ids], Tout=tf.as_dtype(dtype), stateful=False)
         out.set_shape(ids.shape.concatenate([self.shape[1]]))
         return out
