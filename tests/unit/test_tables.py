@@ -1,0 +1,206 @@
+"""Embedding tables mapped from the model file, against Keras's own loader on the same rows."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import example_module
+
+from rayscore import ConfigError, _tables
+from rayscore._config import ModelConfig
+from rayscore._model import H5Loader, KerasLoader
+from rayscore._placement import TABLE_SHARE, NodeShape, plan_pool
+from rayscore._plan import _scan_tables
+from rayscore._predict import ModelRef
+
+LOADERS = {"keras": KerasLoader(), "h5": H5Loader()}
+GiB = 2**30
+
+
+def _mapped(loaded) -> list[str]:
+    return [t["layer"] for t in loaded.info["tables"] if t["mapped"]]
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_the_seed_shaped_model_maps_its_shared_table_and_predicts_like_keras(example_model, model_files, fmt):
+    make_example = example_module()
+    feeds = make_example.features_of(make_example.make_table(64, vocab=50, seed=3))
+    path = str(model_files[fmt])
+    tables = _tables.scan(path, fmt, 800)  # 50 x 4 float32: 800 bytes
+    assert [t for t in tables if t.mapped] == [_tables.Table("title_embedding", 800, True)]
+    others = {t.reason for t in tables if not t.mapped}  # the dense layers' kernels are larger still
+    assert others == {"it is not the table of a plain keras Embedding layer"}
+    loaded = LOADERS[fmt].load(path, mmap_min_bytes=800)
+    assert _mapped(loaded) == ["title_embedding"]
+    got, want = loaded.predict(feeds), example_model.predict(feeds, verbose=0)
+    for name in ("click", "topics"):
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.fixture(scope="module")
+def two_tables(tmp_path_factory):
+    """Two shared tables (titles and queries, two inputs each) and a nested model holding a third."""
+    import keras
+
+    keras.utils.set_random_seed(11)
+    titles = [keras.Input((5,), dtype="int32", name=f"title_{i}") for i in range(2)]
+    queries = [keras.Input((3,), dtype="int64", name=f"query_{i}") for i in range(2)]
+    words, terms = keras.layers.Embedding(300, 8, name="words"), keras.layers.Embedding(200, 6, name="terms")
+    pool = keras.layers.GlobalAveragePooling1D()
+    inner_in = keras.Input((2,), dtype="int32", name="inner_ids")
+    inner_pool = keras.layers.GlobalAveragePooling1D()
+    inner = keras.Model(inner_in, inner_pool(keras.layers.Embedding(100, 4, name="nested")(inner_in)), name="inner")
+    ids = keras.Input((2,), dtype="int32", name="ids")
+    parts = [pool(words(t)) for t in titles] + [pool(terms(q)) for q in queries] + [inner(ids)]
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()(parts))
+    model = keras.Model(
+        [*titles, *queries, ids],
+        {
+            "p": keras.layers.Dense(1, activation="sigmoid", name="p")(hidden),
+            "q": keras.layers.Dense(3, name="q")(hidden),
+        },
+    )
+    root = tmp_path_factory.mktemp("two_tables")
+    model.save(root / "m.keras")
+    model.save(root / "m.h5")
+    rng = np.random.default_rng(2)
+    feeds = {f"title_{i}": rng.integers(0, 300, (40, 5)).astype("int32") for i in range(2)}
+    feeds |= {f"query_{i}": rng.integers(0, 200, (40, 3)).astype("int64") for i in range(2)}
+    feeds["ids"] = rng.integers(0, 100, (40, 2)).astype("int32")
+    feeds["title_0"][0, :] = 299  # the tables' last rows, too
+    feeds["query_1"][0, :] = 199
+    return model, root, feeds
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_two_shared_tables_and_a_nested_one_predict_like_keras(two_tables, fmt):
+    model, root, feeds = two_tables
+    loaded = LOADERS[fmt].load(str(root / f"m.{fmt}"), mmap_min_bytes=1600)  # nested: 100 x 4 x 4 = 1600
+    tables = {t["layer"]: t for t in loaded.info["tables"]}
+    assert tables["words"]["mapped"] and tables["terms"]["mapped"]
+    # A .keras file keys a nested model's layers under its own; a legacy .h5 file flattens them.
+    assert tables["nested"]["mapped"] == (fmt == "keras")
+    if fmt == "h5":
+        assert tables["nested"]["reason"] == "it is inside a nested model of a .h5 file"
+    got, want = loaded.predict(feeds), model.predict(feeds, verbose=0)
+    for name in ("p", "q"):
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_below_the_threshold_or_off_nothing_is_mapped(two_tables):
+    _, root, _ = two_tables
+    path = str(root / "m.keras")
+    assert [t.layer for t in _tables.scan(path, "keras", 7000)] == ["words"]  # 300 x 8 x 4 = 9600
+    assert _tables.scan(path, "keras", 0) == []
+    assert KerasLoader().load(path).info["tables"] == []  # the loader's default: off
+
+
+def test_an_id_outside_the_table_is_named(model_files):
+    loaded = KerasLoader().load(str(model_files["keras"]), mmap_min_bytes=800)
+    make_example = example_module()
+    feeds = make_example.features_of(make_example.make_table(4, vocab=50, seed=3))
+    feeds["title_2"] = feeds["title_2"].copy()
+    feeds["title_2"][1, 3] = 50
+    with pytest.raises(Exception, match=r"layer 'title_embedding': id 50 is not in \[0, 50\)"):
+        loaded.predict(feeds)
+
+
+def test_the_table_is_read_in_place_and_its_residency_is_measured(model_files):
+    loaded = KerasLoader().load(str(model_files["keras"]), mmap_min_bytes=800)
+    [table] = [t for t in _tables._OPEN if t.layer == "title_embedding"][-1:]
+    assert not table.rows.flags.owndata and not table.rows.flags.writeable  # a view of the file's pages
+    loaded.predict(example_module().features_of(example_module().make_table(4, vocab=50)))
+    assert table.resident_bytes() >= 4096
+    assert _tables.resident() >= table.resident_bytes()
+
+
+def test_a_compressed_archive_is_not_mapped_and_says_why(example_model, model_files, tmp_path, caplog):
+    deflated = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(model_files["keras"]) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    why = "the archive's model.weights.h5 is compressed"
+    assert _tables.scan(str(deflated), "keras", 800) == [_tables.Table("title_embedding", 800, False, why)]
+    loaded = KerasLoader().load(str(deflated), mmap_min_bytes=800)  # Keras's own loader, the table in memory
+    assert loaded.info["tables"] == [{"layer": "title_embedding", "nbytes": 800, "mapped": False, "reason": why}]
+    feeds = example_module().features_of(example_module().make_table(8, vocab=50))
+    np.testing.assert_array_equal(loaded.predict(feeds)["click"], example_model.predict(feeds, verbose=0)["click"])
+    with caplog.at_level(logging.WARNING, logger="rayscore"):
+        _scan_tables(str(deflated), "keras", 800)
+    [line] = caplog.messages
+    assert line == f"model: title_embedding (0.0 MiB) loads into each actor's memory, not mapped: {why}"
+
+
+def test_tables_that_are_not_plain_embeddings_load_into_memory_and_say_why(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(5)
+    tokens = keras.Input((3,), dtype="int32", name="tokens")
+    plain, lora = keras.layers.Embedding(64, 8, name="plain"), keras.layers.Embedding(64, 8, name="lora")
+    flat = [keras.layers.Flatten()(layer(tokens)) for layer in (plain, lora)]
+    wide = keras.layers.Dense(64, name="wide")(keras.layers.Concatenate()(flat))  # a 48 x 64 kernel: 12 KiB
+    model = keras.Model(tokens, keras.layers.Dense(1, name="y")(wide))
+    lora.enable_lora(2)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    reasons = {t.layer: t.reason for t in _tables.scan(str(path), "keras", 2048)}
+    assert reasons == {
+        "plain": "",
+        "lora": "it has LoRA weights",
+        "layers/dense/vars/0": "it is not the table of a plain keras Embedding layer",
+    }
+    loaded = KerasLoader().load(str(path), mmap_min_bytes=2048)
+    assert _mapped(loaded) == ["plain"]
+    ids = np.random.default_rng(0).integers(0, 64, (16, 3)).astype("int32")
+    np.testing.assert_allclose(loaded.predict({"tokens": ids})["y"], model.predict(ids, verbose=0), rtol=0, atol=1e-6)
+
+
+def test_gpu_actors_keep_tables_on_the_device_unless_told():
+    ref = ModelRef(path="m.keras", loader="keras", mmap_min_bytes=100, shared_bytes=5 * GiB)
+    assert ref.options()["mmap_min_bytes"] == 100 and ref.shared_on(gpu=False) == 5 * GiB
+    assert ref.options(gpu=True)["mmap_min_bytes"] == 0 and ref.shared_on(gpu=True) == 0
+    on_gpu = ModelRef(path="m.keras", loader="keras", mmap_min_bytes=100, mmap_on_gpu=True, shared_bytes=5 * GiB)
+    assert on_gpu.options(gpu=True)["mmap_min_bytes"] == 100 and on_gpu.shared_on(gpu=True) == 5 * GiB
+    assert "mmap_min_bytes" not in ModelRef(path="m", loader="savedmodel").options()
+
+
+def test_the_config_keys_default_and_refuse_bad_values():
+    model = ModelConfig(uri="m.keras")
+    assert (model.mmap_min_bytes, model.mmap_on_gpu) == (256 << 20, False)
+    for bad in (-1, True, "1GB"):
+        with pytest.raises(ValueError, match="mmap_min_bytes"):
+            ModelConfig(uri="m.keras", mmap_min_bytes=bad)
+
+
+def _plan(shared: int, model: int = 0, memory: int = 24 * GiB, cpus: float = 16, actors="auto"):
+    return plan_pool(
+        [NodeShape("a", cpus, 0, memory), NodeShape("b", cpus, 0, memory)],
+        actors=actors,
+        model_bytes=model,
+        shared_bytes=shared,
+        memory_factor=1.3,
+        batch_bytes=0,
+        cpus_per_actor=1,
+        gpus_per_actor=0,
+        process_bytes=640 * 2**20,
+    )
+
+
+def test_placement_counts_a_mapped_table_once_per_node():
+    table = int(4.5e9)
+    in_memory = _plan(0, model=table)
+    mapped = _plan(table)
+    assert in_memory.per_node == {"a": 3, "b": 3}  # 24 GiB / (4.5 GB x 1.3 + 640 MiB)
+    assert mapped.per_node == {"a": 16, "b": 16}  # every core: the table is held once per node
+    assert mapped.memory_per_actor == 640 * 2**20
+    # Larger than the node's memory: TABLE_SHARE of it is the table's, the rest holds actors.
+    huge = _plan(30 * 10**9, memory=8 * GiB)
+    assert huge.per_node["a"] == int(8 * GiB * (1 - TABLE_SHARE) // (640 * 2**20))
+
+
+def test_a_pool_that_does_not_fit_names_the_mapped_tables():
+    with pytest.raises(ConfigError, match=r"mapped tables 4\.2 GiB once per node"):
+        _plan(int(4.5e9), model=30 * GiB, actors="auto")
