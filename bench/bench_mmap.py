@@ -162,6 +162,14 @@ def cold_probe(model: Path, fmt: str, mmap_min_bytes: int | None, rows: int, voc
     return [float(x) for x in done.stdout.split()[-3:]]
 
 
+def _table_rows(model: Path, fmt: str) -> int:
+    """Rows of the embedding table of a model file left in ``--dir`` (to reuse it)."""
+    sys.path.insert(0, str(ROOT))
+    from rayscore._tables import scan  # noqa: PLC0415
+
+    return sum(t.nbytes for t in scan(str(model), fmt, 1) if t.mapped) // (4 * 64)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=4.5, help="embedding table size in GB (1e9 bytes)")
@@ -181,11 +189,16 @@ def main() -> None:
     print(f"# {args.rows} rows, batch {args.batch_size}, table {vocab} x 64 float32, {args.format}")
     tokens = write_tokens(work / "tokens.parquet", args.rows, vocab)
     t0 = time.perf_counter()
-    model = WRITERS[args.format](work / f"big.{args.format}", vocab)
+    model = work / f"big.{args.format}"
+    if args.dir and model.exists() and _table_rows(model, args.format) == vocab:
+        print(f"# reusing {model}")
+    else:
+        WRITERS[args.format](model, vocab)
+        print(f"# model written in {time.perf_counter() - t0:.0f} s")
     size = model.stat().st_size
     tiny = WRITERS[args.format](work / f"tiny.{args.format}", 16)
     write_tokens(work / "tiny_tokens.parquet", args.rows, 16)
-    print(f"# model {size / 1e9:.2f} GB written in {time.perf_counter() - t0:.0f} s")
+    print(f"# model {size / 1e9:.2f} GB")
     variants = [v for v in ("memory", "mapped") if args.only in (None, v)]
     lines, speeds = [], {}
     try:

@@ -121,13 +121,13 @@ def _read_config(path: str, fmt: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _open_weights(path: str, fmt: str) -> Iterator[tuple[Any, int]]:
-    """(the weights as an open h5py file, where its bytes begin in ``path``)."""
+def _open_weights(path: str, fmt: str) -> Iterator[Any]:
+    """The model's weights as an open h5py file (a ``.keras`` archive's read in place)."""
     import h5py  # noqa: PLC0415
 
     if fmt == "h5":
         with h5py.File(path, "r") as fh:
-            yield fh, 0
+            yield fh
         return
     span = member_range(path, WEIGHTS_MEMBER)
     if span is None:
@@ -135,7 +135,7 @@ def _open_weights(path: str, fmt: str) -> Iterator[tuple[Any, int]]:
     member = ArchiveMember(path, *span)
     try:
         with h5py.File(member, "r") as fh:
-            yield fh, span[0]
+            yield fh
     finally:
         member.close()
 
@@ -163,8 +163,9 @@ def _not_in_place(dataset: Any) -> str:
     return ""
 
 
-def _owner(name: str, layer: str) -> bool:
-    return layer in name.split("/")
+def _owner(dataset: str, layer: str) -> bool:
+    """Whether a ``.h5`` file's ``dataset`` path is under a group named for ``layer``."""
+    return layer in dataset.split("/")[:-1]
 
 
 def scan(path: str, fmt: str, min_bytes: int) -> list[Table]:
@@ -184,7 +185,7 @@ def scan(path: str, fmt: str, min_bytes: int) -> list[Table]:
             if nbytes >= min_bytes:
                 candidates.append((name, nbytes, why, shape, keras_path))
     try:
-        with _open_weights(path, fmt) as (fh, _):
+        with _open_weights(path, fmt) as fh:
             datasets = {n: (tuple(d.shape), d.nbytes, _not_in_place(d)) for n, d in _datasets(fh)}
     except _Unmappable as exc:
         return [Table(name, nbytes, False, why or str(exc)) for name, nbytes, why, _, _ in candidates]
@@ -192,8 +193,8 @@ def scan(path: str, fmt: str, min_bytes: int) -> list[Table]:
     for name, nbytes, why, shape, keras_path in candidates:
         if fmt == "keras":
             mine = [f"{keras_path}/vars/0"] if datasets.get(f"{keras_path}/vars/0", ((),))[0] == shape else []
-        else:  # a .h5 file keys weights by layer name: model_weights/NAME/NAME/embeddings
-            mine = [n for n, d in datasets.items() if n.startswith(f"model_weights/{name}/") and d[0] == shape]
+        else:  # a .h5 file keys weights by layer name: model_weights/[MODEL/]NAME/NAME/embeddings
+            mine = [n for n, d in datasets.items() if _owner(n, name) and d[0] == shape]
         if len(mine) != 1:
             why = why or f"{len(mine)} weights of shape {shape} belong to it in the file"
         else:
@@ -262,6 +263,9 @@ class MappedTable:
             self._map = mmap.mmap(
                 fh.fileno(), start - aligned + dataset.nbytes, access=mmap.ACCESS_READ, offset=aligned
             )
+        # Lookups are random: a page fault should read its page, not the 128 KiB around it (which,
+        # for a table larger than memory, multiplies the reads and evicts rows still in use).
+        self._map.madvise(mmap.MADV_RANDOM)
         # Rows as raw bytes: a table inside a zip archive is seldom aligned to its dtype, and numpy
         # copies a whole unaligned array before a take. Bytes are always aligned; the gathered rows
         # are a new (aligned) array, viewed as the dtype afterwards.

@@ -85,6 +85,9 @@ def test_two_shared_tables_and_a_nested_one_predict_like_keras(two_tables, fmt):
     assert tables["nested"]["mapped"] == (fmt == "keras")
     if fmt == "h5":
         assert tables["nested"]["reason"] == "it is inside a nested model of a .h5 file"
+    assert sorted(n for n in tables if "/" not in n) == ["nested", "terms", "words"]  # once each, by layer name
+    others = {tables[n]["reason"] for n in tables if "/" in n}  # the 32 x 16 kernel: 2048 bytes
+    assert others == {"it is not the table of a plain keras Embedding layer"}
     got, want = loaded.predict(feeds), model.predict(feeds, verbose=0)
     for name in ("p", "q"):
         np.testing.assert_array_equal(got[name], want[name])
