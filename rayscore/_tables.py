@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import json
 import mmap
+import os
 import re
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ._archive import WEIGHTS_MEMBER, ArchiveMember, member_range
+from ._placement import TABLE_SHARE
 
 __all__ = ["DEFAULT_MIN_BYTES", "Table", "scan", "mapped_config", "mapping_source", "custom_objects", "resident"]
 
@@ -263,9 +265,11 @@ class MappedTable:
             self._map = mmap.mmap(
                 fh.fileno(), start - aligned + dataset.nbytes, access=mmap.ACCESS_READ, offset=aligned
             )
-        # Lookups are random: a page fault should read its page, not the 128 KiB around it (which,
-        # for a table larger than memory, multiplies the reads and evicts rows still in use).
-        self._map.madvise(mmap.MADV_RANDOM)
+        if dataset.nbytes > TABLE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+            # Too large to stay cached: a fault reads its own page, not the 128 KiB around it, which
+            # would multiply the reads and evict rows still in use. A table that fits keeps the
+            # kernel's read-around, which warms it from a cold cache in a few batches.
+            self._map.madvise(mmap.MADV_RANDOM)
         # Rows as raw bytes: a table inside a zip archive is seldom aligned to its dtype, and numpy
         # copies a whole unaligned array before a take. Bytes are always aligned; the gathered rows
         # are a new (aligned) array, viewed as the dtype afterwards.

@@ -96,10 +96,10 @@ def cache_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*-ctr.keras")) if folder.exists() else []
 
 
-def job(workload: dict, out: Path, address: str, **predict) -> dict:
+def job(workload: dict, out: Path, address: str, model: dict | None = None, **predict) -> dict:
     return {
         "input": {"path": workload["data"]},
-        "model": {"uri": workload["keras"], "cache_dir": "/nonexistent/overridden-by-each-node"},
+        "model": {"uri": workload["keras"], "cache_dir": "/nonexistent/overridden-by-each-node", **(model or {})},
         "predict": {"batch_size": 500, "actors": 2, **predict},
         "output": {"path": str(out), "keep_columns": ["id"]},
         "ray": {"address": address},
@@ -111,9 +111,12 @@ def test_actors_spread_over_both_nodes_with_one_model_copy_per_node_cache(two_no
     for node_cache in caches.iterdir():  # whatever ran before: each node starts without a copy
         shutil.rmtree(node_cache)
     out = tmp_path / "scores.parquet"
-    report = run_cli(job(workload, out, cluster.address), tmp_path)
+    # The example's table (500 x 8 float32: 16,000 bytes) mapped: each actor maps its node's copy.
+    report = run_cli(job(workload, out, cluster.address, model={"mmap_min_bytes": 1024}), tmp_path)
     assert (report["rows_in"], report["rows_out"]) == (ROWS, ROWS)
     assert report["nodes"] == 2 and report["model_loads"] == 2
+    assert [a["mapped_tables"] for a in report["actor_loads"]] == [["title_embedding"]] * 2
+    assert report["table_bytes_resident_peak"] > 0
     assert report["model_copies"] == 2  # one per node, each into that node's own cache
     assert len(cache_entries(caches / "head")) == 1
     assert len(cache_entries(caches / "gpu-node")) == 1
@@ -130,8 +133,9 @@ def test_gpu_actors_get_distinct_gpus_on_the_gpu_node_and_reuse_its_cached_model
     copy = cached_model(workload["keras"], str(caches / "gpu-node"), fingerprint=fingerprint(workload["keras"]))
     before = Path(copy.path).stat()
     out = tmp_path / "scores.parquet"
-    report = run_cli(job(workload, out, cluster.address, gpus_per_actor=1), tmp_path)
+    report = run_cli(job(workload, out, cluster.address, model={"mmap_min_bytes": 1024}, gpus_per_actor=1), tmp_path)
     assert report["rows_out"] == ROWS
+    assert [a["mapped_tables"] for a in report["actor_loads"]] == [[], []]  # GPU actors: on the device by default
     assert report["nodes"] == 1  # only the second node has GPUs
     assert report["gpu_ids"] == ["0", "1"]  # one GPU each, as Ray assigned them
     # Each actor's TensorFlow sees only its own GPU: Ray set CUDA_VISIBLE_DEVICES to what it assigned.
@@ -171,7 +175,8 @@ def test_half_a_gpu_per_actor_puts_two_actors_on_one_gpu(two_nodes, workload, tm
         assert held in ("0", "1"), held
         free = "1" if held == "0" else "0"
         out = tmp_path / "scores.parquet"
-        report = run_cli(job(workload, out, cluster.address, gpus_per_actor=0.5), tmp_path)
+        mapped = {"mmap_min_bytes": 1024, "mmap_on_gpu": True}
+        report = run_cli(job(workload, out, cluster.address, model=mapped, gpus_per_actor=0.5), tmp_path)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
@@ -179,6 +184,7 @@ def test_half_a_gpu_per_actor_puts_two_actors_on_one_gpu(two_nodes, workload, tm
     assert report["model_loads"] == 2 and report["nodes"] == 1
     assert report["gpu_ids"] == [free]
     assert [(a["gpu_ids"], a["cuda_visible_devices"]) for a in report["actor_loads"]] == [([free], free)] * 2
+    assert [a["mapped_tables"] for a in report["actor_loads"]] == [["title_embedding"]] * 2  # mmap_on_gpu
     assert_matches_model(read_parquet_dir(out), workload)
     assert_left_clean(cluster.address)
 
