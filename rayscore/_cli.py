@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -84,6 +85,19 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _warnings_to(err: TextIO) -> None:
+    """rayscore's own warnings (a table not mapped, a report page not written) to the user's stderr, not the log."""
+    logger = logging.getLogger("rayscore")
+    for old in [h for h in logger.handlers if getattr(h, "rayscore_cli", False)]:  # main() run again in-process
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("rayscore: %(message)s"))
+    handler.rayscore_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def _print_validation(validation: Validation, out: TextIO, err: TextIO) -> int:
     """``rayscore validate``: each passed check on stdout (exit 0), or each problem on stderr (exit 2)."""
     if validation.ok:
@@ -108,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         out, err, log = divert_for_good()
     details = f" (logs: {log})" if log else ""
+    _warnings_to(err)
     try:
         if args.command == "validate":
             from ._validate import validate  # noqa: PLC0415

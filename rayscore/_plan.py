@@ -16,7 +16,7 @@ import pyarrow as pa
 from ._cache import cache_root, cached_model
 from ._config import Config, ModelConfig, OutputConfig, PredictConfig
 from ._convert import Plan, make_plan, to_tensors
-from ._errors import InputError, first_line, translate_errors
+from ._errors import InputError, translate_errors
 from ._model import ModelSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
 from ._placement import format_bytes
 from ._predict import ModelRef, first_bad_row
@@ -68,6 +68,7 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         path, digest, nbytes, fetched = local, fingerprint(local), model_bytes(local), False
         root = model.cache_dir
     options = getattr(loader, "options", ())
+    spec = loader.inspect(local, **({"signature": model.signature} if "signature" in options else {}))
     mmap = model.mmap_min_bytes if "mmap_min_bytes" in options else None
     tables = _scan_tables(local, loader.name, mmap or 0)
     if mmap is None and model.mmap_min_bytes and nbytes >= model.mmap_min_bytes:
@@ -91,15 +92,14 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         mmap_on_gpu=model.mmap_on_gpu,
         shared_bytes=sum(t.nbytes for t in tables if t.mapped),
     )
-    return ref, loader.inspect(local, **({"signature": ref.signature} if ref.signature else {}))
+    return ref, spec
 
 
 def _scan_tables(path: str, fmt: str, min_bytes: int) -> list[Table]:
     """The model's tables of ``min_bytes`` or more (:func:`rayscore._tables.scan`); one log line for each not mapped."""
     try:
         tables = scan(path, fmt, min_bytes)
-    except Exception as exc:  # noqa: BLE001 - zip, json, h5py: the loader names the problem, when an actor loads it
-        log.warning("model: its tables are not mapped: %s: %s", type(exc).__name__, first_line(str(exc)))
+    except Exception:  # noqa: BLE001 - a damaged weights file (zip, json, h5py): the actors' load names it
         return []
     for table in tables:
         if not table.mapped:
