@@ -174,7 +174,9 @@ def predict(
 
     Each actor loads the model once, from ``model`` (a path every node can
     read); the model is never serialised. Memory per actor: one model copy
-    plus a few batches. Cost at the call: the model's inputs and outputs
+    plus a few batches, less its large embedding tables, which the actors of
+    a node map from the model file and share (``model={"uri": ...,
+    "mmap_min_bytes": 0}`` loads them into each actor). Cost at the call: the model's inputs and outputs
     read from its file, and a small Spark job that checks the first rows.
 
     ``progress``: each action that scores through the pool shows its

@@ -236,6 +236,8 @@ def pool_for(model: ModelRef, spec: ModelSpec, predict: PredictConfig, spark_cpu
         model.signature,
         model.custom_objects,
         model.cache_dir,
+        model.mmap_min_bytes,
+        model.mmap_on_gpu,
         predict.actors,
         predict.cpus_per_actor,
         predict.gpus_per_actor,

@@ -3,7 +3,9 @@
 Each :class:`Predictor` loads the model in its constructor from shared
 storage (``model.uri``) and keeps it for the whole job. The model itself never
 travels: only its uri, the column plan and the batches do. Memory per actor:
-one model copy plus a few batches of tensors.
+one model copy plus a few batches of tensors, less the large embedding tables
+it maps from the node's model file (:mod:`rayscore._tables`), which the
+node's actors share.
 """
 
 from __future__ import annotations
