@@ -139,7 +139,10 @@ def _read_keras_model(
     keras = _import_keras()
     from . import _tables, _weights  # noqa: PLC0415 - imports keras internals
 
-    tables = _tables.scan(path, fmt, mmap_min_bytes) if _weights._tf_backend() else []
+    try:
+        tables = _tables.scan(path, fmt, mmap_min_bytes) if _weights._tf_backend() else []
+    except Exception:  # noqa: BLE001 - metadata the scan cannot read: load unmapped, and let Keras name a problem
+        tables = []
     if fmt == "h5" and _weights._tf_backend():
         return _weights.stream_h5_model(path, safe_mode=safe_mode, custom_objects=custom_objects, tables=tables), tables
     if fmt == "keras" and _weights.can_stream_archive(path):

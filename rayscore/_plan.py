@@ -69,9 +69,11 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         root = model.cache_dir
     options = getattr(loader, "options", ())
     spec = loader.inspect(local, **({"signature": model.signature} if "signature" in options else {}))
-    mmap = model.mmap_min_bytes if "mmap_min_bytes" in options else None
+    # Actors map tables with Keras's TensorFlow backend only (rayscore._weights).
+    tf_backend = os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+    mmap = model.mmap_min_bytes if "mmap_min_bytes" in options and tf_backend else None
     tables = _scan_tables(local, loader.name, mmap or 0)
-    if mmap is None and model.mmap_min_bytes and nbytes >= model.mmap_min_bytes:
+    if "mmap_min_bytes" not in options and model.mmap_min_bytes and nbytes >= model.mmap_min_bytes:
         log.warning(
             "model: %s's tables load into each actor's memory (tables are mapped from .keras and .h5 files only)",
             loader.name,

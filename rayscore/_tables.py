@@ -31,7 +31,7 @@ import os
 import re
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,9 +52,10 @@ class Table:
     nbytes: int
     mapped: bool
     reason: str = ""
+    at: str = field(default="", compare=False)  # where its layer sits in the model's config (_walk_layers)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "at"}
 
 
 # --------------------------------------------------------------------------- what the file holds
@@ -92,7 +93,10 @@ def _itemsize(dtype: Any) -> int:
     name = str(dtype or "float32")
     if name.startswith("mixed_"):  # mixed precision keeps its variables in float32
         return 4
-    return 2 if name == "bfloat16" else np.dtype(name).itemsize
+    try:
+        return 2 if name == "bfloat16" else np.dtype(name).itemsize
+    except TypeError:  # a dtype numpy does not know (float8 kinds): sized as float32, to be safe
+        return 4
 
 
 def _plain_embedding(layer: Mapping[str, Any], depth: int, fmt: str) -> tuple[str, int, str]:
@@ -133,7 +137,7 @@ def _open_weights(path: str, fmt: str) -> Iterator[Any]:
         return
     span = member_range(path, WEIGHTS_MEMBER)
     if span is None:
-        raise _Unmappable(f"the archive's {WEIGHTS_MEMBER} is compressed")
+        raise _Unmappable(f"the archive's {WEIGHTS_MEMBER} is compressed or missing")
     member = ArchiveMember(path, *span)
     try:
         with h5py.File(member, "r") as fh:
@@ -202,7 +206,7 @@ def scan(path: str, fmt: str, min_bytes: int) -> list[Table]:
         else:
             claimed.add(mine[0])
             why = why or datasets[mine[0]][2]
-        tables.append(Table(name, nbytes, not why, why))
+        tables.append(Table(name, nbytes, not why, why, keras_path))
     for dname, (_, nbytes, _) in datasets.items():
         if nbytes >= min_bytes and dname not in claimed:
             tables.append(Table(dname, nbytes, False, "it is not the table of a plain keras Embedding layer"))
@@ -214,10 +218,10 @@ def scan(path: str, fmt: str, min_bytes: int) -> list[Table]:
 
 def mapped_config(config: dict[str, Any], tables: list[Table]) -> dict[str, Any]:
     """``config`` with each mapped table's ``Embedding`` made a ``MappedEmbedding`` (the rest unchanged)."""
-    names = {t.layer for t in tables if t.mapped}
+    where = {t.at for t in tables if t.mapped}
     config = json.loads(json.dumps(config))
-    for layer, _, _ in _walk_layers(config):
-        if layer.get("class_name") == "Embedding" and layer.get("config", {}).get("name") in names:
+    for layer, _, at in _walk_layers(config):
+        if at in where:
             layer.update(class_name="MappedEmbedding", module=None, registered_name="rayscore>MappedEmbedding")
     return config
 
@@ -281,6 +285,8 @@ class MappedTable:
         """The rows ``ids`` (any shape) of the table: ``ids.shape + (dim,)``, in the native byte order."""
         assert self.rows is not None
         count = self.shape[0]
+        if ids.size and ids.min() < 0:  # as Keras's take does: -1 is the last row
+            ids = np.where(ids < 0, ids + count, ids)
         if ids.size and (ids.min() < 0 or ids.max() >= count):
             bad = ids[(ids < 0) | (ids >= count)].flat[0]
             raise IndexError(f"layer {self.layer!r}: id {bad} is not in [0, {count})")
@@ -335,6 +341,8 @@ def custom_objects() -> dict[str, Any]:
             self.built = True
 
         def call(self, inputs: Any) -> Any:
+            if inputs.dtype not in ("int32", "int64"):  # as Embedding.call does (float ids from a default Input)
+                inputs = ops.cast(inputs, "int32")
             return ops.cast(self._embeddings.lookup(inputs), self.compute_dtype)
 
         def load_own_variables(self, store: Any) -> None:

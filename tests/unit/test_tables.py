@@ -111,6 +111,37 @@ def test_an_id_outside_the_table_is_named(model_files):
         loaded.predict(feeds)
 
 
+def test_float_and_negative_ids_are_taken_as_keras_takes_them(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((4,), name="ids")  # float32, Keras's default: the layer casts to int32
+    out = keras.layers.Dense(2, name="y")(keras.layers.Flatten()(keras.layers.Embedding(40, 8, name="table")(ids)))
+    model = keras.Model(ids, out)
+    model.save(tmp_path / "m.keras")
+    loaded = KerasLoader().load(str(tmp_path / "m.keras"), mmap_min_bytes=1024)
+    assert _mapped(loaded) == ["table"]
+    feeds = np.array([[0, 1, 39, -1], [-40, 7.0, 2, 3]], dtype="float32")  # -1: the last row, as Keras takes it
+    np.testing.assert_array_equal(loaded.predict({"ids": feeds})["y"], model.predict(feeds, verbose=0))
+
+
+def test_only_the_large_table_is_swapped_when_a_nested_model_reuses_its_name(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(4)
+    inner_ids = keras.Input((2,), dtype="int32", name="inner_ids")
+    small = keras.layers.Embedding(10, 2, name="emb")  # the same name, in the nested model's own namespace
+    inner = keras.Model(inner_ids, keras.layers.Flatten()(small(inner_ids)), name="inner")
+    ids, few = keras.Input((2,), dtype="int32", name="ids"), keras.Input((2,), dtype="int32", name="few")
+    big = keras.layers.Flatten()(keras.layers.Embedding(300, 8, name="emb")(ids))
+    model = keras.Model([ids, few], keras.layers.Dense(1, name="y")(keras.layers.Concatenate()([big, inner(few)])))
+    model.save(tmp_path / "m.keras")
+    loaded = KerasLoader().load(str(tmp_path / "m.keras"), mmap_min_bytes=5000)  # 300 x 8 x 4 = 9600
+    assert _mapped(loaded) == ["emb"]
+    feeds = {"ids": np.array([[0, 9], [299, 3]], dtype="int32"), "few": np.array([[0, 9], [5, 3]], dtype="int32")}
+    np.testing.assert_array_equal(loaded.predict(feeds)["y"], model.predict(feeds, verbose=0))
+
+
 def test_the_table_is_read_in_place_and_its_residency_is_measured(model_files):
     loaded = KerasLoader().load(str(model_files["keras"]), mmap_min_bytes=800)
     [table] = [t for t in _tables._OPEN if t.layer == "title_embedding"][-1:]
@@ -125,7 +156,7 @@ def test_a_compressed_archive_is_not_mapped_and_says_why(example_model, model_fi
     with zipfile.ZipFile(model_files["keras"]) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
         for name in src.namelist():
             dst.writestr(name, src.read(name))
-    why = "the archive's model.weights.h5 is compressed"
+    why = "the archive's model.weights.h5 is compressed or missing"
     assert _tables.scan(str(deflated), "keras", 800) == [_tables.Table("title_embedding", 800, False, why)]
     loaded = KerasLoader().load(str(deflated), mmap_min_bytes=800)  # Keras's own loader, the table in memory
     assert loaded.info["tables"] == [{"layer": "title_embedding", "nbytes": 800, "mapped": False, "reason": why}]
