@@ -246,8 +246,10 @@ def stop_jobs(spark: Any, wait_s: float = 30.0) -> None:
         tracker = sc.statusTracker()
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            infos = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)]
-            if not any(i is not None and i.status == "RUNNING" for i in infos):
+            infos = [i for i in (tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)) if i is not None]
+            # A cancelled job stops RUNNING before its tasks have ended: wait for those too.
+            stages = [tracker.getStageInfo(s) for i in infos for s in i.stageIds]
+            if not any(i.status == "RUNNING" for i in infos) and not any(s and s.numActiveTasks for s in stages):
                 return
             time.sleep(0.1)
     except Exception as exc:  # noqa: BLE001 - the job's own error (or the interrupt) is what the user sees
