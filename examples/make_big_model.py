@@ -75,6 +75,18 @@ def _small_model(dim: int):  # -> keras.Model
     return keras.Model(tokens, {"score": score})
 
 
+def _write_weights(fh, table_key: str, kernel_key: str, bias_key: str, vocab: int, dim: int) -> None:
+    """Replace the small model's table in an open HDF5 file by a ``vocab``-row one, in slices; set the dense layer."""
+    del fh[table_key]
+    table = fh.create_dataset(table_key, (vocab, dim), "float32")
+    for start in range(0, vocab, SLICE_ROWS):
+        stop = min(vocab, start + SLICE_ROWS)
+        table[start:stop] = embedding_rows(start, stop, dim)
+    kernel, bias = dense_weights(dim)
+    fh[kernel_key][...] = kernel
+    fh[bias_key][...] = bias
+
+
 def write_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
     """A ``.keras`` archive of the model with a ``vocab``-row table, written slice by slice."""
     import h5py
@@ -93,15 +105,8 @@ def write_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Pat
             layer["config"]["input_dim"] = vocab
     scratch = path.with_name(path.name + ".weights.h5")
     scratch.write_bytes(weights)
-    kernel, bias = dense_weights(dim)
     with h5py.File(scratch, "a") as fh:
-        del fh["layers/embedding/vars/0"]
-        table = fh.create_dataset("layers/embedding/vars/0", (vocab, dim), "float32")
-        for start in range(0, vocab, SLICE_ROWS):
-            stop = min(vocab, start + SLICE_ROWS)
-            table[start:stop] = embedding_rows(start, stop, dim)
-        fh["layers/dense/vars/0"][...] = kernel
-        fh["layers/dense/vars/1"][...] = bias
+        _write_weights(fh, "layers/embedding/vars/0", "layers/dense/vars/0", "layers/dense/vars/1", vocab, dim)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         archive.writestr("metadata.json", metadata)
         archive.writestr("config.json", json.dumps(config))
@@ -122,21 +127,14 @@ def write_h5(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras calls .h5 legacy; rayscore reads it as it is
         _small_model(dim).save(path)
-    kernel, bias = dense_weights(dim)
     with h5py.File(path, "a") as fh:
         config = json.loads(fh.attrs["model_config"])
         for layer in config["config"]["layers"]:
             if layer["config"]["name"] == "embedding":
                 layer["config"]["input_dim"] = vocab
         fh.attrs["model_config"] = json.dumps(config)
-        group = fh["model_weights/embedding/embedding"]
-        del group["embeddings"]
-        table = group.create_dataset("embeddings", (vocab, dim), "float32")
-        for start in range(0, vocab, SLICE_ROWS):
-            stop = min(vocab, start + SLICE_ROWS)
-            table[start:stop] = embedding_rows(start, stop, dim)
-        fh["model_weights/score/score/kernel"][...] = kernel
-        fh["model_weights/score/score/bias"][...] = bias
+        weights = "model_weights/embedding/embedding/embeddings", "model_weights/score/score/kernel"
+        _write_weights(fh, *weights, "model_weights/score/score/bias", vocab, dim)
     return path
 
 
