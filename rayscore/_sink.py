@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import posixpath
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ._config import OutputConfig, spark_options
 from ._convert import Plan
@@ -41,12 +42,14 @@ __all__ = [
     "split_quarantined",
     "write_scored",
     "write_report",
-    "stop_jobs",
+    "run_to_the_end",
 ]
 
 log = logging.getLogger("rayscore")
 
 REPORT_NAME = "_rayscore_report.json"
+
+T = TypeVar("T")
 
 
 def check_output_free(cfg: OutputConfig, spark: Any | None = None) -> None:
@@ -116,10 +119,12 @@ class StagedWrite:
         if self.cfg.format == "table":
             with translate_errors("output.table", OutputError):
                 mode = "overwrite" if self.cfg.mode == "overwrite" else "errorifexists"
-                _writer(sdf, self.cfg).mode(mode).saveAsTable(self.cfg.table)
+                writer = _writer(sdf, self.cfg).mode(mode)
+                run_to_the_end(self.spark, lambda: writer.saveAsTable(self.cfg.table))
             return
         with translate_errors(f"output.path: {self.path}", OutputError):
-            _writer(sdf, self.cfg).format(self.cfg.format).mode("append").save(self.staging)
+            writer = _writer(sdf, self.cfg).format(self.cfg.format).mode("append")
+            run_to_the_end(self.spark, lambda: writer.save(self.staging))
 
     def commit(self, expected_rows: int, report: Any, report_name: str = REPORT_NAME, page: bool = True) -> int:
         """Check the written rows are ``expected_rows``; store ``report(written)`` as ``report_name``; commit.
@@ -221,9 +226,6 @@ def write_scored(
                 writes[1].commit(quarantined, text, report_name, page=False)  # the errors: no page
             writes[0].commit(rows - quarantined, text, report_name)
         return rows, quarantined
-    except BaseException:
-        stop_jobs(spark)  # an interrupted write's Spark job runs on: its tasks would write after the discard
-        raise
     finally:
         for write in writes:
             write.discard()
@@ -231,28 +233,69 @@ def write_scored(
             frame.unpersist()
 
 
-def stop_jobs(spark: Any, wait_s: float = 30.0) -> None:
-    """Cancel this thread's Spark jobs (its job group) and wait up to ``wait_s`` for them to end.
+def run_to_the_end(spark: Any, action: Callable[[], T], wait_s: float = 60.0) -> T:
+    """``action()`` (a Spark action, such as a write), which has ended in Spark too when this returns or raises.
 
-    Ctrl-C stops the Python call, not the Spark job behind it; its tasks go on writing part files into
-    the staging directory, and would bring it back after it is removed. Best effort: Spark may be gone.
+    An interrupt stops Python's wait for a Spark call, not the call: Spark's
+    driver goes on planning it, setting up its output (a write creates its
+    staging directory then) and running its job, and the job's tasks go on
+    writing part files. So the action runs in a thread of this thread's job
+    group; on an interrupt this one cancels the group's jobs until the action
+    has returned and no job or task of them is running (at most ``wait_s``), then
+    raises the interrupt. What the caller does next (removing the staging
+    directory) comes after Spark's last write. Costs one thread per action.
     """
+    from pyspark import InheritableThread  # noqa: PLC0415 - a thread with this one's job group
+
+    outcome: list[tuple[bool, Any]] = []
+    # Not Thread.join: on Python 3.11 a join that a signal handler interrupts marks the thread stopped.
+    ended = threading.Event()
+
+    def call() -> None:
+        try:
+            outcome.append((True, action()))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append((False, exc))
+        finally:
+            ended.set()
+
+    group = spark.sparkContext.getLocalProperty("spark.jobGroup.id")
+    InheritableThread(target=call, name="rayscore-spark-action", daemon=True).start()
+    try:
+        ended.wait()
+    except BaseException:
+        _cancel_until_ended(spark, group, ended, wait_s)
+        raise
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _cancel_until_ended(spark: Any, group: str | None, ended: threading.Event, wait_s: float) -> None:
+    """Cancel ``group``'s jobs until the action has ``ended`` and none of them or their tasks runs.
+
+    Cancelling again each time: a job the action submits after a cancel is not cancelled by it.
+    Best effort: Spark may be gone.
+    """
+    deadline = time.monotonic() + wait_s
     try:
         sc = spark.sparkContext
-        group = sc.getLocalProperty("spark.jobGroup.id")
-        if group is None:
-            return
-        sc.cancelJobGroup(group)
         tracker = sc.statusTracker()
-        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            infos = [i for i in (tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)) if i is not None]
-            # A cancelled job stops RUNNING before its tasks have ended: wait for those too.
+            if group is None:
+                sc.cancelAllJobs()
+            else:
+                sc.cancelJobGroup(group)
+            jobs = tracker.getJobIdsForGroup(group)
+            infos = [i for i in (tracker.getJobInfo(j) for j in jobs) if i is not None]
+            # A cancelled job fails before its tasks have ended: wait for those too.
             stages = [tracker.getStageInfo(s) for i in infos for s in i.stageIds]
-            if not any(i.status == "RUNNING" for i in infos) and not any(s and s.numActiveTasks for s in stages):
+            running = any(i.status == "RUNNING" for i in infos) or any(s and s.numActiveTasks for s in stages)
+            if ended.is_set() and not running:
                 return
             time.sleep(0.1)
-    except Exception as exc:  # noqa: BLE001 - the job's own error (or the interrupt) is what the user sees
+    except Exception as exc:  # noqa: BLE001 - the interrupt is what the user sees
         log.debug("stopping Spark's jobs: %s", exc)
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -430,6 +431,41 @@ def test_signal_while_scoring_stops_everything_and_commits_nothing(workload, tmp
         cli.assert_nothing_left(own_before, started)
     finally:
         cli.cleanup()
+
+
+def test_an_interrupt_before_the_write_job_is_submitted_returns_after_spark_has_cancelled_it(rs, tmp_path):
+    """Ctrl-C can come while Spark's driver still plans a write, before its job exists (a cancel then finds
+    nothing): the job the write submits later is cancelled too, and the interrupt comes back only when
+    Spark has ended the write, so removing its staging directory afterwards is final."""
+    from rayscore._sink import run_to_the_end
+
+    sc = rs.spark.sparkContext
+    main = threading.get_ident()
+
+    def never_ends(batches):  # each task runs until Spark kills it
+        threading.Event().wait()
+        yield from batches
+
+    target = tmp_path / "out"
+    frame = rs.spark.range(4, numPartitions=2).mapInPandas(never_ends, "id long")
+
+    def write():
+        signal.pthread_kill(main, signal.SIGINT)  # the interrupt, before this write submits its job
+        frame.write.parquet(str(target))
+
+    sc.setJobGroup("rayscore-test-interrupt", "test")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_to_the_end(rs.spark, write)
+        tracker = sc.statusTracker()
+        jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup("rayscore-test-interrupt")]
+        assert [j.status for j in jobs] == ["FAILED"]  # the job was submitted after the interrupt, then cancelled
+        assert tracker.getActiveJobsIds() == []
+        assert not list(target.rglob("part-*"))
+    finally:
+        sc.cancelJobGroup("rayscore-test-interrupt")  # a job left running would hold the session's executor
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)
 
 
 def test_spark_failing_to_start_while_the_pool_loads_stops_everything(workload, tmp_path):
