@@ -177,7 +177,9 @@ def predict(
     plus a few batches, less its large embedding tables, which the actors of
     a node map from the model file and share (``model={"uri": ...,
     "mmap_min_bytes": 0}`` loads them into each actor). Cost at the call: the model's inputs and outputs
-    read from its file, and a small Spark job that checks the first rows.
+    read from its file, and a small Spark job that checks the first rows; when the file does not state
+    its outputs' shapes (a ``.keras`` file does not), the call also waits for the first actor to load the
+    model, which it started before that job.
 
     ``progress``: each action that scores through the pool shows its
     progress (rows scored, rows/s, Spark's tasks, the actors), as
@@ -218,8 +220,8 @@ def predict(
         keep_columns=tuple(keep_columns),
         max_retries=predict_cfg.max_retries,
     )
+    pool = pool_for(ref, spec, predict_cfg, _spark_cpus(df.sparkSession))  # its actors load while the sample is read
     check_sample(df, plan)
-    pool = pool_for(ref, spec, predict_cfg, _spark_cpus(df.sparkSession))
     pool.watch_actions(df.sparkSession, progress)
     return score(df, plan, pool, spec, predict_cfg.batch_size).frame
 
