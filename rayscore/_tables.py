@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import json
 import mmap
-import os
 import re
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -240,6 +239,16 @@ def mapping_source(path: str, base: int) -> Iterator[None]:
         _SOURCE.pop()
 
 
+def memory_bytes() -> int:
+    """This node's memory as its processes get it: a container's cgroup limit, else the machine's.
+
+    The page cache that holds a mapped table counts against the cgroup's limit.
+    """
+    from ray._private.utils import get_system_memory  # noqa: PLC0415 - Ray reads cgroup v1 and v2 limits
+
+    return int(get_system_memory())
+
+
 class MappedTable:
     """A table read in place: what a ``MappedEmbedding`` holds instead of a variable.
 
@@ -269,7 +278,7 @@ class MappedTable:
             self._map = mmap.mmap(
                 fh.fileno(), start - aligned + dataset.nbytes, access=mmap.ACCESS_READ, offset=aligned
             )
-        if dataset.nbytes > TABLE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        if dataset.nbytes > TABLE_SHARE * memory_bytes():
             # Too large to stay cached: a fault reads its own page, not the 128 KiB around it, which
             # would multiply the reads and evict rows still in use. A table that fits keeps the
             # kernel's read-around, which warms it from a cold cache in a few batches.

@@ -151,6 +151,17 @@ def test_the_table_is_read_in_place_and_its_residency_is_measured(model_files):
     assert _tables.resident() >= table.resident_bytes()
 
 
+def test_the_memory_a_table_is_compared_with_is_the_containers_limit_when_it_has_one():
+    """Page cache counts against a cgroup's limit: a table is advised random access against that, not the host."""
+    import os
+    from pathlib import Path
+
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limits = [Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory.max")]  # v1, v2
+    text = next((p.read_text().strip() for p in limits if p.exists()), "max")  # "max": v2 without a limit
+    assert _tables.memory_bytes() == (min(host, int(text)) if text.isdigit() else host)
+
+
 def test_a_compressed_archive_is_not_mapped_and_says_why(example_model, model_files, tmp_path, caplog):
     deflated = tmp_path / "deflated.keras"
     with zipfile.ZipFile(model_files["keras"]) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
