@@ -15,6 +15,7 @@ format is one class and one entry.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -133,7 +134,12 @@ def import_custom_objects(dotted: str | None) -> dict[str, Any] | None:
 
 
 def _read_keras_model(
-    path: str, fmt: str, safe_mode: bool, custom_objects: Mapping[str, Any] | None, mmap_min_bytes: int
+    path: str,
+    fmt: str,
+    safe_mode: bool,
+    custom_objects: Mapping[str, Any] | None,
+    mmap_min_bytes: int,
+    mmap_refused: str = "",
 ) -> tuple[Any, list[Any]]:
     """(the model, its large tables): weights streamed in and big tables mapped where we can, else Keras's loader."""
     keras = _import_keras()
@@ -143,6 +149,8 @@ def _read_keras_model(
         tables = _tables.scan(path, fmt, mmap_min_bytes) if _weights._tf_backend() else []
     except Exception:  # noqa: BLE001 - metadata the scan cannot read: load unmapped, and let Keras name a problem
         tables = []
+    if mmap_refused:
+        tables = [dataclasses.replace(t, mapped=False, reason=t.reason or mmap_refused) for t in tables]
     if fmt == "h5" and _weights._tf_backend():
         return _weights.stream_h5_model(path, safe_mode=safe_mode, custom_objects=custom_objects, tables=tables), tables
     if fmt == "keras" and _weights.can_stream_archive(path):
@@ -153,11 +161,16 @@ def _read_keras_model(
 
 
 def _load_keras(
-    path: str, fmt: str, safe_mode: bool, custom_objects: str | None = None, mmap_min_bytes: int = 0
+    path: str,
+    fmt: str,
+    safe_mode: bool,
+    custom_objects: str | None = None,
+    mmap_min_bytes: int = 0,
+    mmap_refused: str = "",
 ) -> LoadedModel:
     objects = import_custom_objects(custom_objects)
     try:
-        model, tables = _read_keras_model(path, fmt, safe_mode, objects, mmap_min_bytes)
+        model, tables = _read_keras_model(path, fmt, safe_mode, objects, mmap_min_bytes, mmap_refused)
     except (ValueError, TypeError) as exc:
         text = str(exc)
         if "safe_mode" in text or "Lambda" in text:
@@ -205,16 +218,25 @@ class _KerasFamily:
     """What the two Keras formats share: the framework to import, and the loader that streams the weights."""
 
     name = ""
-    options = ("custom_objects", "mmap_min_bytes")  # extra keywords load() accepts
+    options = ("custom_objects", "mmap_min_bytes", "mmap_refused")  # extra keywords load() accepts
 
     def prepare(self) -> None:
         _import_keras()
 
     def load(
-        self, path: str, *, safe_mode: bool = True, custom_objects: str | None = None, mmap_min_bytes: int = 0
+        self,
+        path: str,
+        *,
+        safe_mode: bool = True,
+        custom_objects: str | None = None,
+        mmap_min_bytes: int = 0,
+        mmap_refused: str = "",
     ) -> LoadedModel:
-        """Build the model; map its embedding tables of ``mmap_min_bytes`` or more (0: none)."""
-        return _load_keras(path, self.name, safe_mode, custom_objects, mmap_min_bytes)
+        """Build the model; map its embedding tables of ``mmap_min_bytes`` or more (0: none).
+
+        ``mmap_refused``: map none of them, and report each with this reason (a GPU actor's).
+        """
+        return _load_keras(path, self.name, safe_mode, custom_objects, mmap_min_bytes, mmap_refused)
 
 
 class KerasLoader(_KerasFamily):

@@ -56,8 +56,15 @@ class ModelRef:
 
     def options(self, *, gpu: bool = False) -> dict[str, Any]:
         """Keyword arguments for this loader's load() beyond the path (``gpu``: for an actor with GPUs)."""
-        mmap = 0 if gpu and not self.mmap_on_gpu and self.mmap_min_bytes is not None else self.mmap_min_bytes
-        opts = {"signature": self.signature, "custom_objects": self.custom_objects, "mmap_min_bytes": mmap}
+        refused = None
+        if gpu and not self.mmap_on_gpu and self.mmap_min_bytes:
+            refused = "a GPU actor keeps its tables on the device (model.mmap_on_gpu: false)"
+        opts = {
+            "signature": self.signature,
+            "custom_objects": self.custom_objects,
+            "mmap_min_bytes": self.mmap_min_bytes,
+            "mmap_refused": refused,
+        }
         return {k: v for k, v in opts.items() if v is not None}
 
     def shared_on(self, gpu: bool) -> int:

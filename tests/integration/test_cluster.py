@@ -136,6 +136,8 @@ def test_gpu_actors_get_distinct_gpus_on_the_gpu_node_and_reuse_its_cached_model
     report = run_cli(job(workload, out, cluster.address, model={"mmap_min_bytes": 1024}, gpus_per_actor=1), tmp_path)
     assert report["rows_out"] == ROWS
     assert [a["mapped_tables"] for a in report["actor_loads"]] == [[], []]  # GPU actors: on the device by default
+    [table] = [t for t in report["tables"] if t["layer"] == "title_embedding"]
+    assert table["reason"] == "a GPU actor keeps its tables on the device (model.mmap_on_gpu: false)"
     assert report["nodes"] == 1  # only the second node has GPUs
     assert report["gpu_ids"] == ["0", "1"]  # one GPU each, as Ray assigned them
     # Each actor's TensorFlow sees only its own GPU: Ray set CUDA_VISIBLE_DEVICES to what it assigned.

@@ -203,12 +203,18 @@ def test_tables_that_are_not_plain_embeddings_load_into_memory_and_say_why(tmp_p
     np.testing.assert_allclose(loaded.predict({"tokens": ids})["y"], model.predict(ids, verbose=0), rtol=0, atol=1e-6)
 
 
-def test_gpu_actors_keep_tables_on_the_device_unless_told():
-    ref = ModelRef(path="m.keras", loader="keras", mmap_min_bytes=100, shared_bytes=5 * GiB)
-    assert ref.options()["mmap_min_bytes"] == 100 and ref.shared_on(gpu=False) == 5 * GiB
-    assert ref.options(gpu=True)["mmap_min_bytes"] == 0 and ref.shared_on(gpu=True) == 0
+def test_gpu_actors_keep_tables_on_the_device_unless_told_and_report_why(example_model, model_files):
+    ref = ModelRef(path=str(model_files["keras"]), loader="keras", mmap_min_bytes=800, shared_bytes=5 * GiB)
+    assert "mmap_refused" not in ref.options() and ref.shared_on(gpu=False) == 5 * GiB
+    assert ref.shared_on(gpu=True) == 0
+    loaded = KerasLoader().load(ref.path, **ref.options(gpu=True))
+    assert _mapped(loaded) == []  # the table is a variable, on the device
+    why = "a GPU actor keeps its tables on the device (model.mmap_on_gpu: false)"
+    assert {"layer": "title_embedding", "nbytes": 800, "mapped": False, "reason": why} in loaded.info["tables"]
+    feeds = example_module().features_of(example_module().make_table(16, vocab=50, seed=4))
+    np.testing.assert_array_equal(loaded.predict(feeds)["click"], example_model.predict(feeds, verbose=0)["click"])
     on_gpu = ModelRef(path="m.keras", loader="keras", mmap_min_bytes=100, mmap_on_gpu=True, shared_bytes=5 * GiB)
-    assert on_gpu.options(gpu=True)["mmap_min_bytes"] == 100 and on_gpu.shared_on(gpu=True) == 5 * GiB
+    assert "mmap_refused" not in on_gpu.options(gpu=True) and on_gpu.shared_on(gpu=True) == 5 * GiB
     assert "mmap_min_bytes" not in ModelRef(path="m", loader="savedmodel").options()
 
 
