@@ -39,6 +39,9 @@ __all__ = [
     "OutputConfig",
     "RayConfig",
     "SparkConfig",
+    "RayOnSparkConfig",
+    "is_local_master",
+    "to_bytes",
     "load_config",
     "parse_actors",
     "validated",
@@ -266,14 +269,80 @@ class RayConfig(_Frozen):
     dashboard: StrictBool = False
 
 
+_BYTES = r"^\d+[kKmMgGtT]?[bB]?$"
+
+
+def is_local_master(master: str) -> bool:
+    """A ``local`` or ``local[N]`` master: Spark's driver and executor in one JVM on this host."""
+    return master == "local" or master.startswith("local[")
+
+
+def to_bytes(text: str) -> int:
+    """``512m``, ``2g``, ``2048`` (a value of the ``_BYTES`` pattern) as bytes, in powers of 1024.
+
+    >>> to_bytes("2g"), to_bytes("512m"), to_bytes("2048"), to_bytes("1kb")
+    (2147483648, 536870912, 2048, 1024)
+    """
+    match = re.fullmatch(r"(\d+)([kKmMgGtT]?)[bB]?", text)
+    if match is None:
+        raise ValueError(f"not a size like 512m or 2g: {text!r}")
+    return int(match[1]) * 1024 ** " kmgt".index(match[2].lower() or " ")
+
+
+class RayOnSparkConfig(_Frozen):
+    """Ray on Spark's size (``ray.util.spark.setup_ray_cluster``): Ray worker nodes inside the Spark application.
+
+    Each worker node is one long Spark task that holds ``cpus_per_node``
+    (and ``gpus_per_node``) of Spark's task slots for as long as it lives;
+    the scoring job's own tasks run on the slots left beside them.
+    """
+
+    worker_nodes: int = Field(default=1, ge=1)
+    cpus_per_node: int | None = Field(default=None, ge=1)  # None: predict.actors.max x predict.cpus_per_actor
+    gpus_per_node: int = Field(default=0, ge=0)
+    memory_per_node: str | None = Field(default=None, pattern=_BYTES)  # heap for the actors; None: Ray on Spark's
+    object_store_memory_per_node: str | None = Field(default=None, pattern=_BYTES)
+    head_cpus: int = Field(default=0, ge=0)  # CPUs of the head node on the driver (0: it runs no actor)
+
+
 class SparkConfig(_Frozen):
-    """RayDP's Spark on Ray: executors are Ray actors."""
+    """Which Spark: RayDP's Spark on Ray (``master`` null, the default), or a Spark master of your own.
+
+    With ``master`` (``spark://host:7077``, ``yarn``, ``local-cluster[…]``,
+    ``local[*]``) rayscore builds a plain SparkSession and finds a Ray its
+    executors' hosts belong to: ``ray.address`` when set, a local Ray for a
+    ``local`` master, else Ray on Spark started inside the application
+    (``ray_on_spark`` sizes it).
+    """
 
     app_name: str = "rayscore"
+    master: str | None = Field(default=None, min_length=1)
     executors: int = Field(default=1, ge=1)
     executor_cores: int | None = Field(default=None, ge=1)  # None: see _sizing.spark_executor_cores
-    executor_memory: str = Field(default="2g", pattern=r"^\d+[kKmMgGtT]?[bB]?$")
+    executor_memory: str = Field(default="2g", pattern=_BYTES)
     configs: dict[str, Any] = Field(default_factory=dict)
+    ray_on_spark: RayOnSparkConfig | None = None
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("ray://"):
+            raise ValueError(f"{value!r} is RayDP's own master: leave spark.master out for RayDP's Spark on Ray")
+        if not re.match(r"^(spark://\S+|yarn|local(\[[^\]]+\])?|local-cluster\[\d+,\s*\d+,\s*\d+\]|k8s://\S+)$", value):
+            raise ValueError(
+                "must be a Spark master: spark://host:port, yarn, k8s://…, local[N] or local-cluster[N, cores, MB], "
+                f"got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ray_on_spark_needs_a_master(self) -> SparkConfig:
+        if self.ray_on_spark is not None and (self.master is None or is_local_master(self.master)):
+            where = "RayDP's Spark (spark.master unset)" if self.master is None else f"a {self.master} master"
+            raise ValueError(f"ray_on_spark does not go with {where}: Ray on Spark needs a cluster master")
+        return self
 
     @field_validator("configs")
     @classmethod
@@ -299,6 +368,15 @@ class Config(_Frozen):
     def _empty_section(cls, value: Any) -> Any:
         # A section whose keys are all commented out parses as None: use the defaults.
         return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _one_ray(self) -> Config:
+        if self.ray.address is not None and self.spark.ray_on_spark is not None:
+            raise ValueError(
+                "spark.ray_on_spark does not go with ray.address: rayscore either joins the Ray cluster at "
+                f"{self.ray.address!r} or starts Ray on Spark, not both"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_collisions(self) -> Config:

@@ -27,6 +27,7 @@ __all__ = [
     "InputError",
     "OutputError",
     "SessionError",
+    "DeploymentError",
     "PredictError",
     "translate_errors",
     "local_name",
@@ -76,6 +77,12 @@ class OutputError(RayscoreError):
 
 class SessionError(RayscoreError):
     """Ray or RayDP's Spark could not be started or joined."""
+
+
+class DeploymentError(SessionError):
+    """The chosen deployment cannot work as configured (no room, an unsupported master): the user's to change."""
+
+    user_error = True
 
 
 class PredictError(RayscoreError):

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._config import Config, ModelConfig, PredictConfig, load_config, validated
 from ._convert import make_plan
+from ._deploy import attach
 from ._model import ModelSpec
 from ._plan import check_sample, errors_output, inspect_model, max_actors_hint, new_result, plan_job
 from ._pool import Pool, check_pool, pool_for
@@ -126,6 +127,7 @@ def _run(
         tracker.phase("loading")
         scorer.wait()
         result = new_result(cfg, ref, spec, plan)
+        result.deployment = session.deployment.facts()
 
         def report(rows: int, quarantined: int) -> str:
             result.rows_in, result.rows_quarantined, result.rows_out = rows, quarantined, rows - quarantined
@@ -164,7 +166,15 @@ def predict(
 ) -> Any:
     """Score a Spark DataFrame with a Keras model on a pool of Ray actors: a lazy Spark DataFrame.
 
-    ``df`` must come from a RayDP Spark session (``rayscore.session()``).
+    ``df`` may come from any SparkSession: a ``rayscore.session()`` block's
+    (RayDP's Spark on Ray by default, or the session you passed it), RayDP's
+    own, or a plain one of yours (``spark://``, YARN, ``local-cluster``,
+    ``local[N]``, Databricks). For a plain one outside a session block the
+    first call finds a Ray its executors' hosts belong to (the one this
+    process is connected to, ``RAY_ADDRESS``, a local Ray for ``local[N]``,
+    else Ray on Spark started inside your application, one worker node sized
+    for ``actors``), says which in one line on standard error, and keeps it
+    until the interpreter exits; your SparkSession is never stopped.
     Returns a Spark DataFrame with ``keep_columns`` followed by one column per
     model output, computed by each action that uses it (write, count,
     collect), as Spark computes any DataFrame: Spark reads ``df`` and streams
@@ -220,12 +230,8 @@ def predict(
         keep_columns=tuple(keep_columns),
         max_retries=predict_cfg.max_retries,
     )
-    pool = pool_for(ref, spec, predict_cfg, _spark_cpus(df.sparkSession))  # its actors load while the sample is read
+    deployment = attach(df.sparkSession, max_actors=max_actors_hint(predict_cfg), cpus_per_actor=cpus_per_actor)
+    pool = pool_for(ref, spec, predict_cfg, deployment.spark_cpus)  # its actors load while the sample is read
     check_sample(df, plan)
     pool.watch_actions(df.sparkSession, progress)
     return score(df, plan, pool, spec, predict_cfg.batch_size).frame
-
-
-def _spark_cpus(spark: Any) -> float:
-    conf = spark.sparkContext.getConf()
-    return float(conf.get("spark.executor.instances", "1")) * float(conf.get("spark.executor.cores", "1"))

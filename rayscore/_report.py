@@ -51,6 +51,12 @@ class RunResult:
     ``model.mmap_on_gpu``). ``table_bytes_resident_peak`` is the most bytes of
     mapped tables found in a node's page cache while the job ran.
 
+    ``deployment`` says which Spark and which Ray the job ran on and what
+    each side got: ``kind`` (``raydp``, ``ray-on-spark``, ``ray-cluster``),
+    the one ``line`` that said so, Spark's ``master`` and application id,
+    Ray's nodes, CPUs and GPUs, and for Ray on Spark the Spark task slots its
+    worker nodes held and those left for scoring.
+
     ``timeline`` is where the time went, for the HTML report: the stages'
     spans (seconds from the job's start), each actor process's load
     (``started``, ``loaded``: epoch seconds, like ``job_began``) and its rows
@@ -85,6 +91,7 @@ class RunResult:
     report_path: str | None = None
     shards: dict[str, int] = field(default_factory=dict)
     timeline: dict[str, Any] = field(default_factory=dict)
+    deployment: dict[str, Any] = field(default_factory=dict)
 
     def add_loads(self, loads: dict[str, Any]) -> None:
         """Fold one actor pool's load summary in (resume runs one pool per shard)."""

@@ -259,8 +259,18 @@ def run_to_the_end(spark: Any, action: Callable[[], T], wait_s: float = 60.0) ->
         finally:
             ended.set()
 
-    group = spark.sparkContext.getLocalProperty("spark.jobGroup.id")
-    InheritableThread(target=call, name="rayscore-spark-action", daemon=True).start()
+    sc = spark.sparkContext
+    group = sc.getLocalProperty("spark.jobGroup.id")
+    if group is None:  # a group of its own, so that an interrupt cancels this action's jobs and no one else's
+        group = f"rayscore-action-{uuid.uuid4().hex[:8]}"
+        sc.setJobGroup(group, "rayscore", interruptOnCancel=False)
+        try:
+            InheritableThread(target=call, name="rayscore-spark-action", daemon=True).start()
+        finally:
+            for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+                sc.setLocalProperty(key, None)
+    else:
+        InheritableThread(target=call, name="rayscore-spark-action", daemon=True).start()
     try:
         ended.wait()
     except BaseException:
@@ -272,7 +282,7 @@ def run_to_the_end(spark: Any, action: Callable[[], T], wait_s: float = 60.0) ->
     return value
 
 
-def _cancel_until_ended(spark: Any, group: str | None, ended: threading.Event, wait_s: float) -> None:
+def _cancel_until_ended(spark: Any, group: str, ended: threading.Event, wait_s: float) -> None:
     """Cancel ``group``'s jobs until the action has ``ended`` and none of them or their tasks runs.
 
     Cancelling again each time: a job the action submits after a cancel is not cancelled by it.
@@ -283,10 +293,7 @@ def _cancel_until_ended(spark: Any, group: str | None, ended: threading.Event, w
         sc = spark.sparkContext
         tracker = sc.statusTracker()
         while time.monotonic() < deadline:
-            if group is None:
-                sc.cancelAllJobs()
-            else:
-                sc.cancelJobGroup(group)
+            sc.cancelJobGroup(group)
             jobs = tracker.getJobIdsForGroup(group)
             infos = [i for i in (tracker.getJobInfo(j) for j in jobs) if i is not None]
             # A cancelled job fails before its tasks have ended: wait for those too.

@@ -1,8 +1,9 @@
 """Spark's side of scoring: each Spark task streams its partition's Arrow batches to the pool.
 
 :func:`scored_frame` turns a DataFrame into a lazy one: a ``mapInArrow``
-whose function runs in Spark's Python workers on RayDP's executors (Ray
-actors, so their workers can reach Ray). Each worker joins Ray once, finds
+whose function runs in Spark's Python workers on any executor whose host
+runs a node of the pool's Ray cluster (RayDP's executors are Ray actors;
+Ray on Spark and a joined cluster put a Ray node on each executor host). Each worker joins Ray once, finds
 the pool's actors by name, and for every batch of its partition sends the
 rows (Arrow IPC, through Ray's object store) to a loaded actor, keeping a
 few batches in flight so that Spark reads the next while the model scores
@@ -17,13 +18,15 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from ._convert import Plan, from_ipc, output_type, to_ipc
+from ._deploy.base import ray_auth_env
 from ._errors import PredictError, RayscoreError, actor_died, find_rayscore_error, first_line, one_line
 from ._model import ModelSpec
 from ._predict import REASON, ModelRef
@@ -62,6 +65,9 @@ class Route:
     schema: pa.Schema  # the predictions, as Spark expects them
     restarts: int = 0  # Ray restarts a dead actor this many times
     advice: str = ""  # what to change when an actor keeps dying (memory)
+    # Ray's token for a Spark task whose executor Ray did not start (it travels in the task's closure,
+    # never in Spark's configuration); never in a repr.
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,7 @@ def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: 
         arrow_schema,
         restarts=pool.restarts,
         advice=pool.memory_advice(batch_rows),
+        env=tuple(ray_auth_env().items()),
     )
     fn = functools.partial(score_partition, route, counters)
     return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
@@ -162,14 +169,7 @@ def score_partition(route: Route, counters: Counters, batches: Iterable[pa.Recor
 
     try:
         if not ray.is_initialized():
-            # Spark's Python workers inherit the executor's environment: Ray's token included.
-            ray.init(
-                address=route.address,
-                namespace=route.namespace,
-                logging_level="ERROR",
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            _join(route)
         try:
             actors = [ray.get_actor(name, namespace=route.namespace) for name in route.actors]
         except ValueError:
@@ -189,6 +189,39 @@ def score_partition(route: Route, counters: Counters, batches: Iterable[pa.Recor
         raise
     except Exception as exc:
         raise remote_error(exc, route) from None
+
+
+def _join(route: Route) -> None:
+    """Join the pool's Ray from a Spark Python worker: with Ray's token, on this host's Ray node.
+
+    On RayDP the executor is Ray's and its workers inherit the token; a
+    plain Spark executor's do not, so the route carries it. A host with no
+    Ray node of that cluster (or a token Ray refuses) fails the task in one line.
+    """
+    import ray  # noqa: PLC0415
+
+    if route.env:
+        os.environ.update(dict(route.env))
+        try:
+            from ray._raylet import Config  # noqa: PLC0415
+
+            Config.initialize("")  # Ray reads its authentication mode once: read it again
+        except Exception:  # noqa: BLE001 - an older Ray reads the environment at init
+            pass
+    try:
+        ray.init(
+            address=route.address,
+            namespace=route.namespace,
+            logging_level="ERROR",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except Exception as exc:
+        raise PredictError(
+            f"spark: a Spark task on host {socket.gethostname()} could not join the pool's Ray cluster at "
+            f"{route.address}: {type(exc).__name__}: {first_line(exc)}. Every Spark executor host needs a Ray node "
+            "of that cluster (ray start --address=…), or let rayscore start Ray on Spark (leave ray.address unset)"
+        ) from None
 
 
 def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters) -> Iterator[pa.RecordBatch]:

@@ -133,7 +133,7 @@ def validate(
     try:
         if own and not found.attempt(session.start)[0]:
             return found.result()
-        found.passed(_describe_session(cfg, own))
+        found.passed(_describe_session(session, own))
         spark = session.spark
         for label, out in outputs:
             if not _is_local(out) and found.attempt(check_output_free, out, spark)[0]:
@@ -263,13 +263,10 @@ def _describe_output(label: str, out: OutputConfig) -> str:
     return f"{label}: {where} can be written (mode: {out.mode})"
 
 
-def _describe_session(cfg: Config, own: bool) -> str:
+def _describe_session(session: Session, own: bool) -> str:
     if not own:
         return "session: using the session passed in"
-    executors = f"{cfg.spark.executors} Spark executor(s)"
-    if cfg.ray.address is None:
-        return f"session: started a local Ray and RayDP's Spark ({executors})"
-    return f"session: joined the Ray cluster at {cfg.ray.address} and started RayDP's Spark ({executors})"
+    return f"session: {session.deployment.describe()}"
 
 
 def _describe_pool(cfg: Config, pool: PoolPlan, spark_cpus: float) -> str:

@@ -1,10 +1,13 @@
-"""While a job's Spark actions run: a Spark left without executors fails the job instead of waiting forever.
+"""While a job's Spark actions run: a RayDP Spark left without executors fails the job instead of waiting forever.
 
-RayDP's executors are Ray actors. When the node under them is lost (its
+Only RayDP's Spark needs it: on any other cluster manager (standalone, YARN,
+Kubernetes, Databricks) Spark starts new executors for lost ones itself, and
+the watch stays off. RayDP's executors are Ray actors. When the node under them is lost (its
 raylet and every process on it killed), Spark loses the executors and RayDP
 does not start new ones, so Spark would wait for executors for ever. The
 watch asks Spark every few seconds how many executors it has; once it has
-had none for :data:`EXECUTORS_GONE_S`, it cancels Spark's jobs and the job
+had none for :data:`EXECUTORS_GONE_S`, it cancels the block's job group (never
+another's: the SparkSession may be the caller's) and the job
 fails in one line naming the Ray nodes lost since it started. While any
 executor is left, Spark reruns the lost tasks on it and the job goes on.
 Cost: one call into Spark's driver and, only at the end, one into Ray's GCS.
@@ -15,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ._deploy.base import is_raydp
 from ._errors import PredictError
 
 __all__ = ["EXECUTORS_GONE_S", "Gone", "lost_text", "watch_spark"]
@@ -63,11 +68,24 @@ def _executors(sc: Any) -> int:
 
 @contextlib.contextmanager
 def watch_spark(spark: Any) -> Iterator[None]:
-    """Run the block (Spark actions) with the watch on; a block stopped by it raises its :class:`PredictError`."""
+    """Run the block (Spark actions) with the watch on; a block stopped by it raises its :class:`PredictError`.
+
+    The block's Spark jobs run in the calling thread's job group, or in one
+    of the watch's own when the thread has none, so that only they are
+    cancelled.
+    """
     import ray  # noqa: PLC0415
 
+    if not is_raydp(spark):
+        yield
+        return
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     sc, done, gone = spark.sparkContext, threading.Event(), Gone()
+    group = sc.getLocalProperty("spark.jobGroup.id")
+    own_group = group is None
+    if own_group:
+        group = f"rayscore-watch-{uuid.uuid4().hex[:8]}"
+        sc.setJobGroup(group, "rayscore", interruptOnCancel=False)
     lost: list[str] = []
 
     def watch() -> None:
@@ -75,7 +93,7 @@ def watch_spark(spark: Any) -> Iterator[None]:
             try:
                 if gone.seen(_executors(sc), time.monotonic()) and not done.is_set():
                     lost.append(lost_text(alive, ray.nodes()))
-                    sc.cancelAllJobs()
+                    sc.cancelJobGroup(group)
                     return
             except Exception:  # noqa: BLE001 - Spark or Ray stopping under us: nothing left to watch
                 return
@@ -91,3 +109,6 @@ def watch_spark(spark: Any) -> Iterator[None]:
     finally:
         done.set()
         thread.join(timeout=2 * POLL_S)  # so a verdict just as the block ended cancels nothing after it
+        if own_group:
+            for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+                sc.setLocalProperty(key, None)

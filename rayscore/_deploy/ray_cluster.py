@@ -1,0 +1,128 @@
+"""A plain Spark beside a Ray cluster already on its executors' hosts (or a local Ray for a ``local`` master).
+
+The Ray is the one this process is connected to (``ray.init``), else the
+one at ``ray.address`` (or ``RAY_ADDRESS``), else, for a ``local[N]``
+master only, a local Ray started here. Spark's executors are not Ray
+actors: their CPUs are not taken from Ray's, and Spark's own cluster manager
+replaces a lost executor. Every Spark executor host must run a Ray node
+(``ray start --address=…``): a task on a host without one fails in one
+line naming the host. Cost: joining (about a second), or a local Ray (2-3 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from .._config import RayConfig, SparkConfig, is_local_master
+from .._errors import DeploymentError, SessionError, translate_errors
+from .._sizing import local_ray_cpus
+from .base import Deployment, build_spark, ray_init, spark_master
+
+__all__ = ["RayCluster", "joinable_address"]
+
+log = logging.getLogger("rayscore")
+
+
+def joinable_address(ray_config: RayConfig) -> str | None:
+    """The Ray cluster to join: ``ray.address``, else ``RAY_ADDRESS``; None when neither names one."""
+    return ray_config.address or os.environ.get("RAY_ADDRESS") or None
+
+
+class RayCluster(Deployment):
+    """The caller's (or a built) SparkSession, and a Ray its executors' hosts belong to.
+
+    :meth:`stop` disconnects from a joined cluster (leaving it running),
+    shuts down a local Ray it started, and stops the SparkSession only if it
+    built it from ``spark.master``.
+    """
+
+    kind = "ray-cluster"
+
+    def __init__(
+        self,
+        ray_config: RayConfig,
+        spark_config: SparkConfig,
+        *,
+        spark: Any = None,
+        max_actors: int = 1,
+        cpus_per_actor: float = 1.0,
+    ) -> None:
+        super().__init__(ray_config, spark_config, spark=spark)
+        self._max_actors = max_actors
+        self._cpus_per_actor = cpus_per_actor
+        self._connected = False  # this deployment called ray.init
+        self._local = False  # ... for a local Ray it started
+        self._address: str | None = None
+        self._built_spark = False
+
+    def start_ray(self) -> None:
+        import ray  # noqa: PLC0415
+
+        self._mark_started()
+        if ray.is_initialized():
+            self._address = ray.get_runtime_context().gcs_address
+            return
+        address = joinable_address(self.ray_config)
+        master = spark_master(self.spark) if self.spark is not None else self.spark_config.master
+        if address is None:
+            if master is None or not is_local_master(master):
+                raise DeploymentError(
+                    f"ray.address: a {master!r} master needs a Ray cluster on its executors' hosts: set ray.address "
+                    "(or RAY_ADDRESS), or let rayscore start Ray on Spark (leave ray.address unset)"
+                )
+            cfg = self.ray_config
+            kwargs: dict[str, Any] = {"address": "local", "include_dashboard": cfg.dashboard}
+            kwargs["num_cpus"] = cfg.num_cpus or local_ray_cpus(
+                os.cpu_count() or 1,
+                spark_executors=0,
+                executor_cores=0,
+                max_actors=self._max_actors,
+                cpus_per_actor=self._cpus_per_actor,
+            )
+            if cfg.num_gpus is not None:
+                kwargs["num_gpus"] = cfg.num_gpus
+            with translate_errors("ray (local)", SessionError):
+                ray_init(**kwargs)
+            self._local = True
+        else:
+            with translate_errors(f"ray.address {address}", SessionError):
+                try:
+                    ray_init(address=address)
+                except ConnectionError as exc:
+                    raise SessionError(f"ray.address: cannot reach a Ray cluster at {address!r}: {exc}") from exc
+        self._connected = True
+        self._address = ray.get_runtime_context().gcs_address
+
+    def start_spark(self) -> None:
+        if self.spark is None:
+            self.spark = build_spark(self.spark_config)
+            self._built_spark = True
+        self._mark_up()
+
+    def stop(self) -> None:
+        if self._connected:
+            self._connected = False
+            import ray  # noqa: PLC0415
+
+            ray.shutdown()
+        if self._built_spark and self.spark is not None:
+            self._built_spark = False
+            self.spark.stop()
+            self.spark = None
+
+    @property
+    def owns_ray(self) -> bool:
+        return self._connected
+
+    def describe(self) -> str:
+        who = "rayscore's" if self._built_spark else "the caller's"
+        master = spark_master(self.spark) if self.spark is not None else self.spark_config.master
+        if self._local:
+            ray_text = "a local Ray started by rayscore"
+        elif self._connected:
+            ray_text = f"the Ray cluster at {self._address} (joined)"
+        else:
+            ray_text = f"the Ray this process is connected to ({self._address})"
+        return f"{who} Spark ({master}) with {ray_text}"
