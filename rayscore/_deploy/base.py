@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._config import RayConfig, SparkConfig, spark_options
-from .._errors import SessionError
+from .._errors import DeploymentError, SessionError
 
 __all__ = [
     "Deployment",
@@ -33,6 +33,7 @@ __all__ = [
     "build_spark",
     "spark_master",
     "is_raydp",
+    "check_python_workers",
 ]
 
 log = logging.getLogger("rayscore")
@@ -158,6 +159,50 @@ def is_raydp(spark: Any) -> bool:
 
 def spark_master(spark: Any) -> str:
     return str(spark.sparkContext.master)
+
+
+def check_python_workers(spark: Any) -> None:
+    """Refuse, in one line, a Spark whose Python workers lack this driver's Ray or rayscore.
+
+    Spark's Python workers run ``PYSPARK_PYTHON`` as it was when the
+    SparkSession was made (``python3`` by default), not this interpreter. One
+    task of one row imports both on an executor and reports their versions
+    (about a second); Ray on Spark's worker nodes and the scoring tasks need
+    the same Ray as the driver.
+    """
+    import ray  # noqa: PLC0415
+
+    import rayscore  # noqa: PLC0415
+
+    def versions(_: Any) -> Any:
+        import socket  # noqa: PLC0415
+        import sys  # noqa: PLC0415
+
+        try:
+            import ray  # noqa: PLC0415
+
+            import rayscore  # noqa: PLC0415
+        except ImportError as exc:
+            return [(socket.gethostname(), sys.executable, None, None, str(exc))]
+        return [(socket.gethostname(), sys.executable, ray.__version__, rayscore.__version__, "")]
+
+    sc = spark.sparkContext
+    (host, python, ray_version, rayscore_version, problem), *_ = (
+        sc.parallelize([0], 1).mapPartitions(versions).collect()
+    )
+    fix = (
+        f"install ray=={ray.__version__} and rayscore=={rayscore.__version__} in the Python every Spark node runs, "
+        "or point PYSPARK_PYTHON at one that has them before the SparkSession is made"
+    )
+    if problem:
+        raise DeploymentError(
+            f"spark: Spark's Python workers ({python} on {host}) cannot import them: {problem}; {fix}"
+        )
+    if (ray_version, rayscore_version) != (ray.__version__, rayscore.__version__):
+        raise DeploymentError(
+            f"spark: Spark's Python workers ({python} on {host}) have ray {ray_version} and rayscore "
+            f"{rayscore_version}, this driver ray {ray.__version__} and rayscore {rayscore.__version__}; {fix}"
+        )
 
 
 def ray_auth_env() -> dict[str, str]:

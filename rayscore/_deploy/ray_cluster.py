@@ -18,7 +18,7 @@ from typing import Any
 from .._config import RayConfig, SparkConfig, is_local_master
 from .._errors import DeploymentError, SessionError, translate_errors
 from .._sizing import local_ray_cpus
-from .base import Deployment, build_spark, ray_init, spark_master
+from .base import Deployment, build_spark, check_python_workers, ray_init, spark_master
 
 __all__ = ["RayCluster", "joinable_address"]
 
@@ -99,6 +99,7 @@ class RayCluster(Deployment):
         if self.spark is None:
             self.spark = build_spark(self.spark_config)
             self._built_spark = True
+        check_python_workers(self.spark)
         self._mark_up()
 
     def stop(self) -> None:

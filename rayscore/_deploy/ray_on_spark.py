@@ -30,7 +30,7 @@ from typing import Any
 from .._config import RayConfig, RayOnSparkConfig, SparkConfig, to_bytes
 from .._errors import DeploymentError, SessionError, one_line
 from .._placement import format_bytes
-from .base import Deployment, build_spark, keep_signal_handlers, ray_init, spark_master
+from .base import Deployment, build_spark, check_python_workers, keep_signal_handlers, ray_init, spark_master
 
 __all__ = ["RayOnSpark", "slots_left", "node_cpus", "SUPPORTED", "START_HOOK"]
 
@@ -103,6 +103,7 @@ class RayOnSpark(Deployment):
                 "local-cluster[…]); start a Ray cluster on the executors' hosts and set ray.address instead"
             )
         self._check_room()
+        check_python_workers(self.spark)
         self._setup()
 
     def _check_room(self) -> None:

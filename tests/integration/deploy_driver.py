@@ -1,0 +1,110 @@
+"""A user's driver script on a plain SparkSession, run by ``test_deployments.py`` in a process of its own.
+
+Spark allows one SparkContext per process and the test process holds
+RayDP's, so each deployment is tried from a fresh interpreter, as a user's
+``spark-submit``/``python job.py`` would run it: started by its absolute
+path with the virtualenv *not* activated (its ``bin/`` is not on ``PATH``).
+
+    python deploy_driver.py '<json args>'
+
+It prints one JSON line (the last line of stdout) with what it saw from
+outside rayscore: the Ray processes before and after, its own SparkSession
+still working, and ``RAY_ADDRESS`` before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+RAY_DAEMONS = ("raylet", "gcs_server")
+
+
+def ray_daemons() -> set[int]:
+    """Pids of Ray's node daemons on this machine (any cluster's)."""
+    found = set()
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) or proc.info["name"] or ""
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(f"/{d} " in f"{text} " or text.startswith(d) for d in RAY_DAEMONS):
+            found.add(proc.pid)
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 60.0) -> set[int]:
+    """The pids of ``pids`` still alive after waiting up to ``timeout`` for them to end."""
+    _, alive = psutil.wait_procs([p for p in (_proc(pid) for pid in pids) if p is not None], timeout=timeout)
+    return {p.pid for p in alive}
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def main(args: dict) -> dict:
+    from pyspark.sql import SparkSession
+
+    import rayscore
+    from rayscore._session import JAVA_OPTIONS
+
+    seen: dict = {"path_has_venv_bin": os.path.dirname(sys.executable) in os.environ.get("PATH", "").split(os.pathsep)}
+    seen["ray_address_before"] = os.environ.get("RAY_ADDRESS")
+    before = ray_daemons()
+    if args.get("pyspark_python", True):  # as the deployment page says: the workers run this interpreter
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    java = " ".join(JAVA_OPTIONS)
+    spark = (
+        SparkSession.builder.master(args["master"])
+        .appName("a user's job")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.extraJavaOptions", java)
+        .config("spark.executor.extraJavaOptions", java)
+        .config("spark.executor.memory", "2g")
+        .config("spark.pyspark.python", sys.executable)
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    df = spark.read.parquet(args["data"]).where("id % 3 != 0")
+    model = {"uri": args["model"], "custom_objects": args["custom_objects"]}
+    began = time.perf_counter()
+    if args.get("ray_on_spark") is not None:
+        with rayscore.session(spark=spark, ray_on_spark=args["ray_on_spark"]) as s:
+            seen["deployment"] = s.deployment.facts()
+            scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
+            scored.write.parquet(args["out"])
+            seen["ray_daemons_during"] = len(ray_daemons() - before)
+    else:  # no session block: the first predict finds the Ray (RAY_ADDRESS) and keeps it until exit
+        scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
+        scored.write.parquet(args["out"])
+        from rayscore._deploy import attached
+
+        seen["deployment"] = attached(spark).facts()
+        seen["ray_daemons_during"] = len(ray_daemons() - before)
+    seen["seconds"] = round(time.perf_counter() - began, 1)
+    import ray
+
+    seen["ray_connected_after"] = ray.is_initialized()
+    seen["ray_daemons_left"] = sorted(wait_gone(ray_daemons() - before))
+    seen["ray_address_after"] = os.environ.get("RAY_ADDRESS")
+    # The user's session and jobs are theirs: still running, nothing cancelled.
+    seen["users_count_after"] = spark.range(1000).where("id % 2 = 0").count()
+    seen["spark_stopped"] = spark.sparkContext._jsc is None
+    spark.stop()
+    return seen
+
+
+if __name__ == "__main__":
+    result = main(json.loads(sys.argv[1]))
+    Path(json.loads(sys.argv[1])["out"]).parent.joinpath("driver.json").write_text(json.dumps(result))
+    print(json.dumps(result), flush=True)

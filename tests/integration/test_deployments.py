@@ -1,0 +1,216 @@
+"""rayscore on the Spark a team already has: standalone with Ray on Spark, and a local Spark beside `ray start`.
+
+The Spark standalone cluster is real: a Master and a Worker on loopback,
+started from pyspark's own ``bin/spark-class`` (4 task slots on this
+2-core machine). Each user's driver runs in a process of its own
+(:mod:`.deploy_driver`), with the virtualenv not activated, as a user's
+script would; predictions are checked against ``model.predict``, model
+loads counted by the model itself (:class:`.probes.LoadProbe`), and Ray's
+daemons counted from ``/proc`` before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from . import probes
+from .conftest import probed_model, read_parquet_dir
+
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("deploy_driver.py")
+WORKER_CORES = 4  # Spark task slots: 2 for a Ray worker node of 2 CPUs, 2 for the scoring tasks
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)  # polling a port that has not opened yet, not waiting for an outcome
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+def _user_env() -> dict[str, str]:
+    """A user's shell: the virtualenv not activated (its bin/ off PATH), no Ray address."""
+    venv_bin = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYSPARK_", "VIRTUAL_ENV"))}
+    env["PATH"] = path or "/usr/bin:/bin"
+    return env
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory: pytest.TempPathFactory):
+    """A Spark standalone cluster on loopback: ``spark://127.0.0.1:PORT``, one Worker of 4 cores and 8 GB."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    logs = tmp_path_factory.mktemp("standalone")
+    port = _free_port()
+    env = {
+        **_user_env(),
+        "SPARK_HOME": str(home),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_WORKER_DIR": str(logs / "work"),
+        # What Ray on Spark reads on the executors (Ray's own tests of it set these): the memory a worker
+        # node may size itself from, not the whole machine's.
+        "RAY_ON_SPARK_WORKER_PHYSICAL_MEMORY_BYTES": str(8 << 30),
+        "RAY_ON_SPARK_WORKER_SHARED_MEMORY_BYTES": str(2 << 30),
+    }
+    spark_class = str(home / "bin" / "spark-class")
+    started = []
+    try:
+        master_log = logs / "master.log"
+        master = subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--webui-port", "0"],
+            env=env,
+            stdout=master_log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        started.append(master)
+        _wait_for_port(port, master, "the Spark master", master_log)
+        worker_log = logs / "worker.log"
+        worker = subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1"]
+            + ["--cores", str(WORKER_CORES), "--memory", "8g", "--webui-port", "0"],
+            env=env,
+            stdout=worker_log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        started.append(worker)
+        deadline = time.monotonic() + 120
+        while "Successfully registered with master" not in worker_log.read_text():
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Spark worker did not register: {worker_log.read_text()[-2000:]}")
+            time.sleep(0.2)  # polling the worker's log for its registration line
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def probe_model(workload, tmp_path):
+    """The workload's model with a LoadProbe on ``click``: (model path, the probe's log dir)."""
+    log, models = tmp_path / "loads", tmp_path / "models"
+    log.mkdir(), models.mkdir()
+    model = probed_model(workload, models, "click", "LoadProbe", log_dir=str(log))
+    for built in log.iterdir():  # building it here constructed the layer once too
+        built.unlink()
+    return model, log
+
+
+def _driver(args: dict, timeout: float = 600) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(DRIVER), json.dumps(args)],
+        cwd=REPO,
+        env={**_user_env(), "PYTHONPATH": str(REPO)},  # the driver's sys.path reaches Ray's workers
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"driver failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen["stderr"] = done.stderr
+    return seen
+
+
+def _assert_filtered_predictions(out: Path, workload: dict) -> None:
+    """Every row with id % 3 != 0 exactly once, its predictions model.predict's within 1e-5."""
+    table = read_parquet_dir(out).sort_by("id")
+    kept = [i for i in range(len(workload["click"])) if i % 3]
+    assert table.column("id").to_pylist() == kept
+    np.testing.assert_allclose(table.column("click").to_numpy(), workload["click"][kept], atol=1e-5, rtol=0)
+    topics = np.stack(table.column("topics").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(topics, workload["topics"][kept], atol=1e-5, rtol=0)
+
+
+def test_predict_on_a_plain_standalone_session_starts_ray_on_spark_and_stops_only_it(
+    standalone, workload, probe_model, tmp_path
+):
+    model, log = probe_model
+    out = tmp_path / "scores.parquet"
+    seen = _driver(
+        {
+            "master": standalone,
+            "data": workload["data"],
+            "model": model,
+            "custom_objects": probes.CUSTOM_OBJECTS_PATH,
+            "out": str(out),
+            "actors": 2,
+            "ray_on_spark": {"worker_nodes": 1, "cpus_per_node": 2},
+        }
+    )
+    assert seen["path_has_venv_bin"] is False  # Ray on Spark found `ray` through rayscore's start hook
+    _assert_filtered_predictions(out, workload)
+    loaded_in = probes.loads_logged(log)
+    assert len(loaded_in) == len(set(loaded_in)) == 2  # one load per actor, counted by the model itself
+    deployment = seen["deployment"]
+    assert deployment["kind"] == "ray-on-spark"
+    assert deployment["spark"]["master"] == standalone
+    assert deployment["ray_on_spark"] == {
+        "cpus_per_node": 2,
+        "spark_slots": WORKER_CORES,
+        "ray_worker_nodes_hold": 2,
+        "left_for_scoring": 2,
+    }
+    assert deployment["ray"]["cpus"] == 2.0  # the head on the driver holds none: the pool is sized from the worker
+    assert "scoring on Ray on Spark started by rayscore on the caller's Spark" in seen["stderr"]
+    assert seen["ray_daemons_during"] >= 2  # a head and a worker node, each with its daemons
+    assert seen["ray_daemons_left"] == []  # what rayscore started has stopped ...
+    assert seen["ray_connected_after"] is False
+    assert seen["ray_address_after"] == seen["ray_address_before"]  # ... and Ray on Spark's RAY_ADDRESS is undone
+    assert seen["spark_stopped"] is False and seen["users_count_after"] == 500  # the user's Spark runs on
+
+
+def test_rayscore_run_with_a_standalone_master_and_no_room_left_for_scoring_exits_2(standalone, workload, tmp_path):
+    """Two worker nodes of 2 CPUs would hold all 4 of Spark's task slots: one line, exit 2, nothing written."""
+    out = tmp_path / "scores.parquet"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"format": "parquet", "path": workload["data"]},
+                "model": {"uri": workload["keras"]},
+                "output": {"path": str(out), "keep_columns": ["id"]},
+                "spark": {"master": standalone, "ray_on_spark": {"worker_nodes": 2, "cpus_per_node": 2}},
+            }
+        )
+    )
+    rayscore_cli = shutil.which("rayscore", path=os.path.dirname(sys.executable))
+    done = subprocess.run(
+        [rayscore_cli, "run", str(job), "--quiet"], env=_user_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "rayscore: error: spark.ray_on_spark: 2 Ray worker node(s) of 2 CPU(s) would hold 4 of Spark's 4 task "
+        "slots for as long as they live, leaving 0 for the scoring job's tasks: ask for fewer or smaller worker "
+        "nodes (spark.ray_on_spark.worker_nodes, cpus_per_node) or give Spark more executor cores"
+    ]
+    assert not out.exists() and not list(tmp_path.glob(".*staging*"))
