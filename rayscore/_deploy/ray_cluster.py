@@ -88,10 +88,15 @@ class RayCluster(Deployment):
             self._local = True
         else:
             with translate_errors(f"ray.address {address}", SessionError):
+                _token_if_held()
                 try:
                     ray_init(address=address)
                 except ConnectionError as exc:
-                    raise SessionError(f"ray.address: cannot reach a Ray cluster at {address!r}: {exc}") from exc
+                    raise SessionError(
+                        f"ray.address: cannot reach a Ray cluster at {address!r}: {exc} (is it up? A cluster with "
+                        "token authentication, Ray's default, also needs its token here: RAY_AUTH_TOKEN or "
+                        "~/.ray/auth_token)"
+                    ) from exc
         self._connected = True
         self._address = ray.get_runtime_context().gcs_address
 
@@ -127,3 +132,19 @@ class RayCluster(Deployment):
         else:
             ray_text = f"the Ray this process is connected to ({self._address})"
         return f"{who} Spark ({master}) with {ray_text}"
+
+
+def _token_if_held() -> None:
+    """Join with Ray's token when this process holds one and ``RAY_AUTH_MODE`` is unset.
+
+    ``ray start --head`` turns token authentication on by default (Ray 2.60)
+    and saves the token in ``~/.ray/auth_token``; ``ray.init(address=…)``
+    does not look for it unless ``RAY_AUTH_MODE=token``, and fails with a
+    bare "Failed to connect". Ray's own rule for a new local cluster
+    (use the token if one is there) is applied to joining too.
+    """
+    from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)

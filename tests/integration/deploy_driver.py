@@ -25,15 +25,16 @@ import psutil
 RAY_DAEMONS = ("raylet", "gcs_server")
 
 
-def ray_daemons() -> set[int]:
-    """Pids of Ray's node daemons on this machine (any cluster's)."""
+def ray_daemons(names: tuple[str, ...] = RAY_DAEMONS) -> set[int]:
+    """Pids of Ray's node daemons of ``names`` on this machine (any cluster's)."""
     found = set()
     for proc in psutil.process_iter(["name", "cmdline"]):
         try:
             text = " ".join(proc.info["cmdline"] or []) or proc.info["name"] or ""
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if any(f"/{d} " in f"{text} " or text.startswith(d) for d in RAY_DAEMONS):
+        program = os.path.basename(text.split(" ", 1)[0])
+        if program in names:
             found.add(proc.pid)
     return found
 
@@ -42,6 +43,10 @@ def wait_gone(pids: set[int], timeout: float = 60.0) -> set[int]:
     """The pids of ``pids`` still alive after waiting up to ``timeout`` for them to end."""
     _, alive = psutil.wait_procs([p for p in (_proc(pid) for pid in pids) if p is not None], timeout=timeout)
     return {p.pid for p in alive}
+
+
+def _names(pids: set[int]) -> list[str]:
+    return sorted(os.path.basename(p.cmdline()[0]) for p in (_proc(pid) for pid in pids) if p is not None)
 
 
 def _proc(pid: int) -> psutil.Process | None:
@@ -60,6 +65,8 @@ def main(args: dict) -> dict:
     seen: dict = {"path_has_venv_bin": os.path.dirname(sys.executable) in os.environ.get("PATH", "").split(os.pathsep)}
     seen["ray_address_before"] = os.environ.get("RAY_ADDRESS")
     before = ray_daemons()
+    if args.get("ray_address"):  # the user's own cluster, as they would export it
+        os.environ["RAY_ADDRESS"] = args["ray_address"]
     if args.get("pyspark_python", True):  # as the deployment page says: the workers run this interpreter
         os.environ["PYSPARK_PYTHON"] = sys.executable
     java = " ".join(JAVA_OPTIONS)
@@ -83,14 +90,14 @@ def main(args: dict) -> dict:
             seen["deployment"] = s.deployment.facts()
             scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
             scored.write.parquet(args["out"])
-            seen["ray_daemons_during"] = len(ray_daemons() - before)
+            seen["ray_daemons_during"] = _names(ray_daemons() - before)
     else:  # no session block: the first predict finds the Ray (RAY_ADDRESS) and keeps it until exit
         scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
         scored.write.parquet(args["out"])
         from rayscore._deploy import attached
 
         seen["deployment"] = attached(spark).facts()
-        seen["ray_daemons_during"] = len(ray_daemons() - before)
+        seen["ray_daemons_during"] = _names(ray_daemons() - before)
     seen["seconds"] = round(time.perf_counter() - began, 1)
     import ray
 

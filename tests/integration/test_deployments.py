@@ -26,6 +26,7 @@ import yaml
 
 from . import probes
 from .conftest import probed_model, read_parquet_dir
+from .deploy_driver import ray_daemons, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("deploy_driver.py")
@@ -181,7 +182,7 @@ def test_predict_on_a_plain_standalone_session_starts_ray_on_spark_and_stops_onl
     }
     assert deployment["ray"]["cpus"] == 2.0  # the head on the driver holds none: the pool is sized from the worker
     assert "scoring on Ray on Spark started by rayscore on the caller's Spark" in seen["stderr"]
-    assert seen["ray_daemons_during"] >= 2  # a head and a worker node, each with its daemons
+    assert seen["ray_daemons_during"] == ["gcs_server", "raylet", "raylet"]  # a head and a worker node
     assert seen["ray_daemons_left"] == []  # what rayscore started has stopped ...
     assert seen["ray_connected_after"] is False
     assert seen["ray_address_after"] == seen["ray_address_before"]  # ... and Ray on Spark's RAY_ADDRESS is undone
@@ -214,3 +215,108 @@ def test_rayscore_run_with_a_standalone_master_and_no_room_left_for_scoring_exit
         "nodes (spark.ray_on_spark.worker_nodes, cpus_per_node) or give Spark more executor cores"
     ]
     assert not out.exists() and not list(tmp_path.glob(".*staging*"))
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray cluster of the user's: ``ray start --head --block`` on loopback, 2 CPUs; its address. Left running."""
+    port = _free_port()
+    log = tmp_path / "ray-head.log"
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}"]
+        + ["--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        env={**_user_env(), "PYTHONPATH": str(REPO)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():  # its raylet too, not only the GCS's port
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start --head did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)  # polling the log for the line `ray start` prints once the node is up
+        yield f"127.0.0.1:{port}", head
+    finally:
+        head.terminate()  # `ray start --block` stops its node's processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, 9)
+
+
+def test_predict_on_a_local_session_joins_the_users_ray_from_ray_address_and_leaves_it_running(
+    ray_head, workload, probe_model, tmp_path
+):
+    address, head = ray_head
+    model, log = probe_model
+    out = tmp_path / "scores.parquet"
+    env_args = {
+        "master": "local[2]",
+        "data": workload["data"],
+        "model": model,
+        "custom_objects": probes.CUSTOM_OBJECTS_PATH,
+        "out": str(out),
+        "actors": 2,
+        "ray_address": address,
+    }
+    seen = _driver(env_args)
+    _assert_filtered_predictions(out, workload)
+    loaded_in = probes.loads_logged(log)
+    assert len(loaded_in) == len(set(loaded_in)) == 2
+    assert seen["deployment"]["kind"] == "ray-cluster"
+    assert seen["deployment"]["ray"] == {"nodes": 1, "cpus": 2.0, "gpus": 0.0}
+    port = address.rsplit(":", 1)[1]
+    assert "scoring on the caller's Spark (local[2]) with the Ray cluster at " in seen["stderr"]
+    assert f":{port} (joined)" in seen["stderr"]
+    assert seen["ray_daemons_during"] == []  # rayscore started no Ray of its own
+    assert head.poll() is None  # the user's cluster runs on after the driver exited
+    # The user's cluster is up, and its CPUs come back once the driver's actors are gone.
+    check = (
+        f"import ray, time; ray.init(address={address!r}, log_to_driver=False); deadline = time.monotonic() + 60\n"
+        "while ray.available_resources().get('CPU', 0) < 2 and time.monotonic() < deadline: time.sleep(0.2)\n"
+        "print(ray.available_resources().get('CPU', 0), len(ray.nodes()))"
+    )
+    status = subprocess.run(
+        [sys.executable, "-c", check],
+        env={**_user_env(), "RAY_AUTH_MODE": "token"},  # as a user's own script must say, with this token
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert status.stdout.split()[-2:] == ["2.0", "1"]
+
+
+def test_rayscore_run_with_spark_master_starts_ray_on_spark_and_reports_what_each_side_got(
+    standalone, workload, tmp_path
+):
+    out = tmp_path / "scores.parquet"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"format": "sql", "query": f"SELECT * FROM parquet.`{workload['data']}` WHERE id % 3 != 0"},
+                "model": {"uri": workload["keras"]},
+                "predict": {"actors": 2, "batch_size": 500},
+                "output": {"path": str(out), "keep_columns": ["id"]},
+                "spark": {"master": standalone, "ray_on_spark": {"worker_nodes": 1, "cpus_per_node": 2}},
+            }
+        )
+    )
+    rayscore_cli = shutil.which("rayscore", path=os.path.dirname(sys.executable))
+    env = {**_user_env(), "PYTHONPATH": str(REPO)}
+    before = ray_daemons()
+    done = subprocess.run(
+        [rayscore_cli, "run", str(job), "--quiet"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rayscore: scoring on Ray on Spark started by rayscore on rayscore's Spark" in done.stderr
+    _assert_filtered_predictions(out, workload)
+    report = json.loads((out / "_rayscore_report.json").read_text())
+    assert report["rows_in"] == report["rows_out"] == 4000
+    assert report["model_loads"] == 2
+    assert report["deployment"]["kind"] == "ray-on-spark"
+    assert report["deployment"]["ray_on_spark"]["left_for_scoring"] == 2
+    assert sorted(wait_gone(ray_daemons() - before)) == []  # Ray on Spark's nodes ended with the CLI
