@@ -24,6 +24,7 @@ from pydantic import (
     StrictInt,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -337,13 +338,6 @@ class SparkConfig(_Frozen):
             )
         return value
 
-    @model_validator(mode="after")
-    def _ray_on_spark_needs_a_master(self) -> SparkConfig:
-        if self.ray_on_spark is not None and (self.master is None or is_local_master(self.master)):
-            where = "RayDP's Spark (spark.master unset)" if self.master is None else f"a {self.master} master"
-            raise ValueError(f"ray_on_spark does not go with {where}: Ray on Spark needs a cluster master")
-        return self
-
     @field_validator("configs")
     @classmethod
     def _spark_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -351,6 +345,15 @@ class SparkConfig(_Frozen):
         if bad:
             raise ValueError(f"keys must start with 'spark.', got {bad[0]!r}")
         return _scalars(value)
+
+    @field_validator("ray_on_spark")
+    @classmethod
+    def _ray_on_spark_needs_a_master(cls, value: RayOnSparkConfig | None, info: ValidationInfo) -> Any:
+        master = info.data.get("master")
+        if value is not None and (master is None or is_local_master(master)):
+            where = "RayDP's Spark (spark.master unset)" if master is None else f"a {master} master"
+            raise ValueError(f"does not go with {where}: Ray on Spark needs a cluster master")
+        return value
 
 
 class Config(_Frozen):

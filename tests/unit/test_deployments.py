@@ -1,0 +1,121 @@
+"""Choosing a deployment and sizing Ray on Spark: config rules and arithmetic, no cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayscore import ConfigError
+from rayscore._config import RayConfig, RayOnSparkConfig, SparkConfig, load_config, to_bytes, validated
+from rayscore._deploy import choose
+from rayscore._deploy.ray_cluster import RayCluster
+from rayscore._deploy.ray_on_spark import RayOnSpark, node_cpus, slots_left
+from rayscore._deploy.raydp_spark import RayDP
+
+BASE = {
+    "input": {"path": "in.parquet"},
+    "model": {"uri": "m.keras"},
+    "output": {"path": "out.parquet"},
+}
+
+
+def config(**sections):
+    return load_config({**BASE, **sections})
+
+
+def test_the_embedded_default_stays_raydp():
+    cfg = config()
+    assert cfg.spark.master is None and cfg.spark.ray_on_spark is None
+    assert isinstance(choose(cfg.ray, cfg.spark), RayDP)
+
+
+@pytest.mark.parametrize(
+    ("spark", "ray", "kind"),
+    [
+        ({"master": "spark://h:7077"}, {}, RayOnSpark),
+        ({"master": "yarn", "ray_on_spark": {"worker_nodes": 4}}, {}, RayOnSpark),
+        ({"master": "local-cluster[1, 2, 2048]"}, {}, RayOnSpark),
+        ({"master": "spark://h:7077"}, {"address": "10.0.0.1:6379"}, RayCluster),
+        ({"master": "local[2]"}, {}, RayCluster),
+        ({"master": "local"}, {}, RayCluster),
+    ],
+)
+def test_a_master_chooses_ray_on_spark_unless_a_ray_is_named_or_spark_is_local(spark, ray, kind, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = config(spark=spark, ray=ray)
+    assert type(choose(cfg.ray, cfg.spark)) is kind
+
+
+def test_ray_address_in_the_environment_joins_that_cluster(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    cfg = config(spark={"master": "spark://h:7077"})
+    assert type(choose(cfg.ray, cfg.spark)) is RayCluster
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"spark": {"master": "mesos://h:5050"}},
+            "spark.master must be a Spark master: spark://host:port, yarn, k8s://…, local[N] or "
+            "local-cluster[N, cores, MB], got 'mesos://h:5050'",
+        ),
+        (
+            {"spark": {"master": "ray://RAY_APP_MASTER@1.2.3.4:1"}},
+            "spark.master 'ray://RAY_APP_MASTER@1.2.3.4:1' is RayDP's own master: leave spark.master out for "
+            "RayDP's Spark on Ray",
+        ),
+        (
+            {"spark": {"ray_on_spark": {"worker_nodes": 2}}},
+            "spark.ray_on_spark does not go with RayDP's Spark (spark.master unset): Ray on Spark needs a "
+            "cluster master",
+        ),
+        (
+            {"spark": {"master": "local[2]", "ray_on_spark": {}}},
+            "spark.ray_on_spark does not go with a local[2] master: Ray on Spark needs a cluster master",
+        ),
+        (
+            {"spark": {"master": "yarn", "ray_on_spark": {"worker_nodes": 0}}},
+            "spark.ray_on_spark.worker_nodes must be >= 1, got 0",
+        ),
+        (
+            {"spark": {"master": "yarn", "ray_on_spark": {"memory_per_node": "lots"}}},
+            "spark.ray_on_spark.memory_per_node must look like 512m, 2g or 2048 (bytes), got 'lots'",
+        ),
+        (
+            {"spark": {"master": "yarn", "ray_on_spark": {"nodes": 2}}},
+            "spark.ray_on_spark.nodes is not a known key",
+        ),
+        (
+            {"spark": {"master": "yarn", "ray_on_spark": {}}, "ray": {"address": "h:6379"}},
+            "spark.ray_on_spark does not go with ray.address: rayscore either joins the Ray cluster at 'h:6379' "
+            "or starts Ray on Spark, not both",
+        ),
+    ],
+)
+def test_every_new_key_is_checked_before_anything_starts_with_its_key_path(sections, message):
+    with pytest.raises(ConfigError) as err:
+        config(**sections)
+    assert message in str(err.value)
+
+
+def test_slots_left_for_scoring_beside_ray_on_spark_worker_nodes():
+    assert slots_left(4, 1, 2) == 2
+    assert slots_left(4, 2, 2) == 0
+    assert slots_left(16, 3, 4) == 4
+    assert slots_left(8, 1, 3, task_cpus=2) == 6  # a 3-CPU node asks for two 2-CPU task slots
+
+
+def test_a_worker_node_is_sized_for_the_largest_pool_unless_told():
+    assert node_cpus(RayOnSparkConfig(), 2, 1.0) == 2
+    assert node_cpus(RayOnSparkConfig(worker_nodes=2), 4, 1.5) == 3
+    assert node_cpus(RayOnSparkConfig(cpus_per_node=8), 2, 1.0) == 8
+
+
+def test_sizes_are_read_in_powers_of_1024():
+    assert (to_bytes("2g"), to_bytes("512m"), to_bytes("2048"), to_bytes("3GB")) == (2 << 30, 512 << 20, 2048, 3 << 30)
+
+
+def test_the_session_keyword_checks_ray_on_spark_against_the_given_master():
+    spark_cfg = validated(SparkConfig, {}, "spark", extra={"master": "yarn", "ray_on_spark": {"worker_nodes": 3}})
+    assert spark_cfg.ray_on_spark.worker_nodes == 3
+    assert isinstance(choose(RayConfig(), spark_cfg), RayOnSpark)
