@@ -1,9 +1,10 @@
 """rayscore: score Spark DataFrames with large Keras models on a pool of Ray actors.
 
-RayDP runs Spark on Ray; Spark reads the DataFrame and streams its Arrow
-batches to long-lived Ray actors, each holding one copy of the model loaded
-from shared storage; the predictions stream back and Spark writes them. The
-model is never serialised.
+Spark (RayDP's Spark on Ray by default, or the Spark you already run, with
+Ray on Spark or a Ray cluster on its hosts) reads the DataFrame and streams
+its Arrow batches to long-lived Ray actors, each holding one copy of the
+model loaded from shared storage; the predictions stream back and Spark
+writes them. The model is never serialised.
 
 Three ways in::
 
@@ -11,6 +12,7 @@ Three ways in::
     rayscore.run("config.yaml")                    # the same from Python
     with rayscore.session() as s:                  # a DataFrame you already have
         scored = rayscore.predict(df, model="ctr.keras", keep_columns=["id"])
+    rayscore.predict(df, model="ctr.keras")        # df of any SparkSession (docs/deployments.md)
 """
 
 from ._config import Config, load_config

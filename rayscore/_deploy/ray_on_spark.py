@@ -93,15 +93,15 @@ class RayOnSpark(Deployment):
 
     def start_ray(self) -> None:
         self._mark_started()
-        if self.spark is None:
-            self.spark = build_spark(self.spark_config)
-            self._built_spark = True
-        master = spark_master(self.spark)
+        master = spark_master(self.spark) if self.spark is not None else str(self.spark_config.master)
         if not master.startswith(SUPPORTED):
             raise DeploymentError(
                 f"spark.master: Ray on Spark does not run on a {master!r} master (it needs spark://…, yarn or "
                 "local-cluster[…]); start a Ray cluster on the executors' hosts and set ray.address instead"
             )
+        if self.spark is None:
+            self.spark = build_spark(self.spark_config)
+            self._built_spark = True
         self._check_room()
         check_python_workers(self.spark)
         self._setup()
