@@ -58,6 +58,30 @@ def rs():
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def dirty(workload, tmp_path_factory) -> dict:
+    """Features with known bad rows: a null price, a short array, a NaN price."""
+    table = workload["table"]
+    price = table.column("price").to_numpy().astype(np.float32).copy()
+    price[10] = np.nan
+    price_arr = pa.array(price, mask=np.isin(np.arange(ROWS), [20, 4000]))
+    how = table.column("hour_of_week").combine_chunks()
+    lengths = np.full(ROWS, 168, dtype=np.int32)
+    lengths[[30, 5000]] = 100
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    keep = np.arange(168)[None, :] < lengths[:, None]  # every other row keeps its own values
+    values = pa.array(how.flatten().to_numpy().reshape(ROWS, 168)[keep])
+    table = table.set_column(table.schema.get_field_index("price"), "price", price_arr)
+    table = table.set_column(
+        table.schema.get_field_index("hour_of_week"),
+        "hour_of_week",
+        pa.ListArray.from_arrays(pa.array(offsets), values),
+    )
+    path = tmp_path_factory.mktemp("dirty") / "features.parquet"
+    pq.write_table(table, path)
+    return {"path": str(path), "table": table}
+
+
 def probed_model(workload: dict, folder: Path, output: str, layer: str, **config) -> str:
     """The workload's model (same weights) with a :mod:`.probes` layer on ``output``, saved under ``folder``.
 

@@ -56,6 +56,20 @@ def _proc(pid: int) -> psutil.Process | None:
         return None
 
 
+def _job(session, job: dict) -> dict:
+    """``rayscore.validate`` or ``rayscore.run`` of ``job["config"]`` on ``session``: what it returned, or its error."""
+    import rayscore
+
+    try:
+        if job["kind"] == "validate":
+            found = rayscore.validate(job["config"], session=session)
+            return {"ok": found.ok, "checks": list(found.checks), "problems": list(found.problems)}
+        result = rayscore.run(job["config"], session=session, progress=False)
+        return {"ok": True, "result": json.loads(result.to_json())}
+    except rayscore.RayscoreError as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def main(args: dict) -> dict:
     from pyspark.sql import SparkSession
 
@@ -83,26 +97,33 @@ def main(args: dict) -> dict:
     )
     spark.sparkContext.setLogLevel("ERROR")
     df = spark.read.parquet(args["data"]).where("id % 3 != 0")
-    model = {"uri": args["model"], "custom_objects": args["custom_objects"]}
+    model = {"uri": args.get("model", ""), "custom_objects": args.get("custom_objects")}
     began = time.perf_counter()
     if args.get("ray_on_spark") is not None:
         with rayscore.session(spark=spark, ray_on_spark=args["ray_on_spark"]) as s:
             seen["deployment"] = s.deployment.facts()
-            scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
-            scored.write.parquet(args["out"])
-            seen["ray_daemons_during"] = _names(ray_daemons() - before)
+            if args.get("jobs"):  # whole jobs on the session: validate, run (resume, quarantine)
+                seen["jobs"] = [_job(s, job) for job in args["jobs"]]
+            else:
+                scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
+                scored.write.parquet(args["out"])
+            during = ray_daemons() - before
+        seen["ray_daemons_during"] = _names(during)
+            seen["ray_daemons_during"] = _names(during)
     else:  # no session block: the first predict finds the Ray (RAY_ADDRESS) and keeps it until exit
         scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
         scored.write.parquet(args["out"])
         from rayscore._deploy import attached
 
         seen["deployment"] = attached(spark).facts()
-        seen["ray_daemons_during"] = _names(ray_daemons() - before)
+        during = ray_daemons() - before
+        seen["ray_daemons_during"] = _names(during)
     seen["seconds"] = round(time.perf_counter() - began, 1)
     import ray
 
     seen["ray_connected_after"] = ray.is_initialized()
-    seen["ray_daemons_left"] = sorted(wait_gone(ray_daemons() - before))
+    # The daemons that appeared while rayscore ran (not those another program starts meanwhile) are gone.
+    seen["ray_daemons_left"] = sorted(wait_gone(during))
     seen["ray_address_after"] = os.environ.get("RAY_ADDRESS")
     # The user's session and jobs are theirs: still running, nothing cancelled.
     seen["users_count_after"] = spark.range(1000).where("id % 2 = 0").count()

@@ -6,6 +6,8 @@ loads it, without any of rayscore's own counters:
 
 * :class:`LoadProbe` writes one file per construction (one per model load)
   into a directory the test owns, named by the loading process's pid.
+* :class:`KillOnFirstCall` SIGKILLs the actor that makes the first model
+  call, and names its pid.
 * :class:`ChangeFileOnFirstCall` deletes or rewrites an input file from
   inside the first batch's model call.
 * :class:`KilledForMemory` puts the actor's process under a memory limit the
@@ -132,6 +134,26 @@ class ChangeFileOnFirstCall(_PythonOnCall):
 
 
 @keras.saving.register_keras_serializable(package="rayscore_tests")
+class KillOnFirstCall(_PythonOnCall):
+    """The first call of any actor (``marker`` is created once) writes its pid into ``marker`` and SIGKILLs it.
+
+    A predictor killed mid-job at a moment that is certain: while it scores a batch.
+    """
+
+    def __init__(self, marker: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.marker = marker
+
+    def act(self) -> None:
+        if first_time(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), 9)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "marker": self.marker}
+
+
+@keras.saving.register_keras_serializable(package="rayscore_tests")
 class KilledForMemory(_PythonOnCall):
     """Each call joins the cgroup ``procs`` names, then fills ``fill_bytes`` of memory.
 
@@ -185,6 +207,7 @@ class KillNodeAfterShard(_PythonOnCall):
 
 CUSTOM_OBJECTS = {
     "LoadProbe": LoadProbe,
+    "KillOnFirstCall": KillOnFirstCall,
     "OomAbove": OomAbove,
     "ChangeFileOnFirstCall": ChangeFileOnFirstCall,
     "KilledForMemory": KilledForMemory,

@@ -21,12 +21,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from . import probes
-from .conftest import probed_model, read_parquet_dir
+from .conftest import ROWS, assert_matches_model, probed_model, read_parquet_dir
 from .deploy_driver import ray_daemons, wait_gone
+from .test_pipeline import job
+from .test_reliability import resume_job
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("deploy_driver.py")
@@ -151,16 +155,25 @@ def _assert_filtered_predictions(out: Path, workload: dict) -> None:
     np.testing.assert_allclose(topics, workload["topics"][kept], atol=1e-5, rtol=0)
 
 
-def test_predict_on_a_plain_standalone_session_starts_ray_on_spark_and_stops_only_it(
-    standalone, workload, probe_model, tmp_path
+def test_predict_on_a_plain_standalone_session_starts_ray_on_spark_survives_a_killed_predictor_and_stops_only_it(
+    standalone, workload, tmp_path
 ):
-    model, log = probe_model
+    """Ray on Spark started by rayscore on the user's session; the first predictor to score is SIGKILLed."""
+    import keras
+
+    log, marker = tmp_path / "loads", tmp_path / "killed"
+    log.mkdir()
+    model_path = tmp_path / "ctr-probed.keras"
+    model = probes.with_layer(keras.saving.load_model(workload["keras"]), "click", probes.LoadProbe, log_dir=str(log))
+    probes.with_layer(model, "topics", probes.KillOnFirstCall, marker=str(marker)).save(model_path)
+    for built in log.iterdir():  # building it here constructed the probe once too
+        built.unlink()
     out = tmp_path / "scores.parquet"
     seen = _driver(
         {
             "master": standalone,
             "data": workload["data"],
-            "model": model,
+            "model": str(model_path),
             "custom_objects": probes.CUSTOM_OBJECTS_PATH,
             "out": str(out),
             "actors": 2,
@@ -168,9 +181,11 @@ def test_predict_on_a_plain_standalone_session_starts_ray_on_spark_and_stops_onl
         }
     )
     assert seen["path_has_venv_bin"] is False  # Ray on Spark found `ray` through rayscore's start hook
-    _assert_filtered_predictions(out, workload)
+    _assert_filtered_predictions(out, workload)  # every row once, none lost or doubled by the kill
+    victim = int(marker.read_text())
     loaded_in = probes.loads_logged(log)
-    assert len(loaded_in) == len(set(loaded_in)) == 2  # one load per actor, counted by the model itself
+    assert len(loaded_in) == len(set(loaded_in)) == 3  # two actors, and the victim's replacement
+    assert victim in loaded_in and not psutil.pid_exists(victim)
     deployment = seen["deployment"]
     assert deployment["kind"] == "ray-on-spark"
     assert deployment["spark"]["master"] == standalone
@@ -187,6 +202,48 @@ def test_predict_on_a_plain_standalone_session_starts_ray_on_spark_and_stops_onl
     assert seen["ray_connected_after"] is False
     assert seen["ray_address_after"] == seen["ray_address_before"]  # ... and Ray on Spark's RAY_ADDRESS is undone
     assert seen["spark_stopped"] is False and seen["users_count_after"] == 500  # the user's Spark runs on
+
+
+def test_validate_resume_and_quarantine_on_a_session_with_ray_on_spark(standalone, workload, dirty, tmp_path):
+    """Whole jobs on one rayscore.session(spark=…) with Ray on Spark: validate, resume twice, quarantine."""
+    out, errors, quarantined = tmp_path / "resumed.parquet", tmp_path / "errors.parquet", tmp_path / "good.parquet"
+    resume = resume_job(workload, out, predict={"actors": 2})
+    with_bad_rows = job(
+        workload,
+        quarantined,
+        input={"path": dirty["path"]},
+        predict={"on_bad_rows": "quarantine", "reject_nan": True, "actors": 2},
+        output={"errors_path": str(errors)},
+    )
+    seen = _driver(
+        {
+            "master": standalone,
+            "data": workload["data"],
+            "out": str(tmp_path / "unused.parquet"),
+            "ray_on_spark": {"worker_nodes": 1, "cpus_per_node": 2},
+            "jobs": [
+                {"kind": "validate", "config": resume},
+                {"kind": "run", "config": resume},
+                {"kind": "run", "config": resume},
+                {"kind": "run", "config": with_bad_rows},
+            ],
+        }
+    )
+    validated, first, again, bad = seen["jobs"]
+    assert validated["ok"], validated
+    assert "session: using the session passed in" in validated["checks"]
+    assert any(c.startswith("predict.actors: a pool of 2 actor(s)") for c in validated["checks"])
+    assert first["ok"] and again["ok"], (first, again)
+    assert first["result"]["shards"] == {"total": 4, "reused": 0, "scored": 4}
+    assert again["result"]["shards"] == {"total": 4, "reused": 4, "scored": 0}
+    assert again["result"]["model_loads"] == 0
+    assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
+    assert bad["ok"], bad
+    assert (bad["result"]["rows_in"], bad["result"]["rows_quarantined"]) == (ROWS, 5)
+    assert bad["result"]["deployment"]["kind"] == "ray-on-spark"
+    assert pq.read_table(errors).sort_by("id").column("id").to_pylist() == [10, 20, 30, 4000, 5000]
+    assert len(read_parquet_dir(quarantined)) == ROWS - 5
+    assert seen["ray_daemons_left"] == [] and seen["users_count_after"] == 500
 
 
 def test_rayscore_run_with_a_standalone_master_and_no_room_left_for_scoring_exits_2(standalone, workload, tmp_path):
