@@ -108,7 +108,6 @@ def main(args: dict) -> dict:
                 scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
                 scored.write.parquet(args["out"])
             during = ray_daemons() - before
-        seen["ray_daemons_during"] = _names(during)
             seen["ray_daemons_during"] = _names(during)
     else:  # no session block: the first predict finds the Ray (RAY_ADDRESS) and keeps it until exit
         scored = rayscore.predict(df, model=model, keep_columns=["id"], actors=args["actors"], progress=False)
