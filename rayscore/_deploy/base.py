@@ -34,6 +34,7 @@ __all__ = [
     "spark_master",
     "is_raydp",
     "check_python_workers",
+    "token_auth_on",
 ]
 
 log = logging.getLogger("rayscore")
@@ -292,3 +293,22 @@ def keep_signal_handlers() -> Iterator[None]:
         for signum, handler in before.items():
             if callable(handler) and handler is not signal.default_int_handler:
                 signal.signal(signum, handler)
+
+
+def token_auth_on() -> None:
+    """Token authentication for the cluster about to start (unless ``RAY_AUTH_MODE=disabled``), with a token.
+
+    ``ray start --head`` turns it on by default in Ray 2.60 and makes a token
+    if there is none, but Ray on Spark asks its start hook for the worker
+    nodes' environment before it starts the head: the token must exist by
+    then. Saying so here also makes this process join with the token.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return
+    from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
+        _enable_token_auth,
+        ensure_token_if_auth_enabled,
+    )
+
+    _enable_token_auth()
+    ensure_token_if_auth_enabled(create_token_if_missing=True)

@@ -30,7 +30,15 @@ from typing import Any
 from .._config import RayConfig, RayOnSparkConfig, SparkConfig, to_bytes
 from .._errors import DeploymentError, SessionError, one_line
 from .._placement import format_bytes
-from .base import Deployment, build_spark, check_python_workers, keep_signal_handlers, ray_init, spark_master
+from .base import (
+    Deployment,
+    build_spark,
+    check_python_workers,
+    keep_signal_handlers,
+    ray_init,
+    spark_master,
+    token_auth_on,
+)
 
 __all__ = ["RayOnSpark", "slots_left", "node_cpus", "SUPPORTED", "START_HOOK"]
 
@@ -135,7 +143,7 @@ class RayOnSpark(Deployment):
 
         self._address_before = os.environ.get("RAY_ADDRESS")
         os.environ["RAY_ON_SPARK_START_HOOK"] = START_HOOK
-        _token_auth_on()
+        token_auth_on()
         size = self.sizing
         try:
             with keep_signal_handlers():
@@ -212,21 +220,3 @@ class RayOnSpark(Deployment):
 
 def _bytes(text: str | None) -> int | None:
     return None if text is None else to_bytes(text)
-
-
-def _token_auth_on() -> None:
-    """Token authentication for the cluster about to start (unless ``RAY_AUTH_MODE=disabled``), with a token.
-
-    ``ray start --head`` turns it on by default in Ray 2.60; saying so here
-    makes this process join with the token and lets the start hook hand it
-    to the worker nodes.
-    """
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        return
-    from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
-        _enable_token_auth,
-        ensure_token_if_auth_enabled,
-    )
-
-    _enable_token_auth()
-    ensure_token_if_auth_enabled(create_token_if_missing=True)

@@ -11,7 +11,7 @@ import sys
 
 from ray.util.spark.start_hook_base import RayOnSparkStartHook
 
-from .base import ray_auth_env
+from .base import ray_auth_env, token_auth_on
 
 __all__ = ["RayscoreStartHook"]
 
@@ -29,4 +29,5 @@ class RayscoreStartHook(RayOnSparkStartHook):
 
     def custom_environment_variables(self) -> dict[str, str]:
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        token_auth_on()  # asked before the head starts: the token must exist now, not once the head made it
         return {"PATH": path, **ray_auth_env()}

@@ -70,6 +70,86 @@ def _job(session, job: dict) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def interrupted(args: dict, spark, seen: dict) -> None:
+    """A user's Ray on Spark and a job of theirs on the same SparkSession, then Ctrl-C in ``rayscore.run``.
+
+    The user starts Ray on Spark themselves (with rayscore's start hook, for
+    ``PATH`` and Ray's token) and a Spark job of their own that waits for a
+    release file. pyspark's own SIGINT handler cancels every job of the
+    context, so the driver puts Python's default back, as a scheduler's
+    wrapper would: what is seen is what rayscore does on the interrupt.
+    """
+    import signal
+    import threading
+
+    # Before Ray is imported, as a user exports them: Ray reads its authentication mode once.
+    os.environ["RAY_ON_SPARK_START_HOOK"] = "rayscore._deploy.start_hook.RayscoreStartHook"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    import keras
+    import ray
+    from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
+
+    import rayscore
+    from tests.integration import probes
+
+    address, _ = setup_ray_cluster(
+        max_worker_nodes=1,
+        num_cpus_worker_node=2,
+        num_gpus_worker_node=0,
+        num_cpus_head_node=0,
+        head_node_options={"include_dashboard": False},
+    )
+    ray.init(address=address, log_to_driver=False)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    model = Path(args["out"]).parent / "interrupting.keras"
+    probes.with_layer(
+        keras.saving.load_model(args["model"]),
+        "click",
+        probes.InterruptOnFirstCall,
+        pid=os.getpid(),
+        marker=str(Path(args["out"]).parent / "interrupted"),
+    ).save(model)
+    release = Path(args["out"]).parent / "release"
+
+    def wait_for_release(rows):
+        deadline = time.monotonic() + 300
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the user's task runs until the test releases it
+        yield sum(rows)
+
+    users: dict = {}
+
+    def users_job() -> None:
+        try:
+            users["sum"] = spark.sparkContext.parallelize(range(100), 1).mapPartitions(wait_for_release).sum()
+        except Exception as exc:  # noqa: BLE001 - reported
+            users["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+    thread = threading.Thread(target=users_job)
+    thread.start()
+    cfg = {
+        "input": {"format": "parquet", "path": args["data"]},
+        "model": {"uri": str(model), "custom_objects": args["custom_objects"]},
+        "predict": {"actors": 1, "batch_size": 200},
+        "output": {"path": args["out"], "keep_columns": ["id"]},
+    }
+    with rayscore.session(spark=spark) as s:
+        seen["deployment"] = s.deployment.facts()
+        try:
+            rayscore.run(cfg, session=s, progress=False)
+            seen["interrupted"] = False
+        except KeyboardInterrupt:
+            seen["interrupted"] = True
+    release.touch()
+    thread.join(timeout=300)
+    seen["users_job"] = users
+    seen["users_ray_connected"] = ray.is_initialized()
+    seen["users_ray_cpus"] = ray.cluster_resources().get("CPU")
+    seen["leftovers"] = sorted(p.name for p in Path(args["out"]).parent.iterdir())
+    ray.shutdown()
+    shutdown_ray_cluster()
+
+
 def main(args: dict) -> dict:
     from pyspark.sql import SparkSession
 
@@ -99,6 +179,10 @@ def main(args: dict) -> dict:
     df = spark.read.parquet(args["data"]).where("id % 3 != 0")
     model = {"uri": args.get("model", ""), "custom_objects": args.get("custom_objects")}
     began = time.perf_counter()
+    if args.get("interrupt"):
+        interrupted(args, spark, seen)
+        spark.stop()
+        return seen
     if args.get("ray_on_spark") is not None:
         with rayscore.session(spark=spark, ray_on_spark=args["ray_on_spark"]) as s:
             seen["deployment"] = s.deployment.facts()

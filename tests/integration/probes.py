@@ -8,6 +8,8 @@ loads it, without any of rayscore's own counters:
   into a directory the test owns, named by the loading process's pid.
 * :class:`KillOnFirstCall` SIGKILLs the actor that makes the first model
   call, and names its pid.
+* :class:`InterruptOnFirstCall` sends SIGINT to a driver (a user's Ctrl-C)
+  from the first model call.
 * :class:`ChangeFileOnFirstCall` deletes or rewrites an input file from
   inside the first batch's model call.
 * :class:`KilledForMemory` puts the actor's process under a memory limit the
@@ -154,6 +156,22 @@ class KillOnFirstCall(_PythonOnCall):
 
 
 @keras.saving.register_keras_serializable(package="rayscore_tests")
+class InterruptOnFirstCall(_PythonOnCall):
+    """The first call of any actor (``marker`` is created once) sends SIGINT to process ``pid`` (a user's Ctrl-C)."""
+
+    def __init__(self, pid: int, marker: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.pid, self.marker = pid, marker
+
+    def act(self) -> None:
+        if first_time(self.marker):
+            os.kill(self.pid, 2)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "pid": self.pid, "marker": self.marker}
+
+
+@keras.saving.register_keras_serializable(package="rayscore_tests")
 class KilledForMemory(_PythonOnCall):
     """Each call joins the cgroup ``procs`` names, then fills ``fill_bytes`` of memory.
 
@@ -208,6 +226,7 @@ class KillNodeAfterShard(_PythonOnCall):
 CUSTOM_OBJECTS = {
     "LoadProbe": LoadProbe,
     "KillOnFirstCall": KillOnFirstCall,
+    "InterruptOnFirstCall": InterruptOnFirstCall,
     "OomAbove": OomAbove,
     "ChangeFileOnFirstCall": ChangeFileOnFirstCall,
     "KilledForMemory": KilledForMemory,

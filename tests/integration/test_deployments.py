@@ -377,3 +377,22 @@ def test_rayscore_run_with_spark_master_starts_ray_on_spark_and_reports_what_eac
     assert report["deployment"]["kind"] == "ray-on-spark"
     assert report["deployment"]["ray_on_spark"]["left_for_scoring"] == 2
     assert sorted(wait_gone(ray_daemons() - before)) == []  # Ray on Spark's nodes ended with the CLI
+
+
+def test_ctrl_c_in_rayscore_leaves_the_users_ray_on_spark_and_their_other_job_running(standalone, workload, tmp_path):
+    out = tmp_path / "scores.parquet"
+    seen = _driver(
+        {
+            "master": standalone,
+            "data": workload["data"],
+            "model": workload["keras"],
+            "custom_objects": probes.CUSTOM_OBJECTS_PATH,
+            "out": str(out),
+            "interrupt": True,
+        }
+    )
+    assert seen["interrupted"] is True  # the interrupt reached the caller, after rayscore stopped its own part
+    assert seen["deployment"]["kind"] == "ray-cluster"  # the user's Ray on Spark, joined as it was
+    assert seen["users_job"] == {"sum": 4950}  # their job on the same SparkSession ran to its end
+    assert seen["users_ray_connected"] is True and seen["users_ray_cpus"] == 2.0  # their Ray on Spark runs on
+    assert seen["leftovers"] == ["interrupted", "interrupting.keras", "release"]  # nothing committed or staged

@@ -119,3 +119,41 @@ def test_the_session_keyword_checks_ray_on_spark_against_the_given_master():
     spark_cfg = validated(SparkConfig, {}, "spark", extra={"master": "yarn", "ray_on_spark": {"worker_nodes": 3}})
     assert spark_cfg.ray_on_spark.worker_nodes == 3
     assert isinstance(choose(RayConfig(), spark_cfg), RayOnSpark)
+
+
+def test_the_start_hook_hands_ray_on_spark_the_interpreters_bin_and_a_token_made_before_the_head(tmp_path):
+    """On a machine with no token yet, the hook makes one (Ray asks it before the head would), and gives PATH."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, os, sys\n"
+        "from rayscore._deploy.start_hook import RayscoreStartHook\n"
+        "env = RayscoreStartHook().custom_environment_variables()\n"
+        "print(json.dumps(env))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    env = json.loads(done.stdout.strip().splitlines()[-1])
+    token = (tmp_path / ".ray" / "auth_token").read_text().strip()
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == token and len(token) >= 32
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    disabled = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, "HOME": str(tmp_path / "other"), "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "RAY_AUTH_TOKEN" not in json.loads(disabled.stdout.strip().splitlines()[-1])
+    assert not (tmp_path / "other" / ".ray").exists()  # RAY_AUTH_MODE=disabled is respected
