@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -396,3 +397,88 @@ def test_ctrl_c_in_rayscore_leaves_the_users_ray_on_spark_and_their_other_job_ru
     assert seen["users_job"] == {"sum": 4950}  # their job on the same SparkSession ran to its end
     assert seen["users_ray_connected"] is True and seen["users_ray_cpus"] == 2.0  # their Ray on Spark runs on
     assert seen["leftovers"] == ["interrupted", "interrupting.keras", "release"]  # nothing committed or staged
+
+
+def _predictor_scoring() -> bool:
+    """Whether a pool actor anywhere on this machine is scoring a batch (Ray titles it ``ray::Predictor.score``)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info["cmdline"] or [""])[0].startswith("ray::Predictor.score"):
+                return True
+        except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+            continue
+    return False
+
+
+def test_sigterm_to_rayscore_run_on_ray_on_spark_stops_the_cluster_it_started_and_commits_nothing(
+    standalone, workload, tmp_path
+):
+    out = tmp_path / "scores.parquet"
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"format": "parquet", "path": workload["data"]},
+                "model": {"uri": workload["keras"]},
+                "predict": {"actors": 2, "batch_size": 50},
+                "output": {"path": str(out), "keep_columns": ["id"]},
+                "spark": {"master": standalone, "ray_on_spark": {"worker_nodes": 1, "cpus_per_node": 2}},
+            }
+        )
+    )
+    before = ray_daemons()
+    cli = subprocess.Popen(
+        [shutil.which("rayscore", path=os.path.dirname(sys.executable)), "run", str(job_file), "--quiet"],
+        env=_user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not _predictor_scoring():
+            assert cli.poll() is None and time.monotonic() < deadline, cli.communicate(timeout=30)
+            time.sleep(0.1)  # polling for the moment a batch is being scored
+        during = ray_daemons() - before
+        cli.send_signal(signal.SIGTERM)
+        stdout, stderr = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == "rayscore: interrupted; stopped the actors, Spark and Ray it had started"
+    assert stdout == ""
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+    assert len(during) >= 3  # Ray on Spark's head (gcs_server, raylet) and its worker node's raylet ...
+    assert sorted(wait_gone(during)) == []  # ... all gone with the run
+
+
+def test_predict_outside_a_session_on_a_cluster_master_starts_ray_on_spark_sized_for_the_pool_until_exit(
+    standalone, workload, probe_model, tmp_path
+):
+    """No session block: the first rayscore.predict starts Ray on Spark for the user's session, one worker node
+    of the pool's CPUs, kept for later calls and stopped when the interpreter exits."""
+    model, log = probe_model
+    out = tmp_path / "scores.parquet"
+    before = ray_daemons()
+    seen = _driver(
+        {
+            "master": standalone,
+            "data": workload["data"],
+            "model": model,
+            "custom_objects": probes.CUSTOM_OBJECTS_PATH,
+            "out": str(out),
+            "actors": 2,
+        }
+    )
+    _assert_filtered_predictions(out, workload)
+    assert len(probes.loads_logged(log)) == 2
+    deployment = seen["deployment"]
+    assert deployment["kind"] == "ray-on-spark"
+    assert deployment["ray_on_spark"]["cpus_per_node"] == 2  # actors=2 x 1 CPU, on the one worker node
+    assert deployment["ray_on_spark"]["left_for_scoring"] == 2
+    assert "scoring on Ray on Spark started by rayscore on the caller's Spark (spark://" in seen["stderr"]
+    assert seen["ray_daemons_during"] == ["gcs_server", "raylet", "raylet"]
+    assert seen["ray_connected_after"] is True  # kept after the action, for the next one ...
+    assert sorted(wait_gone(ray_daemons() - before)) == []  # ... and stopped when the driver exited
