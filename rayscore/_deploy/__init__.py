@@ -72,12 +72,14 @@ def attach(spark: Any, *, max_actors: int, cpus_per_actor: float, verbose: bool 
 
     A SparkSession that a :func:`rayscore.session` block opened (or was given)
     has its deployment already; any other is given one here, said in one line
-    on standard error, and kept for later calls until the interpreter exits
-    (or :func:`detach_all`). The caller's SparkSession is never stopped.
+    on standard error, and kept for later calls until the interpreter exits,
+    :func:`detach_all`, or the next call after that SparkSession stopped.
+    The caller's SparkSession is never stopped.
     """
     from .._logs import others_to_log  # noqa: PLC0415
 
     app = str(spark.sparkContext.applicationId)
+    _stop_orphans()
     with _lock:
         found = _attached.get(app)
         if found is not None:
@@ -98,6 +100,19 @@ def attach(spark: Any, *, max_actors: int, cpus_per_actor: float, verbose: bool 
             atexit.register(detach_all)
     log.warning("scoring on %s", deployment.describe())
     return deployment
+
+
+def _stop_orphans() -> None:
+    """Stop what :func:`attach` started for SparkSessions that have stopped since (their Ray on Spark's head)."""
+    with _lock:
+        orphans = [(a, d) for a, d in _attached.items() if d.spark is not None and d.spark.sparkContext._jsc is None]
+        for app, _ in orphans:
+            del _attached[app]
+    for _, deployment in orphans:
+        try:
+            deployment.stop()
+        except Exception as exc:  # noqa: BLE001 - what is left of a stopped session
+            log.debug("stopping %s of a stopped SparkSession: %s", deployment.kind, exc)
 
 
 def attached(spark: Any) -> Deployment | None:

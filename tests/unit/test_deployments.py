@@ -18,6 +18,15 @@ BASE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_ray_connection(monkeypatch):
+    """As in a fresh interpreter: this process is connected to no Ray (the integration tests' session may be)."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
 def config(**sections):
     return load_config({**BASE, **sections})
 
@@ -43,6 +52,14 @@ def test_a_master_chooses_ray_on_spark_unless_a_ray_is_named_or_spark_is_local(s
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = config(spark=spark, ray=ray)
     assert type(choose(cfg.ray, cfg.spark)) is kind
+
+
+def test_a_process_already_connected_to_ray_scores_beside_that_ray(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    cfg = config(spark={"master": "spark://h:7077"})
+    assert type(choose(cfg.ray, cfg.spark)) is RayCluster
 
 
 def test_ray_address_in_the_environment_joins_that_cluster(monkeypatch):
