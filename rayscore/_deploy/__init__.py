@@ -96,10 +96,32 @@ def attach(spark: Any, *, max_actors: int, cpus_per_actor: float, verbose: bool 
                 deployment.stop()
             raise
         _attached[app] = deployment
-        if len(_attached) == 1:
-            atexit.register(detach_all)
+        _stop_at_exit()
     log.warning("scoring on %s", deployment.describe())
     return deployment
+
+
+_exit_hooked = False
+
+
+def _stop_at_exit() -> None:
+    """Have :func:`detach_all` run when the interpreter exits, before it waits for non-daemon threads.
+
+    Ray on Spark runs non-daemon threads in this process (its Spark job
+    server), and Python joins those before it runs ``atexit`` handlers: an
+    ``atexit`` hook would never run and the interpreter would never exit.
+    ``threading._register_atexit`` (what ``concurrent.futures`` uses) runs
+    before that join.
+    """
+    global _exit_hooked
+    if _exit_hooked:
+        return
+    _exit_hooked = True
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(detach_all)
+    else:  # pragma: no cover - every supported Python has it
+        atexit.register(detach_all)
 
 
 def _stop_orphans() -> None:

@@ -47,6 +47,7 @@ log = logging.getLogger("rayscore")
 SUPPORTED = ("spark://", "yarn", "local-cluster[")  # the masters Ray on Spark starts worker nodes on
 EXECUTORS_WAIT_S = 120.0  # for a cluster master's first executor to register
 START_HOOK = "rayscore._deploy.start_hook.RayscoreStartHook"  # loaded by Ray on Spark by name
+HEAD_STOP_S = 60.0  # for the head node to drain and end once told to
 
 
 def node_cpus(cfg: RayOnSparkConfig, max_actors: int, cpus_per_actor: float) -> int:
@@ -97,6 +98,7 @@ class RayOnSpark(Deployment):
         self._built_spark = False
         self._started = False
         self._address_before: str | None = None
+        self._cluster: Any = None
         self.slots: dict[str, int] = {}
 
     def start_ray(self) -> None:
@@ -166,6 +168,10 @@ class RayOnSpark(Deployment):
         finally:
             os.environ.pop("RAY_ON_SPARK_START_HOOK", None)
         self._started = True
+        from ray.util.spark import cluster_init  # noqa: PLC0415
+
+        # Ray on Spark's handle on the cluster it started: its head process, for a shutdown that fails half-way.
+        self._cluster = cluster_init._active_ray_cluster
         ray_init(address=address)
 
     def start_spark(self) -> None:
@@ -184,7 +190,8 @@ class RayOnSpark(Deployment):
                 with keep_signal_handlers():
                     shutdown_ray_cluster()
             except Exception as exc:  # noqa: BLE001 - stopping must go on
-                log.warning("stopping Ray on Spark failed: %s", exc)
+                log.debug("Ray on Spark's shutdown failed (%s): ending its head node here", exc)
+                self._end_head()
             if self._address_before is None:
                 os.environ.pop("RAY_ADDRESS", None)
             else:
@@ -193,6 +200,28 @@ class RayOnSpark(Deployment):
             self._built_spark = False
             self.spark.stop()
             self.spark = None
+
+    def _end_head(self) -> None:
+        """End the head node ourselves when Ray on Spark's shutdown stopped half-way.
+
+        Its shutdown cancels the worker nodes' Spark job first, and on a
+        SparkSession the caller has stopped already that raises before the
+        head process is ended; the head's output thread (not a daemon) then
+        keeps the interpreter from exiting. Ending the head ends its
+        daemons, and the worker nodes went with the stopped executors.
+        """
+        from ray.util.spark import cluster_init  # noqa: PLC0415
+
+        cluster = self._cluster
+        if cluster is not None and not cluster.is_shutdown:
+            cluster.head_proc.terminate()
+            try:
+                cluster.head_proc.wait(timeout=HEAD_STOP_S)
+            except Exception:  # noqa: BLE001 - it would not end: kill it
+                cluster.head_proc.kill()
+            cluster.is_shutdown = True
+        if cluster_init._active_ray_cluster is cluster:
+            cluster_init._active_ray_cluster = None  # so that a later Ray on Spark may start in this process
 
     @property
     def owns_ray(self) -> bool:

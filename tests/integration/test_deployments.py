@@ -141,7 +141,7 @@ def _driver(args: dict, timeout: float = 600) -> dict:
         timeout=timeout,
     )
     assert done.returncode == 0, f"driver failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = json.loads(Path(args["out"]).parent.joinpath("driver.json").read_text())  # Ray's own output may follow
     seen["stderr"] = done.stderr
     return seen
 
