@@ -174,3 +174,18 @@ def test_the_start_hook_hands_ray_on_spark_the_interpreters_bin_and_a_token_made
     )
     assert "RAY_AUTH_TOKEN" not in json.loads(disabled.stdout.strip().splitlines()[-1])
     assert not (tmp_path / "other" / ".ray").exists()  # RAY_AUTH_MODE=disabled is respected
+
+
+def test_a_master_ray_on_spark_cannot_run_on_is_refused_in_one_line_before_any_spark_starts():
+    from rayscore._errors import DeploymentError
+
+    cfg = config(spark={"master": "k8s://https://kube:443"})
+    deployment = choose(cfg.ray, cfg.spark)
+    with pytest.raises(DeploymentError) as err:
+        deployment.start_ray()
+    assert str(err.value) == (
+        "spark.master: Ray on Spark does not run on a 'k8s://https://kube:443' master (it needs spark://…, yarn or "
+        "local-cluster[…]); start a Ray cluster on the executors' hosts and set ray.address instead"
+    )
+    assert err.value.user_error  # exit 2 from the CLI
+    assert deployment.spark is None  # refused before a SparkSession was built
