@@ -493,10 +493,9 @@ def _refuse_repeated_keys(node: yaml.Node | None, path: Path, where: str = "") -
             name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
             here = f"{where}.{name}" if where else name
             if name and name != "<<" and name in seen:
-                raise ConfigError(
-                    f"config file {str(path)!r}: {here} is given twice (lines {seen[name]} and "
-                    f"{key.start_mark.line + 1}); say it once"
-                )
+                line = key.start_mark.line + 1
+                where_given = f"on line {line}" if line == seen[name] else f"lines {seen[name]} and {line}"
+                raise ConfigError(f"config file {str(path)!r}: {here} is given twice ({where_given}); say it once")
             seen[name] = key.start_mark.line + 1
             _refuse_repeated_keys(value, path, here)
     elif isinstance(node, yaml.SequenceNode):

@@ -504,9 +504,8 @@ def test_a_key_given_twice_is_refused_naming_its_path_and_lines(tmp_path: Path, 
     """YAML's own rule (the last one wins) would drop what the user wrote first, silently."""
     path = tmp_path / "job.yaml"
     path.write_text(text)
-    assert error_of(path) == (
-        f"config file {str(path)!r}: {key} is given twice (lines {lines[0]} and {lines[1]}); say it once"
-    )
+    where = f"on line {lines[0]}" if lines[0] == lines[1] else f"lines {lines[0]} and {lines[1]}"
+    assert error_of(path) == f"config file {str(path)!r}: {key} is given twice ({where}); say it once"
 
 
 def test_the_same_key_in_two_sections_is_not_a_repeat(tmp_path: Path) -> None:
