@@ -20,6 +20,7 @@ import yaml
 
 import rayscore
 
+from ..conftest import unavailable
 from . import probes
 from .conftest import ROWS, assert_matches_model, probed_model, processes_of_session, read_parquet_dir, said
 from .test_pipeline import job, leftovers
@@ -198,7 +199,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.decode().strip()}")
+        unavailable(f"cannot mount a small filesystem here: {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
@@ -229,7 +230,7 @@ def memory_limit(tmp_path):
         group.mkdir()
         (group / ("memory.limit_in_bytes" if v1.is_dir() else "memory.max")).write_text(str(512 << 20))
     except OSError as exc:
-        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+        unavailable(f"cannot make a memory cgroup here: {exc}")
     events = group / ("memory.oom_control" if v1.is_dir() else "memory.events")
 
     def oom_kills() -> int:
