@@ -108,10 +108,16 @@ def test_the_cli_keeps_storage_secrets_out_of_its_output_report_and_log_file(wor
     text = log.read_text(errors="replace")
     assert "NativeCodeLoader" in text  # Spark's JVM's lines are there: what is scanned covers them
     kept = {"stdout": done.stdout, "stderr": done.stderr, "log": text}
-    kept.update({p.name: p.read_text() for p in out.iterdir() if p.suffix == ".json"})
+    kept.update({p.name: p.read_text() for p in out.iterdir() if p.suffix in (".json", ".html")})
+    assert {"_rayscore_report.json", "_rayscore_report.html"} <= set(kept)  # the report and its page are scanned
     for name, content in kept.items():
         assert s3.secret not in content, name
         assert s3.key not in content, name
+
+
+def ray_sessions() -> set[str]:
+    """Ray's session directories on this machine: each Ray that starts makes one (``/tmp/ray/session_<time>``)."""
+    return {p.name for p in Path("/tmp/ray").glob("session_2*")}
 
 
 @pytest.mark.parametrize(
@@ -146,6 +152,7 @@ def test_storage_problems_are_one_line_exit_2_before_any_cluster(workload, s3, t
     elif case == "bad_option":
         options = {**s3.options(), "endpoint_overide": "typo"}
     out = tmp_path / "out"
+    sessions_before = ray_sessions()
     done = cli(job(workload, out, uri, options, tmp_path / "cache"), tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
@@ -154,7 +161,7 @@ def test_storage_problems_are_one_line_exit_2_before_any_cluster(workload, s3, t
     assert s3.secret not in done.stderr + done.stdout
     assert "not-the-secret" not in done.stderr + done.stdout
     assert not out.exists()  # nothing written
-    assert not (tmp_path / "ray").exists()  # failed before any Ray started (its session dir goes in TMPDIR)
+    assert ray_sessions() == sessions_before  # failed before any Ray started: Ray made no session directory
 
 
 def test_the_model_identity_is_in_the_output_files_metadata(rs, workload, tmp_path):
