@@ -51,12 +51,23 @@ def _name(proc: psutil.Process) -> str:
 
 
 def test_an_actor_killed_mid_job_is_replaced_and_every_row_comes_out_once(rs, workload, tmp_path):
-    out = tmp_path / "scores.parquet"
+    """The replacement is seen by the model itself: a third process loads it, the victim's pid is gone."""
+    out, log, models = tmp_path / "scores.parquet", tmp_path / "loads", tmp_path / "models"
+    log.mkdir(), models.mkdir()
+    model = probed_model(workload, models, "click", "LoadProbe", log_dir=str(log))
+    for built in log.iterdir():  # building it here constructed the probe once too
+        built.unlink()
+    cfg = job(
+        workload,
+        out,
+        model={"uri": model, "custom_objects": probes.CUSTOM_OBJECTS_PATH},
+        predict={"batch_size": 40, "actors": 2},
+    )
     outcome: dict = {}
 
     def score() -> None:
         try:
-            outcome["result"] = rayscore.run(job(workload, out, predict={"batch_size": 40, "actors": 2}), session=rs)
+            outcome["result"] = rayscore.run(cfg, session=rs)
         except BaseException as exc:  # noqa: BLE001 - reported below
             outcome["error"] = exc
 
@@ -79,7 +90,10 @@ def test_an_actor_killed_mid_job_is_replaced_and_every_row_comes_out_once(rs, wo
     result = outcome["result"]
     assert replacement
     assert (result.rows_in, result.rows_out) == (ROWS, ROWS)
-    assert result.model_loads >= 2
+    loaded_in = probes.loads_logged(log)
+    assert len(loaded_in) == len(set(loaded_in)) == 3  # the two actors, then the victim's replacement
+    assert victim.pid in loaded_in and replacement[0].pid in loaded_in
+    assert result.model_loads == 3
     assert not victim.is_running()
     assert_matches_model(read_parquet_dir(out), workload)
 
