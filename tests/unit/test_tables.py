@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,6 +147,12 @@ def test_the_table_is_read_in_place_and_its_residency_is_measured(model_files):
     loaded = KerasLoader().load(str(model_files["keras"]), mmap_min_bytes=800)
     [table] = [t for t in _tables._OPEN if t.layer == "title_embedding"][-1:]
     assert not table.rows.flags.owndata and not table.rows.flags.writeable  # a view of the file's pages
+    # ... and the kernel says so: this process maps the model file itself, read-only and shared
+    # (an np.frombuffer over bytes read into memory would pass the flags above, not this).
+    model_path = str(Path(model_files["keras"]).resolve())
+    maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(model_path)]
+    assert maps, f"{model_path} is not mapped into this process"
+    assert all(fields[1].startswith("r") and "w" not in fields[1] and fields[1].endswith("s") for fields in maps)
     loaded.predict(example_module().features_of(example_module().make_table(4, vocab=50)))
     assert table.resident_bytes() >= 4096
     assert _tables.resident() >= table.resident_bytes()
