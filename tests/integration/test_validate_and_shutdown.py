@@ -22,7 +22,7 @@ import yaml
 
 import rayscore
 
-from .conftest import assert_matches_model, read_parquet_dir, said, settled_free_cpus
+from .conftest import ROWS, assert_matches_model, read_parquet_dir, said, settled_free_cpus
 
 pytestmark = pytest.mark.integration
 
@@ -526,3 +526,44 @@ def test_an_executor_killed_mid_job_is_replaced_and_every_row_comes_out_once(wor
         assert listing(tmp_path) == ["job.yaml", "scores.parquet"]
     finally:
         cli.cleanup()
+
+
+SESSION_BLOCK = """
+import json, sys, psutil, rayscore
+from pyspark import SparkContext
+with rayscore.session(max_actors=1) as s:
+    scored = rayscore.predict(s.spark.read.parquet(sys.argv[1]), model=sys.argv[2], keep_columns=["id"], progress=False)
+    rows = scored.count()
+    inside = [p.pid for p in psutil.Process().children(recursive=True)]
+import ray
+gone, alive = psutil.wait_procs([psutil.Process(p) for p in inside if psutil.pid_exists(p)], timeout=60)
+print(json.dumps({
+    "rows": rows,
+    "children_inside": len(inside),
+    "alive_after": [" ".join(p.cmdline()) for p in alive],
+    "children_after": [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)],
+    "ray_connected": ray.is_initialized(),
+    "spark_context": SparkContext._active_spark_context is not None,
+}))
+"""
+
+
+def test_nothing_outlives_a_session_block_seen_from_inside_the_interpreter_right_after_it(workload, tmp_path):
+    """docs/operations.md: what a rayscore.session() block started ends with it, looked at in the same process."""
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_BLOCK, workload["data"], workload["keras"]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["rows"] == ROWS
+    assert seen["children_inside"] >= 4  # Ray's daemons, its workers and the actor, Spark's JVMs
+    # What is left is pyspark's own gateway: Spark's driver JVM, which pyspark keeps for the interpreter's
+    # life once started (a later SparkSession reuses it) and which holds no executor, actor or Ray process.
+    [gateway] = seen["children_after"]
+    assert seen["alive_after"] == [gateway]
+    assert "org.apache.spark.deploy.SparkSubmit" in gateway and gateway.endswith("pyspark-shell")
+    assert seen["ray_connected"] is False and seen["spark_context"] is False
