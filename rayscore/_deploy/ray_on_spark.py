@@ -68,7 +68,7 @@ def slots_left(total_slots: int, worker_nodes: int, cpus_per_node: int, task_cpu
     which is ``cpus_per_node / spark.task.cpus`` slots.
 
     >>> slots_left(4, 1, 2), slots_left(4, 2, 2), slots_left(8, 1, 2, task_cpus=2)
-    (2, 0, 3)
+    (2, 0, 7)
     """
     return total_slots - worker_nodes * math.ceil(cpus_per_node / task_cpus)
 
