@@ -98,12 +98,24 @@ class Deployment:
     # Whether starting it says so on standard error (the embedded default goes without saying).
     announce = True
 
-    def __init__(self, ray_config: RayConfig, spark_config: SparkConfig, *, spark: Any = None) -> None:
+    def __init__(
+        self,
+        ray_config: RayConfig,
+        spark_config: SparkConfig,
+        *,
+        spark: Any = None,
+        max_actors: int = 1,
+        cpus_per_actor: float = 1.0,
+    ) -> None:
         self.ray_config = ray_config
         self.spark_config = spark_config
         self.spark: Any = spark
+        # The largest pool the job will ask for: what a Ray started here is sized for.
+        self.max_actors = max_actors
+        self.cpus_per_actor = cpus_per_actor
         self.startup_seconds = 0.0
         self._began = 0.0
+        self._built_spark = False  # self.spark was built here from spark.master (and is stopped here)
 
     def start_ray(self) -> None:
         raise NotImplementedError
@@ -144,6 +156,25 @@ class Deployment:
                 "gpus": sum(n["Resources"].get("GPU", 0.0) for n in nodes),
             }
         return facts
+
+    def _build_spark(self) -> None:
+        """The SparkSession from ``spark.master`` when the caller gave none."""
+        if self.spark is None:
+            self.spark = build_spark(self.spark_config)
+            self._built_spark = True
+
+    def _stop_built_spark(self) -> None:
+        """Stop the SparkSession only if :meth:`_build_spark` built it: the caller's is theirs."""
+        if self._built_spark and self.spark is not None:
+            self._built_spark = False
+            self.spark.stop()
+            self.spark = None
+
+    def _spark_text(self) -> str:
+        """``rayscore's Spark (master)`` or ``the caller's Spark (master)``, for :meth:`describe`."""
+        who = "rayscore's" if self._built_spark else "the caller's"
+        master = spark_master(self.spark) if self.spark is not None else self.spark_config.master
+        return f"{who} Spark ({master})"
 
     def _mark_started(self) -> None:
         if not self._began:

@@ -15,10 +15,10 @@ import logging
 import os
 from typing import Any
 
-from .._config import RayConfig, SparkConfig, is_local_master
+from .._config import RayConfig, is_local_master
 from .._errors import DeploymentError, SessionError, translate_errors
 from .._sizing import local_ray_cpus
-from .base import Deployment, build_spark, check_python_workers, ray_init, spark_master
+from .base import Deployment, check_python_workers, ray_init, spark_master
 
 __all__ = ["RayCluster", "joinable_address"]
 
@@ -40,22 +40,11 @@ class RayCluster(Deployment):
 
     kind = "ray-cluster"
 
-    def __init__(
-        self,
-        ray_config: RayConfig,
-        spark_config: SparkConfig,
-        *,
-        spark: Any = None,
-        max_actors: int = 1,
-        cpus_per_actor: float = 1.0,
-    ) -> None:
-        super().__init__(ray_config, spark_config, spark=spark)
-        self._max_actors = max_actors
-        self._cpus_per_actor = cpus_per_actor
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Deployment's arguments
+        super().__init__(*args, **kwargs)
         self._connected = False  # this deployment called ray.init
         self._local = False  # ... for a local Ray it started
         self._address: str | None = None
-        self._built_spark = False
 
     def start_ray(self) -> None:
         import ray  # noqa: PLC0415
@@ -78,8 +67,8 @@ class RayCluster(Deployment):
                 os.cpu_count() or 1,
                 spark_executors=0,
                 executor_cores=0,
-                max_actors=self._max_actors,
-                cpus_per_actor=self._cpus_per_actor,
+                max_actors=self.max_actors,
+                cpus_per_actor=self.cpus_per_actor,
             )
             if cfg.num_gpus is not None:
                 kwargs["num_gpus"] = cfg.num_gpus
@@ -101,9 +90,7 @@ class RayCluster(Deployment):
         self._address = ray.get_runtime_context().gcs_address
 
     def start_spark(self) -> None:
-        if self.spark is None:
-            self.spark = build_spark(self.spark_config)
-            self._built_spark = True
+        self._build_spark()
         check_python_workers(self.spark)
         self._mark_up()
 
@@ -113,25 +100,20 @@ class RayCluster(Deployment):
             import ray  # noqa: PLC0415
 
             ray.shutdown()
-        if self._built_spark and self.spark is not None:
-            self._built_spark = False
-            self.spark.stop()
-            self.spark = None
+        self._stop_built_spark()
 
     @property
     def owns_ray(self) -> bool:
         return self._connected
 
     def describe(self) -> str:
-        who = "rayscore's" if self._built_spark else "the caller's"
-        master = spark_master(self.spark) if self.spark is not None else self.spark_config.master
         if self._local:
             ray_text = "a local Ray started by rayscore"
         elif self._connected:
             ray_text = f"the Ray cluster at {self._address} (joined)"
         else:
             ray_text = f"the Ray this process is connected to ({self._address})"
-        return f"{who} Spark ({master}) with {ray_text}"
+        return f"{self._spark_text()} with {ray_text}"
 
 
 def _token_if_held() -> None:

@@ -27,12 +27,11 @@ import os
 import time
 from typing import Any
 
-from .._config import RayConfig, RayOnSparkConfig, SparkConfig, to_bytes
+from .._config import RayOnSparkConfig, to_bytes
 from .._errors import DeploymentError, SessionError, one_line
 from .._placement import format_bytes
 from .base import (
     Deployment,
-    build_spark,
     check_python_workers,
     keep_signal_handlers,
     ray_init,
@@ -83,19 +82,10 @@ class RayOnSpark(Deployment):
 
     kind = "ray-on-spark"
 
-    def __init__(
-        self,
-        ray_config: RayConfig,
-        spark_config: SparkConfig,
-        *,
-        spark: Any = None,
-        max_actors: int = 1,
-        cpus_per_actor: float = 1.0,
-    ) -> None:
-        super().__init__(ray_config, spark_config, spark=spark)
-        self.sizing = spark_config.ray_on_spark or RayOnSparkConfig()
-        self.cpus_per_node = node_cpus(self.sizing, max_actors, cpus_per_actor)
-        self._built_spark = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Deployment's arguments
+        super().__init__(*args, **kwargs)
+        self.sizing = self.spark_config.ray_on_spark or RayOnSparkConfig()
+        self.cpus_per_node = node_cpus(self.sizing, self.max_actors, self.cpus_per_actor)
         self._started = False
         self._address_before: str | None = None
         self._cluster: Any = None
@@ -109,9 +99,7 @@ class RayOnSpark(Deployment):
                 f"spark.master: Ray on Spark does not run on a {master!r} master (it needs spark://…, yarn or "
                 "local-cluster[…]); start a Ray cluster on the executors' hosts and set ray.address instead"
             )
-        if self.spark is None:
-            self.spark = build_spark(self.spark_config)
-            self._built_spark = True
+        self._build_spark()
         self._check_room()
         check_python_workers(self.spark)
         self._setup()
@@ -196,10 +184,7 @@ class RayOnSpark(Deployment):
                 os.environ.pop("RAY_ADDRESS", None)
             else:
                 os.environ["RAY_ADDRESS"] = self._address_before
-        if self._built_spark and self.spark is not None:
-            self._built_spark = False
-            self.spark.stop()
-            self.spark = None
+        self._stop_built_spark()
 
     def _end_head(self) -> None:
         """End the head node ourselves when Ray on Spark's shutdown stopped half-way.
@@ -236,10 +221,8 @@ class RayOnSpark(Deployment):
             if self.slots
             else ""
         )
-        who = "rayscore's" if self._built_spark else "the caller's"
-        master = spark_master(self.spark) if self.spark is not None else self.spark_config.master
         return (
-            f"Ray on Spark started by rayscore on {who} Spark ({master}): {size.worker_nodes} worker node(s) x "
+            f"Ray on Spark started by rayscore on {self._spark_text()}: {size.worker_nodes} worker node(s) x "
             f"{self.cpus_per_node} CPU(s){gpus}{memory}{slots}"
         )
 

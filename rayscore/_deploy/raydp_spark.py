@@ -30,14 +30,10 @@ class RayDP(Deployment):
     replaces_lost_executors = False
     announce = False
 
-    def __init__(
-        self, ray_config: RayConfig, spark_config: SparkConfig, *, max_actors: int = 1, cpus_per_actor: float = 1.0
-    ) -> None:
-        super().__init__(ray_config, spark_config)
-        self._max_actors = max_actors
-        self._cpus_per_actor = cpus_per_actor
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Deployment's arguments (no SparkSession)
+        super().__init__(*args, **kwargs)
         self.executor_cores = spark_executor_cores(
-            spark_config.executor_cores, local=ray_config.address is None, physical_cpus=os.cpu_count() or 1
+            self.spark_config.executor_cores, local=self.ray_config.address is None, physical_cpus=os.cpu_count() or 1
         )
         self._started_ray = False
         self._started_spark = False
@@ -71,8 +67,8 @@ class RayDP(Deployment):
                 os.cpu_count() or 1,
                 spark_executors=self.spark_config.executors,
                 executor_cores=self.executor_cores,
-                max_actors=self._max_actors,
-                cpus_per_actor=self._cpus_per_actor,
+                max_actors=self.max_actors,
+                cpus_per_actor=self.cpus_per_actor,
             )
         else:
             kwargs["address"] = cfg.address
