@@ -186,6 +186,11 @@ def main(args: dict) -> dict:
     if args.get("ray_on_spark") is not None:
         with rayscore.session(spark=spark, ray_on_spark=args["ray_on_spark"]) as s:
             seen["deployment"] = s.deployment.facts()
+            from ray._raylet import AuthenticationTokenLoader
+
+            token = AuthenticationTokenLoader.instance().get_raw_token()
+            settings = " ".join(f"{k}={v}" for k, v in spark.sparkContext.getConf().getAll())
+            seen["token_in_spark_settings"] = bool(token) and token in settings
             if args.get("jobs"):  # whole jobs on the session: validate, run (resume, quarantine)
                 seen["jobs"] = [_job(s, job) for job in args["jobs"]]
             else:

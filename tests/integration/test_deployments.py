@@ -182,6 +182,7 @@ def test_predict_on_a_plain_standalone_session_starts_ray_on_spark_survives_a_ki
         }
     )
     assert seen["path_has_venv_bin"] is False  # Ray on Spark found `ray` through rayscore's start hook
+    assert seen["token_in_spark_settings"] is False  # Ray's token reached the tasks, not Spark's configuration
     _assert_filtered_predictions(out, workload)  # every row once, none lost or doubled by the kill
     victim = int(marker.read_text())
     loaded_in = probes.loads_logged(log)
