@@ -24,7 +24,7 @@ from ._progress import ProgressArg, Tracker, sinks_for
 from ._report import RunResult, StageClock
 from ._resume import run_resumable
 from ._session import Session
-from ._sink import REPORT_NAME, check_output_free, write_scored
+from ._sink import REPORT_NAME, check_output_free, recover_commit, write_scored
 from ._source import InputFiles, arrow_schema, read_input
 from ._stream import score
 
@@ -115,6 +115,9 @@ def _run(
         spark = session.spark
         tracker.spark(spark)
         with clock.stage("read_convert"):
+            recover_commit(spark, cfg.output)  # a half-done commit of a killed run, before anything else
+            if cfg.predict.on_bad_rows == "quarantine":
+                recover_commit(spark, errors_output(cfg))
             df = read_input(spark, cfg.input)
             files = InputFiles.of(spark, df)
             plan = plan_job(cfg, spec, df)

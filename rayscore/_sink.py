@@ -43,6 +43,7 @@ __all__ = [
     "write_scored",
     "write_report",
     "run_to_the_end",
+    "recover_commit",
 ]
 
 log = logging.getLogger("rayscore")
@@ -330,19 +331,36 @@ def _commit(fs: HadoopFS, staging: str, path: str, mode: str) -> None:
     Hadoop's rename moves a directory *into* a destination that exists, so a
     job that lost a race to another job's commit would nest its rows inside
     the other's output: that is undone and refused, leaving the other job's
-    output whole.
+    output whole. An overwrite is two renames, which no store makes atomic
+    together: a journal beside the output names both directories first, so
+    that a driver killed between them leaves what :func:`recover_commit`
+    finishes on the next run.
     """
-    old = None
+    old = journal = None
     if fs.exists(path):
         if mode != "overwrite":
             raise OutputError(f"output.path: {path} appeared while the job ran; nothing committed")
-        old = staging_path(path).replace(".rayscore-staging-", ".rayscore-old-")
+        old = staging.replace(".rayscore-staging-", ".rayscore-old-")
+        journal = staging.replace(".rayscore-staging-", JOURNAL_INFIX) + ".json"
+        fs.write_text(journal, json.dumps({"path": path, "old": old, "new": staging}))
         if not fs.rename(path, old):
+            fs.delete(journal)
             raise OutputError(f"output.path: could not move the old output {path} aside")
     else:
         parent = os.path.dirname(path.rstrip("/"))
         if parent:
             fs.fs.mkdirs(fs.path(parent))
+    try:
+        _swap_in(fs, staging, path, old)
+    except OutputError:  # undone: the journal has nothing left to finish (any other failure keeps it)
+        if journal is not None:
+            fs.delete(journal)
+        raise
+    if journal is not None:
+        fs.delete(journal)
+
+
+def _swap_in(fs: HadoopFS, staging: str, path: str, old: str | None) -> None:
     moved = fs.rename(staging, path)
     nested = f"{path.rstrip('/')}/{posixpath.basename(staging)}"
     if moved and not fs.exists(nested):
@@ -359,3 +377,59 @@ def _commit(fs: HadoopFS, staging: str, path: str, mode: str) -> None:
     if moved:
         raise OutputError(f"output.path: another job committed {path} at the same moment; nothing committed")
     raise OutputError(f"output.path: could not rename the new output onto {path}")
+
+
+JOURNAL_INFIX = ".rayscore-commit-"
+
+
+def recover_commit(spark: Any, cfg: OutputConfig) -> list[str]:
+    """Finish an overwrite commit that a killed driver left half done at ``cfg.path``; say so in one line each.
+
+    Run before a job touches its output. The journal names the new output
+    (complete: counted, its report written, before the journal was) and
+    the old one moved aside. Whatever point the kill came at, the new
+    output is renamed in and the old one removed (rolled forward); only
+    when the new one is gone without reaching ``output.path`` is the old
+    one put back (rolled back). Either way one whole output is then at
+    ``output.path``, never neither and never a mix. Returns the lines said.
+    Cost: one listing of the output's parent directory.
+    """
+    if cfg.format == "table" or not cfg.path:
+        return []
+    with translate_errors(f"output.path: {cfg.path}", OutputError):
+        return _recover(HadoopFS(spark, cfg.path), cfg.path)
+
+
+def _recover(fs: HadoopFS, path: str) -> list[str]:
+    parent, name = os.path.split(path.rstrip("/"))
+    said = []
+    for entry in sorted(fs.list_names(parent or ".")):
+        if not (entry.startswith(f".{name}{JOURNAL_INFIX}") and entry.endswith(".json")):
+            continue
+        journal = f"{parent}/{entry}" if parent else entry
+        record = json.loads(fs.read_text(journal))
+        old, new = record["old"], record["new"]
+        if fs.exists(new):
+            if fs.exists(path) and fs.exists(old):
+                raise OutputError(
+                    f"output.path: {path}, {old} and {new} all exist beside the commit journal {journal}: "
+                    "which output to keep is yours to say; remove the other two and the journal"
+                )
+            if fs.exists(path):  # killed before the old output was moved aside
+                fs.rename(path, old)
+            _swap_in(fs, new, path, old)
+            done = "rolled forward: the new output is in place"
+        elif fs.exists(path):  # killed after the new output was renamed in
+            if fs.exists(old):
+                fs.delete(old)
+            done = "rolled forward: the new output was already in place"
+        elif fs.exists(old):
+            fs.rename(old, path)
+            done = "rolled back: the old output is back (the new one is gone)"
+        else:
+            raise OutputError(f"output.path: {path}: the commit journal {journal} names outputs that are all gone")
+        fs.delete(journal)
+        line = f"output.path: {path}: a killed run left its commit half done; {done}"
+        log.warning("%s", line)
+        said.append(line)
+    return said

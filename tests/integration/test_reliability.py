@@ -232,6 +232,24 @@ def test_a_rows_shard_is_fixed_by_its_keys_in_any_dataframe_and_any_run(rs, work
     assert [by_id[i] for i in range(12)] == [0, 2, 1, 3, 3, 1, 2, 1, 3, 0, 1, 3]
 
 
+def run_to_its_failpoint(script: str, *args: str) -> None:
+    """Run a driver ``script`` (``python -c``) until its failpoint SIGKILLs it; then kill what it left running."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert driver.wait(timeout=600) == -signal.SIGKILL
+    finally:
+        for proc in processes_of_session(driver.pid, timeout=0):  # its local Ray and Spark outlive it
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
 # A driver with a failpoint: it SIGKILLs itself at the n-th shard commit (the rename that makes a
 # written shard visible), just before or just after it. Everything else is the real ``rayscore run``.
 KILL_AT_A_COMMIT = """
@@ -271,20 +289,7 @@ def test_resume_after_the_driver_is_killed_at_a_commit_finishes_with_every_row_o
     out = tmp_path / "scores.parquet"
     cfg_path = tmp_path / "job.yaml"
     cfg_path.write_text(yaml.safe_dump(resume_job(workload, out)))
-    driver = subprocess.Popen(
-        [sys.executable, "-c", KILL_AT_A_COMMIT, when, str(nth), str(cfg_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        assert driver.wait(timeout=600) == -signal.SIGKILL
-    finally:
-        for proc in processes_of_session(driver.pid, timeout=0):  # its local Ray and Spark outlive it
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+    run_to_its_failpoint(KILL_AT_A_COMMIT, when, str(nth), str(cfg_path))
     assert len(shard_dirs(out)) == committed
     assert not (out / "_SUCCESS").exists() and not (out / "_rayscore_report.json").exists()
     staged = [p for p in out.iterdir() if ".rayscore-staging-" in p.name]
@@ -298,6 +303,50 @@ def test_resume_after_the_driver_is_killed_at_a_commit_finishes_with_every_row_o
     assert not [p for p in out.iterdir() if ".rayscore-" in p.name]  # no staging left behind
     assert (out / "_SUCCESS").exists()
     assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
+
+
+# A driver with a failpoint: SIGKILLed at the rename that puts the new output in place, after
+# ``mode: overwrite`` moved the old one aside: nothing is at output.path.
+KILL_BETWEEN_THE_RENAMES = """
+import os, signal, sys
+from rayscore import _hadoop
+from rayscore._cli import main
+
+config, out = sys.argv[1], sys.argv[2]
+rename = _hadoop.HadoopFS.rename
+
+def failpoint(self, src, dst):
+    if ".rayscore-staging-" in src and dst == out:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, src, dst)
+
+_hadoop.HadoopFS.rename = failpoint
+sys.exit(main(["run", config]))
+"""
+
+
+def test_an_overwrite_killed_between_its_renames_is_rolled_forward_by_the_next_run(rs, workload, tmp_path, caplog):
+    out = tmp_path / "scores.parquet"
+    out.mkdir()
+    pq.write_table(pa.table({"id": [-1]}), out / "part-old.parquet")
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text(yaml.safe_dump(job(workload, out, output={"mode": "overwrite"}, predict={"actors": 1})))
+    run_to_its_failpoint(KILL_BETWEEN_THE_RENAMES, str(cfg_path), str(out))
+    # Killed where no store makes two renames one: the old output aside, the new one staged, neither at out.
+    assert not out.exists()
+    hidden = sorted(p.name.split(".rayscore-")[1].split("-")[0] for p in tmp_path.iterdir() if ".rayscore-" in p.name)
+    assert hidden == ["commit", "old", "staging"]
+    # The next run on that output rolls the commit forward before anything else: here it then fails
+    # on its (missing) input, so what is at out is the killed run's whole output, nothing of its own.
+    with pytest.raises(rayscore.InputError, match="input.path"):
+        rayscore.run(job(workload, out, input={"path": str(tmp_path / "missing")}), session=rs)
+    said = [r.getMessage() for r in caplog.records if "half done" in r.getMessage()]
+    assert said == [
+        f"output.path: {out}: a killed run left its commit half done; rolled forward: the new output is in place"
+    ]
+    assert not [p for p in tmp_path.iterdir() if ".rayscore-" in p.name]
+    assert json.loads((out / "_rayscore_report.json").read_text())["rows_out"] == ROWS
+    assert_matches_model(read_parquet_dir(out), workload)  # the new rows, and not the old one's id -1
 
 
 def resume_job(workload: dict, out: Path, **sections) -> dict:
