@@ -7,8 +7,10 @@ Ray on Spark and a joined cluster put a Ray node on each executor host). Each wo
 the pool's actors by name, and for every batch of its partition sends the
 rows (Arrow IPC, through Ray's object store) to a loaded actor, keeping a
 few batches in flight so that Spark reads the next while the model scores
-this one; it yields the predictions to Spark as they come back. Nothing is
-read ahead of what the pool scores, nothing is kept once written, and
+this one; it yields the predictions to Spark as they come back. The task
+pulls a batch only while fewer than two per loaded actor are in flight
+(:func:`pipelined`), so its reader runs ahead of the pool by that plus what
+Spark's pipe to the worker holds; nothing is kept once written, and
 Spark's own task retry covers a lost executor. Cost per worker: one Ray
 connection (about a second, once per Python worker process).
 """
@@ -19,9 +21,9 @@ import collections
 import functools
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -39,12 +41,17 @@ __all__ = [
     "score",
     "scored_frame",
     "score_partition",
+    "pipelined",
     "rebatch",
     "remote_error",
     "prediction_schema",
     "with_model_identity",
     "model_identity",
 ]
+
+T = TypeVar("T")  # an item read
+C = TypeVar("C")  # its call in flight
+R = TypeVar("R")  # what the call gives back
 
 # Batches a Spark task keeps in flight per loaded actor: one scored, one waiting. Memory: that many
 # batches in Ray's object store per task (a few MB each), whatever the input's size.
@@ -178,17 +185,38 @@ def score_partition(route: Route, counters: Counters, batches: Iterable[pa.Recor
                 "needed its room): call rayscore.predict again"
             ) from None
         picker = _Picker(actors, route.actors)
-        in_flight: collections.deque[tuple[Any, int]] = collections.deque()
-        for table in rebatch(batches, route.batch_rows):
-            in_flight.append((picker.submit(route.plan, to_ipc(table)), table.num_rows))
-            while len(in_flight) >= IN_FLIGHT_PER_ACTOR * picker.ready:
-                yield from _take(in_flight.popleft(), picker, route, counters)
-        while in_flight:
-            yield from _take(in_flight.popleft(), picker, route, counters)
+        yield from pipelined(
+            rebatch(batches, route.batch_rows),
+            submit=lambda table: (picker.submit(route.plan, to_ipc(table)), table.num_rows),
+            take=lambda call: _take(call, picker, route, counters),
+            limit=lambda: IN_FLIGHT_PER_ACTOR * picker.ready,
+        )
     except RayscoreError:
         raise
     except Exception as exc:
         raise remote_error(exc, route) from None
+
+
+def pipelined(
+    items: Iterable[T],
+    submit: Callable[[T], C],
+    take: Callable[[C], Iterable[R]],
+    limit: Callable[[], int],
+) -> Iterator[R]:
+    """``take(submit(item))`` for each of ``items`` in order, with up to ``limit()`` submitted and not yet taken.
+
+    The next item is pulled from ``items`` only when fewer than ``limit()``
+    are in flight: the reader never runs further ahead of what is taken
+    than that, and the caller's first result comes after ``limit()`` items
+    at most (the first when the limit is 1).
+    """
+    in_flight: collections.deque[C] = collections.deque()
+    for item in items:
+        in_flight.append(submit(item))
+        while len(in_flight) >= max(1, limit()):
+            yield from take(in_flight.popleft())
+    while in_flight:
+        yield from take(in_flight.popleft())
 
 
 def _join(route: Route) -> None:

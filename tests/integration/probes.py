@@ -6,6 +6,7 @@ loads it, without any of rayscore's own counters:
 
 * :class:`LoadProbe` writes one file per construction (one per model load)
   into a directory the test owns, named by the loading process's pid.
+* :class:`CallLog` logs each model call: when it starts, its rows, its pid.
 * :class:`KillOnFirstCall` SIGKILLs the actor that makes the first model
   call, and names its pid.
 * :class:`InterruptOnFirstCall` sends SIGINT to a driver (a user's Ctrl-C)
@@ -30,6 +31,7 @@ directory (the repository root) on their path.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -81,14 +83,14 @@ class OomAbove(keras.layers.Layer):
 
 
 class _PythonOnCall(keras.layers.Layer):
-    """The identity, running ``self.act()`` in Python (``tf.py_function``) at each model call, in the actor."""
+    """The identity, running ``self.act(rows)`` in Python (``tf.py_function``) at each model call, in the actor."""
 
-    def act(self) -> None:
+    def act(self, rows: int) -> None:
         raise NotImplementedError
 
     def call(self, x):
         def run(t):
-            self.act()
+            self.act(int(t.shape[0]))
             return t
 
         y = tf.py_function(run, [x], x.dtype)
@@ -97,6 +99,22 @@ class _PythonOnCall(keras.layers.Layer):
 
     def compute_output_shape(self, shape):
         return shape
+
+
+@keras.saving.register_keras_serializable(package="rayscore_tests")
+class CallLog(_PythonOnCall):
+    """Each model call appends ``<time_ns> <rows> <pid>`` to ``log`` as it starts."""
+
+    def __init__(self, log: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log = log
+
+    def act(self, rows: int) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"{time.time_ns()} {rows} {os.getpid()}\n")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "log": self.log}
 
 
 def first_time(marker: str) -> bool:
@@ -120,7 +138,7 @@ class ChangeFileOnFirstCall(_PythonOnCall):
         super().__init__(**kwargs)
         self.target, self.action, self.marker = target, action, marker  # Keras layers have a .path
 
-    def act(self) -> None:
+    def act(self, rows: int) -> None:
         if not first_time(self.marker):
             return
         if self.action == "delete":
@@ -146,7 +164,7 @@ class KillOnFirstCall(_PythonOnCall):
         super().__init__(**kwargs)
         self.marker = marker
 
-    def act(self) -> None:
+    def act(self, rows: int) -> None:
         if first_time(self.marker):
             Path(self.marker).write_text(str(os.getpid()))
             os.kill(os.getpid(), 9)
@@ -163,7 +181,7 @@ class InterruptOnFirstCall(_PythonOnCall):
         super().__init__(**kwargs)
         self.pid, self.marker = pid, marker
 
-    def act(self) -> None:
+    def act(self, rows: int) -> None:
         if first_time(self.marker):
             os.kill(self.pid, 2)
 
@@ -183,7 +201,7 @@ class KilledForMemory(_PythonOnCall):
         super().__init__(**kwargs)
         self.procs, self.fill_bytes = procs, fill_bytes
 
-    def act(self) -> None:
+    def act(self, rows: int) -> None:
         import numpy as np
 
         Path(self.procs).write_text(str(os.getpid()))
@@ -196,14 +214,15 @@ class KilledForMemory(_PythonOnCall):
 @keras.saving.register_keras_serializable(package="rayscore_tests")
 class KillNodeAfterShard(_PythonOnCall):
     """The first call after a shard is committed under ``out_dir`` kills a Ray node: its raylet, and every
-    process under it, with SIGKILL (``marker`` makes it once) — the node lost while its actors score.
+    process under it, with SIGKILL (``marker`` makes it once, and lists their pids) — the node lost while
+    its actors score.
     """
 
     def __init__(self, out_dir: str, shard_marker: str, raylet_pid: int, marker: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.out_dir, self.shard_marker, self.raylet_pid, self.marker = out_dir, shard_marker, raylet_pid, marker
 
-    def act(self) -> None:
+    def act(self, rows: int) -> None:
         if not any(Path(self.out_dir).glob(f"rayscore_shard=*/{self.shard_marker}")) or not first_time(self.marker):
             return
         import signal
@@ -212,6 +231,7 @@ class KillNodeAfterShard(_PythonOnCall):
 
         raylet = psutil.Process(self.raylet_pid)
         node = [raylet, *raylet.children(recursive=True)]
+        Path(self.marker).write_text(" ".join(str(proc.pid) for proc in node))  # what the test may ask about
         for proc in sorted(node, key=lambda p: p.pid == os.getpid()):  # this process last, if it is there
             try:
                 proc.send_signal(signal.SIGKILL)
@@ -224,6 +244,7 @@ class KillNodeAfterShard(_PythonOnCall):
 
 
 CUSTOM_OBJECTS = {
+    "CallLog": CallLog,
     "LoadProbe": LoadProbe,
     "KillOnFirstCall": KillOnFirstCall,
     "InterruptOnFirstCall": InterruptOnFirstCall,

@@ -317,20 +317,26 @@ def run_cli(cfg: dict, folder: Path, name: str) -> subprocess.CompletedProcess:
 def node_loss_job(workload: dict, folder: Path, cluster, worker, spark_on: str) -> tuple[dict, Path]:
     """A resumable job of 4 shards on 2 actors (one per node: they spread) whose model kills ``worker``
     at the first batch after a shard is committed; Spark's executor on the node with ``spark_on``."""
-    out = folder / "scores.parquet"
-    model = probed_model(
-        workload,
-        folder,
+    import keras
+
+    out, loads = folder / "scores.parquet", folder / "loads"
+    loads.mkdir()
+    model_with_kill = probes.with_layer(
+        keras.saving.load_model(workload["keras"]),
         "click",
-        "KillNodeAfterShard",
+        probes.KillNodeAfterShard,
         out_dir=str(out),
         shard_marker="_rayscore_shard.json",
         raylet_pid=worker.all_processes["raylet"][0].process.pid,
         marker=str(folder / "killed"),
     )
+    model = folder / "ctr-node-loss.keras"
+    probes.with_layer(model_with_kill, "topics", probes.LoadProbe, log_dir=str(loads)).save(model)
+    for built in loads.iterdir():  # building it here constructed the probe once too
+        built.unlink()
     cfg = {
         "input": {"path": workload["data"]},
-        "model": {"uri": model, "custom_objects": probes.CUSTOM_OBJECTS_PATH},
+        "model": {"uri": str(model), "custom_objects": probes.CUSTOM_OBJECTS_PATH},
         "predict": {"batch_size": 500, "actors": 2},
         "output": {"path": str(out), "keep_columns": ["id"], "mode": "resume", "key_columns": ["id"], "shards": 4},
         "ray": {"address": cluster.address},
@@ -362,6 +368,13 @@ def test_a_worker_node_lost_mid_job_with_spark_elsewhere_costs_a_restart_and_the
     assert report["nodes"] == 2  # an actor had loaded on each node before the kill
     assert report["shards"] == {"total": 4, "reused": 0, "scored": 4}
     assert (report["rows_in"], report["rows_out"]) == (ROWS, ROWS)
+    # The restart, counted by the model itself: three loads in three processes (the two actors, then the
+    # lost one's replacement), one of them among the processes killed with the node.
+    loaded_in = probes.loads_logged(tmp_path / "loads")
+    killed = {int(pid) for pid in (tmp_path / "killed").read_text().split()}
+    assert len(loaded_in) == len(set(loaded_in)) == 3
+    assert len(killed & set(loaded_in)) == 1  # the actor on the lost node; its replacement loaded elsewhere
+    assert report["model_loads"] == 3
     assert shard_dirs(out) == [f"rayscore_shard={i}" for i in range(4)]
     assert_matches_model(pq.read_table(out, columns=["id", "click", "topics"]), workload)
 
@@ -392,7 +405,7 @@ def test_a_worker_node_lost_mid_job_with_spark_on_it_fails_naming_the_node_and_r
     committed = shard_dirs(out)
     assert 1 <= len(committed) < 4
     assert not [p for p in out.iterdir() if ".rayscore-" in p.name]  # nothing half-written left
-    [head_copy] = (caches / "head").glob("*-ctr-KillNodeAfterShard.keras")  # the head's actor loaded it
+    [head_copy] = (caches / "head").glob("*-ctr-node-loss.keras")  # the head's actor loaded it
     before = head_copy.stat()
 
     del cfg["spark"]  # the worker's resource is gone with it

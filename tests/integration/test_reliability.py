@@ -213,8 +213,12 @@ def test_quarantine_writes_bad_rows_apart_and_scores_the_rest(rs, workload, dirt
     assert np.array_equal(np.sort(ids), keep)
     order = np.argsort(ids)
     np.testing.assert_allclose(good.column("click").to_numpy()[order], workload["click"][keep], atol=1e-5, rtol=0)
+    # The report's counts against what is in the files, counted apart from rayscore's counters.
     report = json.loads((out / "_rayscore_report.json").read_text())
-    assert report["rows_in"] == report["rows_out"] + report["rows_quarantined"]
+    assert report["rows_in"] == pq.read_metadata(dirty["path"]).num_rows
+    assert (report["rows_out"], report["rows_quarantined"]) == (good.num_rows, len(bad["id"]))
+    # The scored rows were kept on disk for the two writes (DISK_ONLY): nothing stays persisted after.
+    assert rs.spark.sparkContext._jsc.getPersistentRDDs().isEmpty()
 
 
 def test_a_rows_shard_is_fixed_by_its_keys_in_any_dataframe_and_any_run(rs, workload):

@@ -13,7 +13,7 @@ from rayscore._convert import Binding, Plan, from_ipc, to_ipc
 from rayscore._errors import OutputError, actor_died, translate_errors
 from rayscore._model import ModelSpec, TensorSpec
 from rayscore._predict import REASON
-from rayscore._stream import Route, prediction_schema, rebatch, remote_error
+from rayscore._stream import IN_FLIGHT_PER_ACTOR, Route, pipelined, prediction_schema, rebatch, remote_error
 
 
 def batches(*sizes: int) -> list[pa.RecordBatch]:
@@ -154,3 +154,47 @@ def test_an_actor_dead_for_good_is_named_with_its_node_and_what_to_change() -> N
         )
         is None
     )
+
+
+@pytest.mark.parametrize("actors", [1, 2, 3])
+def test_the_reader_runs_ahead_of_what_is_taken_by_at_most_the_in_flight_bound(actors) -> None:
+    events: list[tuple[str, int]] = []
+
+    def read(n: int):
+        for i in range(n):
+            events.append(("read", i))
+            yield i
+
+    def take(call: int):
+        events.append(("took", call))
+        yield call * 10
+
+    limit = IN_FLIGHT_PER_ACTOR * actors
+    got = list(pipelined(read(20), submit=lambda i: i, take=take, limit=lambda: limit))
+    assert got == [i * 10 for i in range(20)]  # every item once, in order
+    read_so_far = taken = lead = 0
+    for kind, _ in events:
+        read_so_far += kind == "read"
+        taken += kind == "took"
+        lead = max(lead, read_so_far - taken)
+    assert lead == limit  # never more than the bound, and the bound is used
+    assert events.index(("took", 0)) == limit  # the first result comes once ``limit`` items are in flight
+
+
+def test_the_bound_follows_the_actors_that_become_ready_and_is_never_below_one() -> None:
+    ready = [0]  # no actor loaded yet: one batch at a time, not none
+    in_flight, peak = [0], []
+
+    def submit(i: int) -> int:
+        in_flight[0] += 1
+        peak.append(in_flight[0])
+        if i == 3:
+            ready[0] = 2  # two actors loaded while the task streams
+        return i
+
+    def take(call: int):
+        in_flight[0] -= 1
+        yield call
+
+    assert list(pipelined(range(10), submit, take, limit=lambda: IN_FLIGHT_PER_ACTOR * ready[0])) == list(range(10))
+    assert peak[:4] == [1, 1, 1, 1] and max(peak) == IN_FLIGHT_PER_ACTOR * 2
