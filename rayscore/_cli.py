@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet",
         action="store_true",
         help="no progress: print only the final line (progress goes to stderr: a live display on a terminal, "
-        "else a line every 10 s or 5%%)",
+        "else a plain line when something changes)",
     )
     run.add_argument(
         "-v",

@@ -52,7 +52,7 @@ def run(
     (``$TMPDIR/rayscore-logs/``, named in errors) unless ``verbose=True``.
 
     ``progress``: ``True`` shows live progress (a bar on a terminal or in a
-    notebook, else a plain line every 10 s or 5 % on standard error),
+    notebook, else a plain line on standard error when something changes),
     ``False`` nothing; a function is called about once a second with a
     :class:`~rayscore.Progress`, and once more with ``done=True`` at the end.
 

@@ -25,18 +25,31 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-__all__ = ["Progress", "Tracker", "ActionWatch", "Display", "Lines", "ProgressArg", "sinks_for", "estimate", "describe"]
+__all__ = [
+    "Progress",
+    "Tracker",
+    "ActionWatch",
+    "Display",
+    "Lines",
+    "ProgressArg",
+    "sinks_for",
+    "estimate",
+    "describe",
+    "line",
+]
 
 log = logging.getLogger("rayscore")
 
 POLL_S = 1.0
 RATE_WINDOW_S = 10.0  # rows/s over this last stretch
-LINE_EVERY_S = 10.0  # plain lines: at most one per this many seconds ...
+LINE_EVERY_S = 10.0  # plain lines: new figures at most once per this many seconds ...
 LINE_EVERY_SHARE = 0.05  # ... or per this share of the job, whichever comes first
+LINE_SAME_S = 60.0  # a line that says nothing new: at most once per this many seconds
+LINE_MAX = 120  # characters in a plain line, at most
 
 PHASES = {
     "starting": "starting Ray and Spark",
-    "read_convert": "reading the input's schema, checking a sample",
+    "read_convert": "checking the input",
     "loading": "loading the model",
     "predict": "scoring",
     "write": "committing",
@@ -48,12 +61,15 @@ PHASES = {
 class Progress:
     """One look at a running job, as the display, the log lines and a ``progress=`` callback get it.
 
-    ``rows_scored`` counts rows the pool has scored (a batch Spark or Ray ran
-    again counts again, so it may pass the rows in before the end); it never
-    goes down until the last look, ``done``, which holds the rows in. ``rows_total``
-    is known in ``output.mode: resume`` (rows counted per shard) and at the
-    end; ``fraction`` and ``eta_seconds`` come from it, else from Spark's
-    finished tasks and the rows they held (None until one finishes).
+    ``phase`` is the job's step (a key of ``PHASES``); ``phase_text`` says in
+    words what the job waits for at that moment, from the phase and the
+    actors (the pool loads the model while Spark starts). ``rows_scored``
+    counts rows the pool has scored (a batch Spark or Ray ran again counts
+    again, so it may pass the rows in before the end); it never goes down
+    until the last look, ``done``, which holds the rows in. ``rows_total`` is
+    known in ``output.mode: resume`` (rows counted per shard) and at the end;
+    ``fraction`` and ``eta_seconds`` come from it, else from Spark's finished
+    tasks and the rows they held (None until one finishes).
     """
 
     phase: str
@@ -76,6 +92,11 @@ class Progress:
 
     @property
     def phase_text(self) -> str:
+        """What the job waits for now, in a few words: the head of a plain line and the display's label."""
+        if self.phase == "starting" and self.actors:  # the pool exists, so Ray is up
+            return "starting Spark"
+        if self.phase == "loading" and self.actors and self.actors_loaded >= self.actors:
+            return PHASES["predict"]  # loaded while Spark started: the scoring job is next
         return PHASES.get(self.phase, self.phase)
 
 
@@ -104,9 +125,10 @@ def estimate(
 
 
 def _count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    """A short count: ``950``, ``9.8k``, ``12.3M``, ``123G``."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
-            return f"{n / size:.1f}{unit}"
+            return f"{n / size:.1f}{unit}" if n < 100 * size else f"{n / size:.0f}{unit}"
     return f"{n:.0f}"
 
 
@@ -117,8 +139,8 @@ def _clock(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def describe(p: Progress) -> str:
-    """One line of figures: rows (of total), share, rows/s, ETA, Spark's tasks, actors, quarantined, retried."""
+def _figures(p: Progress) -> str:
+    """Every figure of a look, zeros and unknowns included: the live display's second line, fixed in place."""
     rows = f"{p.rows_scored:,} rows" + (f" of {p.rows_total:,}" if p.rows_total is not None else "")
     share = f" ({p.fraction:.0%})" if p.fraction is not None else ""
     parts = [
@@ -135,27 +157,112 @@ def describe(p: Progress) -> str:
     return "; ".join(parts)
 
 
+def _many(n: int, one: str, more: str, num: Callable[[float], str]) -> str:
+    return f"{num(n)} {one if n == 1 else more}"
+
+
+def _facts(p: Progress, short: bool = False) -> tuple[str, list[tuple[int, str]]]:
+    """The start of ``p``'s line (what it waits for, its own figures), then its other facts, each with a rank.
+
+    A fact is there only when it is known and not zero: no ETA before one is
+    known, the actors while they load (and their count while scoring), a
+    restart, a quarantined row or a retried batch once there is one. The
+    facts of lowest rank are the first left out of a line too long. ``short``:
+    counts as ``1.2M``, and no rows in beside the share done.
+    """
+    num: Callable[[float], str] = _count if short else (lambda n: f"{n:,}")
+    head = p.phase_text
+    facts: list[tuple[int, str]] = []
+    scoring = head == PHASES["predict"] and not p.done
+    if p.done or p.rows_scored:
+        rows = _many(p.rows_scored, "row", "rows", num)
+        if p.rows_total is not None and not p.done and not (short and p.fraction is not None):
+            rows += f" of {num(p.rows_total)}"
+        if p.fraction is not None and not p.done:
+            rows += f" ({p.fraction:.0%})"
+        head += f": {rows}"
+    elif p.phase == "loading" and p.actors and p.actors_loaded < p.actors:
+        head += f": {p.actors_loaded} of {p.actors} actors loaded" if p.actors_loaded else f" on {p.actors} actors"
+    if scoring:
+        if round(p.rows_per_second) > 0:
+            facts.append((8, f"{_count(p.rows_per_second)} rows/s"))
+        if p.eta_seconds is not None and p.eta_seconds >= 1:
+            facts.append((5, f"ETA {_clock(p.eta_seconds)}"))
+        if p.tasks_total:
+            facts.append((4, f"tasks {num(p.tasks_done)}/{num(p.tasks_total)}"))
+        if p.actors:
+            loaded = p.actors_loaded
+            facts.append((3, f"actors {p.actors}" if loaded >= p.actors else f"actors {loaded}/{p.actors}"))
+    elif p.phase in ("starting", "read_convert") and p.actors and p.actors_loaded < p.actors:
+        if p.actors_loaded:
+            facts.append((6, f"model loaded on {p.actors_loaded} of {p.actors} actors"))
+        else:
+            facts.append((6, f"model loading on {_many(p.actors, 'actor', 'actors', str)}"))
+    if p.actors_restarted:
+        facts.append((7, _many(p.actors_restarted, "restart", "restarts", num)))
+    if p.rows_quarantined:
+        facts.append((7, f"{num(p.rows_quarantined)} quarantined"))
+    if p.batches_retried:
+        retried = _many(p.batches_retried, "retry", "retries", num)
+        facts.append((7, retried if short else _many(p.batches_retried, "batch", "batches", num) + " retried"))
+    return head, facts
+
+
+def describe(p: Progress, width: int = LINE_MAX - len("rayscore: 0:00:00 ")) -> str:
+    """A plain line's text after its clock: what the job waits for, then what is known and not zero.
+
+    ``starting Spark; model loading on 2 actors``, ``checking the input``,
+    ``scoring: 120,000 rows (12%); 9.8k rows/s; ETA 0:01:10; tasks 3/8; actors 2; 1 restart``,
+    ``committing: 1,000,000 rows``, ``done: 1,000,000 rows; 12 quarantined``.
+    Never over ``width`` characters: big numbers are shortened (``1.2M``), then the
+    least telling facts (actors, tasks, ETA) are left out.
+    """
+    head, facts = _facts(p)
+    text = "; ".join([head] + [f for _, f in facts])
+    if len(text) <= width:
+        return text
+    head, facts = _facts(p, short=True)
+    while len(text := "; ".join([head] + [f for _, f in facts])) > width and facts:
+        facts.pop(min(range(len(facts)), key=lambda i: (facts[i][0], -i)))  # of equal rank, the last
+    return text[:width]
+
+
+def line(p: Progress) -> str:
+    """The plain progress line for ``p``: ``rayscore: H:MM:SS`` (since the job began), then :func:`describe`."""
+    stamp = f"rayscore: {_clock(p.seconds)} "
+    return stamp + describe(p, LINE_MAX - len(stamp))
+
+
 class Lines:
-    """Plain progress lines for a log file or a pipe: on each phase, then every 10 s or 5 % at most."""
+    """Plain progress lines for a log file or a pipe: a line when it says something new, and only then.
+
+    A new phase (or a new thing waited for) gets a line at once, as does the
+    last look; new figures in the same phase at most every 10 s or 5 % of the
+    job; a line that would say just what the last one said at most once a
+    minute (so a quiet log still shows the job alive). Timed by the looks'
+    own ``seconds``.
+    """
 
     def __init__(self, stream: TextIO, own: bool = False) -> None:
         self.stream, self._own = stream, own  # own: a copy of the descriptor, closed with this sink
         self._last: Progress | None = None
-        self._at = 0.0
+        self._said = ""
 
     def __call__(self, p: Progress) -> None:
-        last = self._last
-        due = (
-            last is None
-            or p.phase != last.phase
-            or p.done
-            or p.seconds - self._at >= LINE_EVERY_S
-            or (p.fraction is not None and p.fraction - (last.fraction or 0.0) >= LINE_EVERY_SHARE)
-        )
+        last, text = self._last, line(p)
+        said = text.split(" ", 2)[2]  # what it says, without its clock
+        if last is None or p.done or p.phase_text != last.phase_text:
+            due = True
+        elif said == self._said:
+            due = p.seconds - last.seconds >= LINE_SAME_S
+        else:
+            due = p.seconds - last.seconds >= LINE_EVERY_S or (
+                p.fraction is not None and p.fraction - (last.fraction or 0.0) >= LINE_EVERY_SHARE
+            )
         if not due:
             return
-        self._last, self._at = p, p.seconds
-        print(f"rayscore: {_clock(p.seconds)} {p.phase_text}: {describe(p)}", file=self.stream, flush=True)
+        self._last, self._said = p, said
+        print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._own and not self.stream.closed:
@@ -207,7 +314,7 @@ class Display:
         head += f"  {_count(p.rows_per_second)} rows/s  " + (
             f"ETA {_clock(p.eta_seconds)}" if not p.done else f"in {_clock(p.seconds)}"
         )
-        self._figures[0] = describe(p)
+        self._figures[0] = _figures(p)
         self._bar.update(self._task, description=p.phase_text, total=total, completed=p.fraction or 0.0, head=head)
         if p.done:
             self.close()
@@ -381,6 +488,8 @@ class Tracker:
 
     def _send(self, p: Progress) -> None:
         with self._lock:
+            if p.phase != self._phase and not p.done:  # taken before the phase changed, sent after its first look
+                return
             for sink in list(self.sinks):
                 try:
                     sink(p)

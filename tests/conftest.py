@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The suite's class-data archive of Spark's JVMs (rayscore._cds): built after the first start that records it,
 # used by the starts after; the user's own cache is left alone.
 os.environ.setdefault("RAYSCORE_CDS_DIR", tempfile.mkdtemp(prefix="rayscore-cds-"))
+
+# A plain progress line (rayscore._progress.line): its clock, what the job waits for, then the rows scored
+# (group 1) when the line gives them in full; every progress line matches, whether it gives rows or not.
+PROGRESS_LINE = re.compile(r"^rayscore: \d+:\d\d:\d\d [a-z][^:;]*(?:$|[:;] (?:([\d,]+) rows?)?)")
 
 
 def unavailable(reason: str) -> None:

@@ -5,7 +5,6 @@ and the example's multi-input model and feature table built small and fresh.
 from __future__ import annotations
 
 import os
-import re
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +17,8 @@ import pytest
 from make_example import build_model, features_of, make_table
 
 import rayscore
+
+from ..conftest import PROGRESS_LINE
 
 ROWS = 6000
 VOCAB = 500
@@ -94,9 +95,6 @@ def probed_model(workload: dict, folder: Path, output: str, layer: str, **config
     path = folder / f"ctr-{layer}.keras"
     probes.with_layer(keras.saving.load_model(workload["keras"]), output, getattr(probes, layer), **config).save(path)
     return str(path)
-
-
-PROGRESS_LINE = re.compile(r"^rayscore: \d+:\d\d:\d\d [^:]+: ([\d,]+) rows")
 
 
 def said(stderr: str) -> str:

@@ -9,8 +9,10 @@ and hold the job's figures in its DOM.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,15 @@ from .test_cli_e2e import config_for, rayscore_cli
 
 pytestmark = pytest.mark.integration
 
-PHASES = ["starting Ray and Spark", "loading the model", "scoring", "committing", "done"]
+# What a plain line can say the job waits for, in the order a job goes through them
+HEADS = ["starting Ray and Spark", "starting Spark", "checking the input", "loading the model", "scoring", "committing"]
+HEADS += ["done"]
+ZERO = re.compile(r"(?<![\d,./])0 (rows?|rows/s|restarts?|quarantined|batch|batches|retry|retries|actors?)\b")
+
+
+def seconds(clock: str) -> int:
+    hours, minutes, secs = map(int, clock.split(":"))
+    return hours * 3600 + minutes * 60 + secs
 
 
 def chromium() -> str:
@@ -59,17 +69,27 @@ def assert_page_draws(page: Path, report: dict, folder: Path) -> None:
     assert colors is not None and len(colors) > 50, "the screenshot is blank"
 
 
-def test_off_a_terminal_progress_is_plain_lines_that_end_at_the_rows_in_and_the_page_draws(workload, tmp_path):
+def test_off_a_terminal_progress_is_short_plain_lines_that_say_what_the_job_waits_for_and_the_page_draws(
+    workload, tmp_path
+):
     out = tmp_path / "scores.parquet"
     done = rayscore_cli(config_for(workload, out), tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert all(PROGRESS_LINE.match(line) for line in lines), lines  # nothing else: Ray's lines are in the log
-    phases = [line.split(" ", 2)[2].split(":")[0] for line in lines]
-    assert [p for p in dict.fromkeys(phases) if p in PHASES] == PHASES, phases
-    rows = [int(PROGRESS_LINE.match(line).group(1).replace(",", "")) for line in lines]
+    assert all(len(line) <= 120 and "?" not in line and not ZERO.search(line) for line in lines), lines
+    heads = [next(h for h in HEADS if line.split(" ", 2)[2].startswith(h)) for line in lines]
+    order = [head for head, _ in itertools.groupby(heads)]
+    assert order == sorted(set(order), key=HEADS.index), lines  # each phase once, in the job's order
+    assert {"checking the input", "scoring", "committing", "done"} <= set(order), lines
+    starting = [line for line, head in zip(lines, heads) if head.startswith("starting")]
+    assert any("; model load" in line for line in starting), lines  # the pool loads while Spark starts
+    stamped = [line.split(" ", 2)[1:] for line in lines]  # [clock, what it says]
+    for (at, text), (then, again) in zip(stamped, stamped[1:]):
+        assert text != again or seconds(then) - seconds(at) >= 60, lines  # the same at most once a minute
+    rows = [int(m.group(1).replace(",", "")) for m in map(PROGRESS_LINE.match, lines) if m.group(1)]
     assert rows == sorted(rows) and rows[-1] == ROWS  # monotone, ending at the rows in
-    assert lines[-1].split(": ", 2)[2].startswith(f"{ROWS:,} rows of {ROWS:,} (100%)")
+    assert lines[-1].split(" ", 2)[2] == f"done: {ROWS:,} rows", lines
     assert done.stdout.startswith(f"rayscore: scored {ROWS} rows -> {ROWS} rows")
 
     report = json.loads((out / "_rayscore_report.json").read_text())

@@ -5,15 +5,17 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
 from rayscore._cli import main
 from rayscore._html import HTML_NAME, lanes, render, summary_rows, throughput
-from rayscore._progress import Lines, Progress, Tracker, describe, estimate, sinks_for
+from rayscore._progress import Display, Lines, Progress, Tracker, describe, estimate, line, sinks_for
 from rayscore._report import StageClock
 from rayscore._sink import REPORT_NAME
 from rayscore._timeline import Timeline
+from tests.conftest import PROGRESS_LINE
 
 
 def test_the_estimate_uses_a_known_total_else_spark_s_finished_tasks():
@@ -25,48 +27,193 @@ def test_the_estimate_uses_a_known_total_else_spark_s_finished_tasks():
     assert estimate(0, 0.0, 0, 0, 0, 0) == (1.0, 0.0)
 
 
-def test_a_progress_line_names_the_figures():
+LOADING = {"actors": 2, "actors_loading": 2}
+SCORING = {"actors": 2, "actors_loaded": 2, "tasks_total": 8}
+
+
+@pytest.mark.parametrize(
+    ("look", "said"),
+    [
+        (Progress("starting", 4.0), "rayscore: 0:00:04 starting Ray and Spark"),
+        (Progress("starting", 9.0, **LOADING), "rayscore: 0:00:09 starting Spark; model loading on 2 actors"),
+        (
+            Progress("starting", 12.0, actors=2, actors_loaded=1, actors_loading=1),
+            "rayscore: 0:00:12 starting Spark; model loaded on 1 of 2 actors",
+        ),
+        (Progress("starting", 15.0, actors=2, actors_loaded=2), "rayscore: 0:00:15 starting Spark"),
+        (Progress("read_convert", 16.0, **LOADING), "rayscore: 0:00:16 checking the input; model loading on 2 actors"),
+        (Progress("read_convert", 21.0, actors=2, actors_loaded=2), "rayscore: 0:00:21 checking the input"),
+        (Progress("loading", 22.0, **LOADING), "rayscore: 0:00:22 loading the model on 2 actors"),
+        (
+            Progress("loading", 25.0, actors=2, actors_loaded=1, actors_restarted=1),
+            "rayscore: 0:00:25 loading the model: 1 of 2 actors loaded; 1 restart",
+        ),
+        # the pool loaded while Spark started: the job waits for the scoring job, not for the model
+        (Progress("loading", 22.0, actors=2, actors_loaded=2), "rayscore: 0:00:22 scoring; actors 2"),
+        (Progress("predict", 23.0, tasks_done=0, **SCORING), "rayscore: 0:00:23 scoring; tasks 0/8; actors 2"),
+        (
+            Progress("predict", 26.0, rows_scored=1500, rows_per_second=500.0, **SCORING),
+            "rayscore: 0:00:26 scoring: 1,500 rows; 500 rows/s; tasks 0/8; actors 2",
+        ),
+        (
+            Progress(
+                "predict",
+                30.0,
+                rows_scored=120_000,
+                rows_per_second=9800.0,
+                fraction=0.125,
+                eta_seconds=70.4,
+                tasks_done=3,
+                **SCORING,
+            ),
+            "rayscore: 0:00:30 scoring: 120,000 rows (12%); 9.8k rows/s; ETA 0:01:10; tasks 3/8; actors 2",
+        ),
+        (
+            Progress(
+                "predict",
+                75.0,
+                rows_scored=12345,
+                rows_total=50000,
+                rows_per_second=2100.0,
+                fraction=0.2469,
+                eta_seconds=17.6,
+                tasks_done=1,
+                tasks_total=4,
+                actors=2,
+                actors_loaded=1,
+                actors_loading=1,
+                actors_restarted=3,
+            ),
+            "rayscore: 0:01:15 scoring: 12,345 rows of 50,000 (25%); 2.1k rows/s; ETA 0:00:17; tasks 1/4; "
+            "actors 1/2; 3 restarts",
+        ),
+        (
+            Progress("write", 121.0, rows_scored=1_000_000, batches_retried=1, **SCORING),
+            "rayscore: 0:02:01 committing: 1,000,000 rows; 1 batch retried",
+        ),
+        (
+            Progress(
+                "done", 123.0, rows_scored=1_000_000, rows_total=1_000_000, fraction=1.0, eta_seconds=0.0, done=True
+            ),
+            "rayscore: 0:02:03 done: 1,000,000 rows",
+        ),
+        (
+            Progress("done", 3.0, rows_scored=10, rows_total=10, fraction=1.0, rows_quarantined=2, done=True),
+            "rayscore: 0:00:03 done: 10 rows; 2 quarantined",
+        ),
+    ],
+)
+def test_a_plain_line_says_what_the_job_waits_for_then_what_is_known_and_not_zero(look, said):
+    assert line(look) == said
+    assert describe(look) == said.split(" ", 2)[2]
+
+
+BIG = [0, 1, 999, 10**4 - 1, 123_456_789, 10**12 + 1, 10**15]
+
+
+@pytest.mark.parametrize("n", BIG)
+@pytest.mark.parametrize("phase", ["starting", "read_convert", "loading", "predict", "write", "done"])
+def test_a_plain_line_stays_within_120_characters_with_big_numbers_and_never_guesses(phase, n):
     p = Progress(
-        phase="predict",
-        seconds=75.0,
-        rows_scored=12345,
-        rows_total=50000,
-        rows_per_second=2100.0,
-        fraction=0.2469,
-        eta_seconds=17.6,
-        tasks_done=1,
-        tasks_total=4,
-        actors=2,
-        actors_loaded=2,
-        actors_restarted=1,
-        rows_quarantined=3,
-        batches_retried=2,
+        phase,
+        seconds=float(n % 10**7),
+        rows_scored=n,
+        rows_total=n * 3 if n % 2 else None,
+        rows_per_second=n / 7,
+        fraction=1 / 3 if n % 2 else None,
+        eta_seconds=float(n) if n else None,
+        tasks_done=n // 2,
+        tasks_total=n,
+        actors=n,
+        actors_loaded=n // 2,
+        actors_restarted=n,
+        rows_quarantined=n,
+        batches_retried=n,
+        done=phase == "done",
     )
-    assert describe(p) == (
-        "12,345 rows of 50,000 (25%); 2.1k rows/s; ETA 0:00:17; Spark tasks 1/4; "
-        "actors 2 loaded, 0 loading, 1 restarted (of 2); quarantined 3, batches retried 2"
+    text = line(p)
+    assert len(text) <= 120, text
+    assert "?" not in text and not re.search(r"(?<![\d./])0 (restart|quarantined|batch|rows/s)", text), text
+    assert text.startswith(f"rayscore: {p.seconds // 3600:.0f}:") and PROGRESS_LINE.match(text), text
+    if n:  # what goes wrong is never left out, even when the tasks and the actors are
+        assert re.search(r"restarts?; \S+ quarantined; \S+ (retry|retries|batch retried|batches retried)$", text), text
+
+
+def test_a_long_line_shortens_its_numbers_then_leaves_out_the_actors_the_tasks_then_the_eta():
+    p = Progress(
+        "predict",
+        3600.0,
+        rows_scored=1_345_678_901,
+        rows_total=5_678_901_234,
+        fraction=0.237,
+        rows_per_second=123_456.0,
+        eta_seconds=36000.0,
+        tasks_done=2345,
+        tasks_total=10000,
+        actors=100,
+        actors_loaded=100,
+        actors_restarted=3,
+        rows_quarantined=5678,
+        batches_retried=12,
+    )
+    assert line(p) == (
+        "rayscore: 1:00:00 scoring: 1.3G rows (24%); 123k rows/s; ETA 10:00:00; "
+        "3 restarts; 5.7k quarantined; 12 retries"
+    )
+    assert line(replace(p, rows_quarantined=0, batches_retried=0)) == (
+        "rayscore: 1:00:00 scoring: 1.3G rows (24%); 123k rows/s; ETA 10:00:00; tasks 2.3k/10.0k; actors 100; "
+        "3 restarts"
     )
 
 
-def test_plain_lines_come_on_each_phase_then_every_10_s_or_5_percent():
+def test_plain_lines_come_on_news_at_once_new_figures_every_10_s_or_5_percent_the_same_once_a_minute():
     out = io.StringIO()
     lines = Lines(out)
     looks = [
-        Progress("starting", 0.0),
-        Progress("starting", 5.0),  # same phase, 5 s later: no line
-        Progress("predict", 6.0, rows_scored=10, fraction=0.01),  # a new phase
-        Progress("predict", 7.0, rows_scored=20, fraction=0.03),  # +2 %, 1 s: no line
-        Progress("predict", 8.0, rows_scored=70, fraction=0.07),  # +6 %
-        Progress("predict", 18.5, rows_scored=80, fraction=0.08),  # 10.5 s
-        Progress("predict", 19.0, rows_scored=90, fraction=0.09),
-        Progress("done", 19.5, rows_scored=100, rows_total=100, fraction=1.0, done=True),
+        Progress("starting", 1.0),  # the first look
+        Progress("starting", 5.0),  # the same: no line
+        Progress("starting", 6.0, **LOADING),  # Ray is up: waits for Spark only, at once
+        Progress("starting", 9.0, actors=2, actors_loaded=1),  # new figures, 3 s later: no line
+        Progress("starting", 16.0, actors=2, actors_loaded=1),  # 10 s later
+        Progress("starting", 70.0, actors=2, actors_loaded=1),  # the same, 54 s later: no line
+        Progress("starting", 76.5, actors=2, actors_loaded=1),  # the same, a minute later
+        Progress("read_convert", 77.0, actors=2, actors_loaded=2),  # a new phase
+        Progress("loading", 80.0, actors=2, actors_loaded=2),  # the pool loaded already: "scoring", at once
+        Progress("predict", 81.0, rows_scored=10, fraction=0.01, **SCORING),  # also "scoring": 1 s later, no line
+        Progress("predict", 82.0, rows_scored=20, fraction=0.03, **SCORING),  # +2 %: no line
+        Progress("predict", 83.0, rows_scored=70, fraction=0.07, **SCORING),  # +6 % since the last line
+        Progress("predict", 93.5, rows_scored=80, fraction=0.08, **SCORING),  # 10.5 s
+        Progress("predict", 94.0, rows_scored=90, fraction=0.09, **SCORING),
+        Progress("write", 95.0, rows_scored=100, **SCORING),  # a new phase
+        Progress("done", 95.5, rows_scored=100, rows_total=100, fraction=1.0, done=True),
     ]
     for p in looks:
         lines(p)
-    printed = out.getvalue().splitlines()
-    assert [line.split(": ")[2].split(" rows")[0] for line in printed] == ["0", "10", "70", "80", "100"]
-    assert printed[0].startswith("rayscore: 0:00:00 starting Ray and Spark: 0 rows")
-    assert printed[-1].startswith("rayscore: 0:00:19 done: 100 rows of 100 (100%)")
+    assert out.getvalue().splitlines() == [
+        "rayscore: 0:00:01 starting Ray and Spark",
+        "rayscore: 0:00:06 starting Spark; model loading on 2 actors",
+        "rayscore: 0:00:16 starting Spark; model loaded on 1 of 2 actors",
+        "rayscore: 0:01:16 starting Spark; model loaded on 1 of 2 actors",
+        "rayscore: 0:01:17 checking the input",
+        "rayscore: 0:01:20 scoring; actors 2",
+        "rayscore: 0:01:23 scoring: 70 rows (7%); tasks 0/8; actors 2",
+        "rayscore: 0:01:33 scoring: 80 rows (8%); tasks 0/8; actors 2",
+        "rayscore: 0:01:35 committing: 100 rows",
+        "rayscore: 0:01:35 done: 100 rows",
+    ]
+    assert all(PROGRESS_LINE.match(text) for text in out.getvalue().splitlines())
+
+
+def test_the_display_keeps_every_figure_in_place():
+    from rich.console import Console
+
+    out = io.StringIO()
+    display = Display(Console(file=out, force_terminal=True, width=200))
+    display(Progress("predict", 5.0, rows_scored=10, actors=2, actors_loaded=2, tasks_total=8))
+    display(Progress("done", 6.0, rows_scored=10, rows_total=10, fraction=1.0, done=True, actors=2, actors_loaded=2))
+    shown = out.getvalue()  # the last look stays on the terminal
+    assert "done" in shown and "10 rows of 10" in shown
+    assert "actors 2 loaded, 0 loading, 0 restarted (of 2); quarantined 0, batches retried 0" in shown
 
 
 def test_progress_off_or_a_function_and_not_a_terminal_gives_lines():
@@ -89,6 +236,15 @@ def test_the_tracker_drops_a_sink_that_raises_and_sends_a_last_look_with_the_row
     assert [p.phase for p in seen][-1] == "done"
     assert (seen[-1].rows_scored, seen[-1].rows_total, seen[-1].rows_quarantined, seen[-1].done) == (500, 500, 7, True)
     assert tracker.sinks == []
+
+
+def test_the_tracker_drops_a_look_taken_before_the_phase_changed():
+    seen: list[Progress] = []
+    tracker = Tracker([seen.append], poll_s=None)
+    tracker.phase("write")
+    tracker._send(Progress("predict", 1.0, rows_scored=10))  # the poll's look, taken just before
+    assert [p.phase for p in seen] == ["write"]
+    tracker.close()
 
 
 def test_the_timeline_splits_busy_seconds_over_buckets_and_widens_to_stay_bounded():
