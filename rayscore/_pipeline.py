@@ -143,7 +143,11 @@ def _run(
         tracker.counting(scoring.counters.rows)
         errors = errors_output(cfg) if plan.quarantine else None
         with tracker.jobs(spark):
-            write_scored(spark, scoring, plan, cfg.output, errors, report, clock, check=lambda: files.check(spark))
+            rows, quarantined = write_scored(
+                spark, scoring, plan, cfg.output, errors, report, clock, check=lambda: files.check(spark)
+            )
+        # A table output has no report file, so report() may not have run: the counts are set here.
+        result.rows_in, result.rows_quarantined, result.rows_out = rows, quarantined, rows - quarantined
         scorer.report_into(result, clock)
         return result
     finally:

@@ -182,7 +182,11 @@ def _facts(p: Progress, short: bool = False) -> tuple[str, list[tuple[int, str]]
             rows += f" ({p.fraction:.0%})"
         head += f": {rows}"
     elif p.phase == "loading" and p.actors and p.actors_loaded < p.actors:
-        head += f": {p.actors_loaded} of {p.actors} actors loaded" if p.actors_loaded else f" on {p.actors} actors"
+        head += (
+            f": {p.actors_loaded} of {p.actors} actors loaded"
+            if p.actors_loaded
+            else f" on {_many(p.actors, 'actor', 'actors', str)}"
+        )
     if scoring:
         if round(p.rows_per_second) > 0:
             facts.append((8, f"{_count(p.rows_per_second)} rows/s"))

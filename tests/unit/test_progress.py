@@ -44,6 +44,7 @@ SCORING = {"actors": 2, "actors_loaded": 2, "tasks_total": 8}
         (Progress("read_convert", 16.0, **LOADING), "rayscore: 0:00:16 checking the input; model loading on 2 actors"),
         (Progress("read_convert", 21.0, actors=2, actors_loaded=2), "rayscore: 0:00:21 checking the input"),
         (Progress("loading", 22.0, **LOADING), "rayscore: 0:00:22 loading the model on 2 actors"),
+        (Progress("loading", 22.0, actors=1, actors_loading=1), "rayscore: 0:00:22 loading the model on 1 actor"),
         (
             Progress("loading", 25.0, actors=2, actors_loaded=1, actors_restarted=1),
             "rayscore: 0:00:25 loading the model: 1 of 2 actors loaded; 1 restart",
