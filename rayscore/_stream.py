@@ -45,6 +45,7 @@ __all__ = [
     "rebatch",
     "remote_error",
     "prediction_schema",
+    "predictions_of",
     "with_model_identity",
     "model_identity",
 ]
@@ -104,10 +105,16 @@ def score(df: Any, plan: Plan, pool: Any, spec: ModelSpec, batch_rows: int) -> S
     every output's shape and dtype, else from a loaded actor (waiting for
     the pool). Nothing is read or scored until an action runs.
     """
-    known = all(t.shape is not None and t.dtype is not None for t in spec.outputs)
-    schema = prediction_schema(arrow_schema(df), plan, spec if known else pool.spec())
+    schema = predictions_of(arrow_schema(df), plan, spec, pool)
     frame, counters = scored_frame(df, plan, pool, batch_rows, schema)
     return Scoring(with_model_identity(frame, plan, pool.model), counters)
+
+
+def predictions_of(columns: pa.Schema, plan: Plan, spec: ModelSpec, pool: Any) -> pa.Schema:
+    """:func:`prediction_schema` from ``spec`` when the model file states every output's shape and dtype,
+    else from a loaded actor of ``pool`` (waiting for its load)."""
+    known = all(t.shape is not None and t.dtype is not None for t in spec.outputs)
+    return prediction_schema(columns, plan, spec if known else pool.spec())
 
 
 def prediction_schema(columns: pa.Schema, plan: Plan, spec: ModelSpec) -> pa.Schema:
@@ -170,8 +177,11 @@ def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: 
     return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
 
 
-def score_partition(route: Route, counters: Counters, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Run in a Spark Python worker: score ``batches`` on the pool, yield the predictions in order."""
+def score_partition(
+    route: Route, counters: Counters | None, batches: Iterable[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Run in a Spark Python worker (or a Ray Data task): score ``batches`` on the pool, yield the predictions
+    in order; ``counters`` (Spark's accumulators) count the rows, when there are any."""
     import ray  # noqa: PLC0415
 
     try:
@@ -252,7 +262,7 @@ def _join(route: Route) -> None:
         ) from None
 
 
-def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters) -> Iterator[pa.RecordBatch]:
+def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counters | None) -> Iterator[pa.RecordBatch]:
     import ray  # noqa: PLC0415
 
     ref, rows = call
@@ -260,9 +270,10 @@ def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counte
     picker.done(ref)
     if table.num_rows != rows:
         raise PredictError(f"a pool actor returned {table.num_rows} rows for a batch of {rows}")
-    counters.rows.add(rows)
-    if REASON in table.column_names:
-        counters.quarantined.add(rows - table.column(REASON).null_count)
+    if counters is not None:
+        counters.rows.add(rows)
+        if REASON in table.column_names:
+            counters.quarantined.add(rows - table.column(REASON).null_count)
     yield from table.select(route.schema.names).cast(route.schema).to_batches()
 
 
