@@ -27,7 +27,10 @@ process, on the same rows:
    ``input.format: sql`` selecting the same filtered rows;
 6. **rayscore.predict**: in a ``rayscore.session()``, the same filtered
    DataFrame, ``rayscore.predict(df, ...)`` written by Spark;
-7. **rayscore run, parquet**: ``input.format: parquet`` on the same files.
+7. **rayscore.udf**: the same, as a column: ``df.select("id",
+   rayscore.udf(...)(*features))`` written by Spark (Spark's pandas UDF
+   machinery converts the array columns through pandas, both ways);
+8. **rayscore run, parquet**: ``input.format: parquet`` on the same files.
 
 Spark's ways are timed after their session is up (reading, scoring and
 writing; the UDFs load their model inside that time, as rayscore's pool
@@ -76,6 +79,7 @@ import bench_e2e as e2e  # noqa: E402
 UDF_BATCH_SIZE = 4096
 FILTER = "country != 'xx'"
 WAYS = ("zeros", "arrow_udf", "predict_batch_udf")
+FEATURES = ("title_0", "title_1", "title_2", "title_3", "hour_of_week", "price")
 
 
 @dataclass
@@ -202,8 +206,7 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
                     names=["id", "click", "topics"],
                 )
 
-        columns = ["id", *(f"title_{i}" for i in range(4)), "hour_of_week", "price"]
-        scored = df.select(*columns).mapInArrow(arrow_udf, schema)
+        scored = df.select("id", *FEATURES).mapInArrow(arrow_udf, schema)
     scored.write.mode("overwrite").parquet(out)
     seconds = time.perf_counter() - t0
     again = _again(scored, out)
@@ -219,19 +222,26 @@ def _again(scored, out: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_predict_api(workload: e2e.Workload, workdir: str, actors: int, batch_size: int, spark_cfg: dict) -> UdfResult:
-    """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark."""
+def run_predict_api(
+    workload: e2e.Workload, workdir: str, actors: int, batch_size: int, spark_cfg: dict, column: bool = False
+) -> UdfResult:
+    """Child process: ``rayscore.predict`` (``column``: ``rayscore.udf``'s column) on the filtered DataFrame in a
+    session, written by Spark."""
     import rayscore  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    out = os.path.join(workdir, "rayscore_predict.parquet")
+    out = os.path.join(workdir, "rayscore_udf.parquet" if column else "rayscore_predict.parquet")
     with rayscore.session(spark=spark_cfg, max_actors=actors) as s:
         startup = time.perf_counter() - t0
         t0 = time.perf_counter()
         df = s.spark.read.parquet(workload.data_path).where(FILTER)
-        scored = rayscore.predict(
-            df, model=workload.model_path, keep_columns=["id"], batch_size=batch_size, actors=actors
-        )
+        if column:
+            ctr = rayscore.udf(model=workload.model_path, batch_size=batch_size, actors=actors)
+            scored = df.select("id", ctr(*FEATURES).alias("p")).select("id", "p.click", "p.topics")
+        else:
+            scored = rayscore.predict(
+                df, model=workload.model_path, keep_columns=["id"], batch_size=batch_size, actors=actors
+            )
         scored.write.mode("overwrite").parquet(out)
         seconds = time.perf_counter() - t0
         again = _again(scored, out)
@@ -255,7 +265,7 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     workload = e2e._in_child(e2e.make_workload, workdir, rows)
     cores = os.cpu_count() or 1
 
-    print("1/7 the limit (one process, model.predict) ...", flush=True)
+    print("1/8 the limit (one process, model.predict) ...", flush=True)
     with e2e.PeakMemory() as mem:
         limit = e2e._in_child(e2e.run_limit, workload, workdir)
     limit.peak_rss_bytes = max(limit.peak_rss_bytes, mem.peak_bytes)
@@ -263,25 +273,30 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     spark_ways: dict[str, UdfResult] = {}
     names = {"zeros": "spark, no model", "arrow_udf": "spark mapInArrow UDF", "predict_batch_udf": "predict_batch_udf"}
     for step, way in enumerate(WAYS, start=2):
-        print(f"{step}/7 Spark local[{cores}], {names[way]}, on the filtered DataFrame ...", flush=True)
+        print(f"{step}/8 Spark local[{cores}], {names[way]}, on the filtered DataFrame ...", flush=True)
         with e2e.PeakMemory() as mem:
             result = e2e._in_child(run_spark, workload, workdir, cores, way)
         result.peak_rss_bytes = mem.peak_bytes
         spark_ways[names[way]] = result
 
     runs: dict[str, e2e.RayscoreRun] = {}
-    print("5/7 rayscore run, SQL input (the filtered rows) ...", flush=True)
+    print("5/8 rayscore run, SQL input (the filtered rows) ...", flush=True)
     with e2e.PeakMemory() as mem:
         runs["rayscore run, SQL"] = e2e._in_child(
             e2e.run_rayscore, sql_config(workload, os.path.join(workdir, "scores-sql.parquet"), args)
         )
     runs["rayscore run, SQL"].peak_rss_bytes = mem.peak_bytes
-    print("6/7 rayscore.predict on the filtered DataFrame, written by Spark ...", flush=True)
+    print("6/8 rayscore.predict on the filtered DataFrame, written by Spark ...", flush=True)
     with e2e.PeakMemory() as mem:
         api = e2e._in_child(run_predict_api, workload, workdir, args.actors, args.batch_size, _spark(args))
     api.peak_rss_bytes = mem.peak_bytes
     spark_ways["rayscore.predict"] = api
-    print("7/7 rayscore run, parquet input ...", flush=True)
+    print("7/8 rayscore.udf's column on the filtered DataFrame, written by Spark ...", flush=True)
+    with e2e.PeakMemory() as mem:
+        column = e2e._in_child(run_predict_api, workload, workdir, args.actors, args.batch_size, _spark(args), True)
+    column.peak_rss_bytes = mem.peak_bytes
+    spark_ways["rayscore.udf"] = column
+    print("8/8 rayscore run, parquet input ...", flush=True)
     config = e2e.rayscore_config(
         workload, os.path.join(workdir, "scores-parquet.parquet"), args.actors, args.batch_size, spark=_spark(args)
     )
@@ -325,6 +340,10 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
             f"{rate[name] / rate['limit']:.2f}x the limit (aim >= 0.5), "
             f"{rate[name] / rate['spark, no model']:.2f}x Spark with no model (the ceiling)"
         )
+    print(
+        f"rayscore.udf (the column form): {rate['rayscore.udf'] / rate['rayscore.predict']:.2f}x rayscore.predict, "
+        f"{rate['rayscore.udf'] / rate['predict_batch_udf']:.2f}x predict_batch_udf"
+    )
     udf, api = spark_ways["spark mapInArrow UDF"], spark_ways["rayscore.predict"]
     print(
         f"the second action in the session (model loaded): rayscore.predict {rows / api.again_seconds:,.0f} rows/s, "

@@ -6,13 +6,14 @@ its Arrow batches to long-lived Ray actors, each holding one copy of the
 model loaded from shared storage; the predictions stream back and Spark
 writes them. The model is never serialised.
 
-Three ways in::
+Four ways in::
 
     rayscore run config.yaml                       # the CLI (rayscore validate config.yaml: check only)
     rayscore.run("config.yaml")                    # the same from Python
     with rayscore.session() as s:                  # a DataFrame you already have
         scored = rayscore.predict(df, model="ctr.keras", keep_columns=["id"])
     rayscore.predict(df, model="ctr.keras")        # df of any SparkSession (docs/deployments.md)
+    ctr = rayscore.udf(model="ctr.keras")          # a column expression: df.withColumn("p", ctr(*cols))
 """
 
 from ._config import Config, load_config
@@ -30,6 +31,7 @@ from ._pipeline import inspect_model, predict, run
 from ._progress import Progress
 from ._report import RunResult
 from ._session import Session, session
+from ._udf import udf
 from ._validate import Validation, validate
 
 __version__ = "0.1.0"
@@ -39,6 +41,7 @@ __all__ = [
     "validate",
     "Validation",
     "predict",
+    "udf",
     "session",
     "Session",
     "load_config",

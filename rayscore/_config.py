@@ -46,6 +46,7 @@ __all__ = [
     "load_config",
     "parse_actors",
     "validated",
+    "scoring_settings",
     "spark_options",
 ]
 
@@ -323,6 +324,8 @@ class SparkConfig(_Frozen):
     executor_memory: str = Field(default="2g", pattern=_BYTES)
     configs: dict[str, Any] = Field(default_factory=dict)
     ray_on_spark: RayOnSparkConfig | None = None
+    # RayDP's fault-tolerant mode: Spark's driver joins Ray, which ray.data.from_spark needs.
+    fault_tolerant_mode: StrictBool = False
 
     @field_validator("master")
     @classmethod
@@ -354,6 +357,14 @@ class SparkConfig(_Frozen):
             where = "RayDP's Spark (spark.master unset)" if master is None else f"a {master} master"
             raise ValueError(f"does not go with {where}: Ray on Spark needs a cluster master")
         return value
+
+    @model_validator(mode="after")
+    def _fault_tolerance_is_raydps(self) -> SparkConfig:
+        if self.fault_tolerant_mode and self.master is not None:
+            raise ValueError(
+                f"fault_tolerant_mode is RayDP's (for ray.data.from_spark): it does not go with master {self.master!r}"
+            )
+        return self
 
 
 class Config(_Frozen):
@@ -573,6 +584,38 @@ def validated(cls: type[Any], data: Any, prefix: str, extra: Mapping[str, Any] |
     if cls is ModelConfig and "://" not in cfg.uri and not cfg.uri.startswith(REGISTRY_SCHEMES):  # as load_config
         cfg = cfg.model_copy(update={"uri": os.path.abspath(os.path.expanduser(cfg.uri))})
     return cfg
+
+
+def scoring_settings(
+    model: str | Mapping[str, Any] | ModelConfig,
+    inputs: Mapping[str, str] | None,
+    outputs: Mapping[str, str] | None,
+    batch_size: int,
+    actors: int | Mapping[str, int] | str,
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+) -> tuple[ModelConfig, PredictConfig]:
+    """The keyword arguments of ``rayscore.predict`` and ``rayscore.udf`` as the config's ``model`` and ``predict``.
+
+    Errors name the config's key, as for a file: ``predict.actors.min must be >= 1, got 0``.
+    """
+    model_cfg = validated(
+        ModelConfig,
+        model if not isinstance(model, str) else {"uri": model},
+        "model",
+        extra={"inputs": inputs, "outputs": outputs},
+    )
+    predict_cfg = validated(
+        PredictConfig,
+        {
+            "batch_size": batch_size,
+            "actors": actors,
+            "cpus_per_actor": cpus_per_actor,
+            "gpus_per_actor": gpus_per_actor,
+        },
+        "predict",
+    )
+    return model_cfg, predict_cfg
 
 
 def spark_options(options: Mapping[str, Any]) -> dict[str, str]:

@@ -13,8 +13,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._config import Config, ModelConfig, PredictConfig, load_config, validated
+from ._config import Config, ModelConfig, load_config, scoring_settings
 from ._convert import make_plan
+from ._dataset import is_dataset, predict_dataset
 from ._deploy import attach
 from ._model import ModelSpec
 from ._plan import check_sample, errors_output, inspect_model, max_actors_hint, new_result, plan_job
@@ -189,6 +190,13 @@ def predict(
     made on first use and kept until the session ends (one model load per
     actor for the session). Nothing is held between actions.
 
+    ``df`` may also be a Ray Dataset (``ray.data.Dataset``): then the result
+    is a lazy Ray Dataset of the same columns, scored by the same pool
+    without Spark (:mod:`rayscore._dataset`: at the call Ray is joined or
+    started, the model bound to ``ds.schema()``; the pool lives until the
+    session block ends, else until the interpreter exits; ``progress`` is
+    Ray Data's own).
+
     Each actor loads the model once, from ``model`` (a path every node can
     read); the model is never serialised. Memory per actor: one model copy
     plus a few batches, less its large embedding tables, which the actors of
@@ -212,22 +220,11 @@ def predict(
         ...                               batch_size=1024, actors=2)
         ...     scored.write.parquet("scores.parquet")
     """
-    model_cfg = validated(
-        ModelConfig,
-        model if not isinstance(model, str) else {"uri": model},
-        "model",
-        extra={"inputs": inputs, "outputs": outputs},
+    model_cfg, predict_cfg = scoring_settings(
+        model, inputs, outputs, batch_size, actors, cpus_per_actor, gpus_per_actor
     )
-    predict_cfg = validated(
-        PredictConfig,
-        {
-            "batch_size": batch_size,
-            "actors": actors,
-            "cpus_per_actor": cpus_per_actor,
-            "gpus_per_actor": gpus_per_actor,
-        },
-        "predict",
-    )
+    if is_dataset(df):
+        return predict_dataset(df, model_cfg, predict_cfg, tuple(keep_columns))
     ref, spec = inspect_model(model_cfg)
     plan = make_plan(
         spec,

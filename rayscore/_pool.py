@@ -84,11 +84,11 @@ class Pool:
 
     restarts = MAX_RESTARTS
 
-    def __init__(self, model: ModelRef, predict: PredictConfig, plan: PoolPlan) -> None:
+    def __init__(self, model: ModelRef, predict: PredictConfig, plan: PoolPlan, reserve_cpus: float = 0.0) -> None:
         import ray  # noqa: PLC0415
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
 
-        _make_room(predict, plan)
+        _make_room(predict, plan, reserve_cpus)
         self.model, self.plan = model, plan
         self.namespace = ray.get_runtime_context().namespace
         prefix = f"rayscore-{uuid.uuid4().hex[:12]}"
@@ -226,8 +226,14 @@ _lock = threading.RLock()
 _pools: dict[tuple[Any, ...], Pool] = {}  # the session's pools, for rayscore.predict
 
 
-def pool_for(model: ModelRef, spec: ModelSpec, predict: PredictConfig, spark_cpus: float) -> Pool:
-    """The session's pool for ``model`` and these pool settings, made on first use (one load per actor)."""
+def pool_for(
+    model: ModelRef, spec: ModelSpec, predict: PredictConfig, spark_cpus: float, reserve_cpus: float = 0.0
+) -> Pool:
+    """The session's pool for ``model`` and these pool settings, made on first use (one load per actor).
+
+    ``spark_cpus``: Ray CPUs that are not the pool's to size for; ``reserve_cpus``: CPUs to keep free
+    beside it when it is made (earlier pools are stopped for them).
+    """
     key = (
         model.path,
         model.fingerprint,
@@ -247,32 +253,47 @@ def pool_for(model: ModelRef, spec: ModelSpec, predict: PredictConfig, spark_cpu
     with _lock:
         pool = _pools.get(key)
         if pool is None:
-            pool = _pools[key] = Pool(model, predict, check_pool(spark_cpus, predict, model, spec))
+            pool = _pools[key] = Pool(model, predict, check_pool(spark_cpus, predict, model, spec), reserve_cpus)
         return pool
 
 
-def _make_room(predict: PredictConfig, plan: PoolPlan) -> None:
+def _make_room(predict: PredictConfig, plan: PoolPlan, reserve_cpus: float = 0.0) -> None:
     """Stop the session's pools (:func:`pool_for`) if a new pool's minimum would not fit beside them.
 
     A session keeps each ``rayscore.predict`` pool for its later actions;
     one that stands in the way of another pool is stopped, and a DataFrame
-    it scored then fails its next action with a clear error.
+    it scored then fails its next action with a clear error. ``reserve_cpus``
+    must stay free beside the new pool (Ray Data's own tasks need them).
     """
-    import ray  # noqa: PLC0415
-
-    with _lock:
-        if not _pools:
-            return
-        free = ray.available_resources()
-        need = {
-            "CPU": plan.min_actors * predict.cpus_per_actor,
+    _stop_others_unless_free(
+        {
+            "CPU": plan.min_actors * predict.cpus_per_actor + reserve_cpus,
             "GPU": plan.min_actors * predict.gpus_per_actor,
             "memory": plan.min_actors * plan.memory_per_actor,
         }
+    )
+
+
+def leave_cpus_free(cpus: float, keep: Pool) -> None:
+    """Stop the session's pools but ``keep`` if fewer than ``cpus`` of Ray's CPUs are free (for Ray Data's tasks)."""
+    _stop_others_unless_free({"CPU": cpus}, keep)
+
+
+def _stop_others_unless_free(need: dict[str, float], keep: Pool | None = None) -> None:
+    import ray  # noqa: PLC0415
+
+    with _lock:
+        others = {k: p for k, p in _pools.items() if p is not keep}
+        if not others:
+            return
+        free = ray.available_resources()
         if all(free.get(k, 0.0) >= v for k, v in need.items() if v):
             return
-        log.info("stopping the session's %d earlier actor pool(s) to make room for a new one", len(_pools))
-        stop_pools()
+        log.info("stopping the session's %d earlier actor pool(s) to make room", len(others))
+        for key in others:
+            del _pools[key]
+    for pool in others.values():
+        pool.stop()
 
 
 def stop_pools() -> None:

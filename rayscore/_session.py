@@ -154,6 +154,9 @@ def session(
     your Spark application (sized by ``ray_on_spark``: ``worker_nodes``,
     ``cpus_per_node``, ``gpus_per_node``, ``memory_per_node``,
     ``object_store_memory_per_node``), stopped when the block ends.
+    ``spark=False`` opens Ray alone (a local Ray, or the cluster ``ray``
+    names), for :func:`rayscore.predict` on Ray Datasets: its pools live
+    until the block ends.
     ``max_actors``/``cpus_per_actor`` size a Ray rayscore starts so that the
     largest predictor pool you will ask for fits. What Ray, Spark and
     TensorFlow print goes to a log file (``$TMPDIR/rayscore-logs/``) unless
@@ -167,13 +170,18 @@ def session(
         >>> with rayscore.session(spark=spark, ray_on_spark={"worker_nodes": 2}):   # doctest: +SKIP
         ...     rayscore.predict(spark.table("features"), model="/dbfs/models/ctr.keras").write.parquet("out")
     """
-    given = spark if hasattr(spark, "sparkContext") else None  # a SparkSession, not settings
-    extra: dict[str, Any] = {"ray_on_spark": ray_on_spark}
-    if given is not None and ray_on_spark is not None:
-        extra["master"] = str(given.sparkContext.master)  # the sizing is checked against the given master
     ray_cfg = validated(RayConfig, ray or {}, "ray")
-    spark_cfg = validated(SparkConfig, {} if given is not None else spark or {}, "spark", extra=extra)
-    s = Session(ray_cfg, spark_cfg, max_actors=max_actors, cpus_per_actor=cpus_per_actor, verbose=verbose, spark=given)
+    if spark is False:  # Ray alone, for Ray Datasets
+        s = Session(ray_cfg, spark=False, max_actors=max_actors, cpus_per_actor=cpus_per_actor, verbose=verbose)
+    else:
+        given = spark if hasattr(spark, "sparkContext") else None  # a SparkSession, not settings
+        extra: dict[str, Any] = {"ray_on_spark": ray_on_spark}
+        if given is not None and ray_on_spark is not None:
+            extra["master"] = str(given.sparkContext.master)  # the sizing is checked against the given master
+        spark_cfg = validated(SparkConfig, {} if given is not None else spark or {}, "spark", extra=extra)
+        s = Session(
+            ray_cfg, spark_cfg, max_actors=max_actors, cpus_per_actor=cpus_per_actor, verbose=verbose, spark=given
+        )
     s.start()
     try:
         yield s

@@ -13,6 +13,10 @@ pulls a batch only while fewer than two per loaded actor are in flight
 Spark's pipe to the worker holds; nothing is kept once written, and
 Spark's own task retry covers a lost executor. Cost per worker: one Ray
 connection (about a second, once per Python worker process).
+
+:func:`score_partition` is that per-batch loop for every way in: the
+``mapInArrow`` function here, and the column form's pandas UDF
+(:mod:`rayscore._udf`), which hands it the batches it rebuilt from pandas.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "Scoring",
     "score",
     "scored_frame",
+    "route_for",
     "score_partition",
     "pipelined",
     "rebatch",
@@ -73,6 +78,7 @@ class Route:
     schema: pa.Schema  # the predictions, as Spark expects them
     restarts: int = 0  # Ray restarts a dead actor this many times
     advice: str = ""  # what to change when an actor keeps dying (memory)
+    made_by: str = "rayscore.predict"  # what to call again once the pool has stopped
     # Ray's token for a Spark task whose executor Ray did not start (it travels in the task's closure,
     # never in Spark's configuration); never in a repr.
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -157,24 +163,30 @@ def model_identity(plan: Plan, model: ModelRef) -> dict[str, dict[str, Any]]:
 
 def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: pa.Schema) -> tuple[Any, Counters]:
     """``df``'s ``plan.read_columns`` scored by ``pool``, as a lazy Spark DataFrame with ``arrow_schema``'s columns."""
-    import ray  # noqa: PLC0415
     from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415
 
     sc = df.sparkSession.sparkContext
     counters = Counters(sc.accumulator(0), sc.accumulator(0))
-    route = Route(
+    fn = functools.partial(score_partition, route_for(pool, plan, batch_rows, arrow_schema), counters)
+    return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
+
+
+def route_for(pool: Any, plan: Plan, batch_rows: int, schema: pa.Schema, made_by: str = "rayscore.predict") -> Route:
+    """How a Spark task reaches ``pool`` to score ``plan``'s columns, ``batch_rows`` at a time, into ``schema``."""
+    import ray  # noqa: PLC0415
+
+    return Route(
         ray.get_runtime_context().gcs_address,
         pool.namespace,
         pool.names,
         plan,
         batch_rows,
-        arrow_schema,
+        schema,
         restarts=pool.restarts,
         advice=pool.memory_advice(batch_rows),
+        made_by=made_by,
         env=tuple(ray_auth_env().items()),
     )
-    fn = functools.partial(score_partition, route, counters)
-    return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
 
 
 def score_partition(
@@ -192,7 +204,7 @@ def score_partition(
         except ValueError:
             raise PredictError(
                 "the actor pool this DataFrame was scored with has stopped (its session ended, or a later pool "
-                "needed its room): call rayscore.predict again"
+                f"needed its room): call {route.made_by} again"
             ) from None
         picker = _Picker(actors, route.actors)
         yield from pipelined(

@@ -26,9 +26,21 @@ from .._config import RayConfig, SparkConfig, is_local_master
 from .base import Deployment, is_raydp, spark_master
 from .ray_cluster import RayCluster, joinable_address
 from .ray_on_spark import RayOnSpark
+from .ray_only import RayOnly
 from .raydp_spark import RayDP, RayDPSession
 
-__all__ = ["Deployment", "choose", "attach", "attached", "register", "unregister", "detach_all", "is_raydp"]
+__all__ = [
+    "Deployment",
+    "choose",
+    "attach",
+    "attach_ray",
+    "spark_cpus_held",
+    "attached",
+    "register",
+    "unregister",
+    "detach_all",
+    "is_raydp",
+]
 
 log = logging.getLogger("rayscore")
 
@@ -44,13 +56,16 @@ def choose(
     """The deployment for these settings; nothing is started yet.
 
     RayDP when no SparkSession is given and ``spark.master`` is unset (the
-    embedded default). Otherwise a plain Spark: beside the Ray this process
-    is connected to or ``ray.address``/``RAY_ADDRESS`` names, a local Ray for
-    a ``local`` master, else Ray on Spark started inside the application.
+    embedded default); Ray alone for ``spark=False`` (Ray Datasets).
+    Otherwise a plain Spark: beside the Ray this process is connected to or
+    ``ray.address``/``RAY_ADDRESS`` names, a local Ray for a ``local``
+    master, else Ray on Spark started inside the application.
     """
     import ray  # noqa: PLC0415
 
     sizing = {"max_actors": max_actors, "cpus_per_actor": cpus_per_actor}
+    if spark is False:
+        return RayOnly(ray_config, spark_config, **sizing)
     if spark is not None and is_raydp(spark):
         return RayDPSession(spark)
     if spark is None and spark_config.master is None:
@@ -101,6 +116,30 @@ def attach(spark: Any, *, max_actors: int, cpus_per_actor: float, verbose: bool 
     return deployment
 
 
+RAY_ONLY = "ray"  # the key of attach_ray's deployment among those kept
+
+
+def attach_ray(*, max_actors: int, cpus_per_actor: float, verbose: bool = False) -> None:
+    """A Ray for ``rayscore.predict`` on a Ray Dataset: the one this process is connected to, else one started
+    (joined at ``RAY_ADDRESS``, or local) here, said in one line and kept until the interpreter exits."""
+    import ray  # noqa: PLC0415
+
+    from .._logs import others_to_log  # noqa: PLC0415
+
+    with _lock:
+        if ray.is_initialized():
+            return
+        deployment = choose(
+            RayConfig(), SparkConfig(), spark=False, max_actors=max_actors, cpus_per_actor=cpus_per_actor
+        )
+        with others_to_log(verbose):
+            deployment.start_ray()
+            deployment.start_spark()
+        _attached[RAY_ONLY] = deployment
+        _stop_at_exit()
+    log.warning("scoring on %s", deployment.describe())
+
+
 _exit_hooked = False
 
 
@@ -137,6 +176,12 @@ def _stop_orphans() -> None:
             log.debug("stopping %s of a stopped SparkSession: %s", deployment.kind, exc)
 
 
+def spark_cpus_held() -> float:
+    """Ray CPUs the Spark executors of this process's deployments hold (RayDP's are Ray actors)."""
+    with _lock:
+        return sum(d.spark_cpus for d in _attached.values())
+
+
 def attached(spark: Any) -> Deployment | None:
     """The deployment :func:`attach` or a session registered for ``spark``, if any."""
     with _lock:
@@ -144,7 +189,9 @@ def attached(spark: Any) -> Deployment | None:
 
 
 def register(spark: Any, deployment: Deployment) -> None:
-    """A session's deployment, so that ``rayscore.predict`` on its DataFrames uses it."""
+    """A session's deployment, so that ``rayscore.predict`` on its DataFrames uses it (a Ray-only one has none)."""
+    if spark is None:
+        return
     with _lock:
         _attached[str(spark.sparkContext.applicationId)] = deployment
 

@@ -56,7 +56,7 @@ class RayCluster(Deployment):
         address = joinable_address(self.ray_config)
         master = spark_master(self.spark) if self.spark is not None else self.spark_config.master
         if address is None:
-            if master is None or not is_local_master(master):
+            if not self._may_start_local(master):
                 raise DeploymentError(
                     f"ray.address: a {master!r} master needs a Ray cluster on its executors' hosts: set ray.address "
                     "(or RAY_ADDRESS), or let rayscore start Ray on Spark (leave ray.address unset)"
@@ -89,6 +89,10 @@ class RayCluster(Deployment):
         self._connected = True
         self._address = ray.get_runtime_context().gcs_address
 
+    def _may_start_local(self, master: str | None) -> bool:
+        """Whether no Ray to join may mean a local Ray started here: only for a Spark on this machine."""
+        return master is not None and is_local_master(master)
+
     def start_spark(self) -> None:
         self._build_spark()
         check_python_workers(self.spark)
@@ -107,13 +111,14 @@ class RayCluster(Deployment):
         return self._connected
 
     def describe(self) -> str:
+        return f"{self._spark_text()} with {self._ray_text()}"
+
+    def _ray_text(self) -> str:
         if self._local:
-            ray_text = "a local Ray started by rayscore"
-        elif self._connected:
-            ray_text = f"the Ray cluster at {self._address} (joined)"
-        else:
-            ray_text = f"the Ray this process is connected to ({self._address})"
-        return f"{self._spark_text()} with {ray_text}"
+            return "a local Ray started by rayscore"
+        if self._connected:
+            return f"the Ray cluster at {self._address} (joined)"
+        return f"the Ray this process is connected to ({self._address})"
 
 
 def _token_if_held() -> None:

@@ -101,9 +101,9 @@ class RayDP(Deployment):
                 executor_cores=self.executor_cores,
                 executor_memory=cfg.executor_memory,
                 configs=configs,
-                # Spark's driver never exchanges data with Ray (its executors' Python
-                # workers do), so it need not join Ray as RayDP's default would have it.
-                fault_tolerant_mode=False,
+                # Spark's driver never exchanges data with Ray for rayscore (its executors' Python
+                # workers do), so it joins Ray only when asked: ray.data.from_spark needs it.
+                fault_tolerant_mode=cfg.fault_tolerant_mode,
             )
         self._started_spark = True
         self.spark.sparkContext.setLogLevel(SPARK_LOG_LEVEL)

@@ -21,6 +21,7 @@ EXPECTED_ALL = {
     "validate",
     "Validation",
     "predict",
+    "udf",
     "session",
     "Session",
     "load_config",
@@ -65,7 +66,7 @@ def test_version() -> None:
 
 
 def test_callables() -> None:
-    for name in ("run", "validate", "predict", "session", "load_config", "inspect_model", "register_loader"):
+    for name in ("run", "validate", "predict", "udf", "session", "load_config", "inspect_model", "register_loader"):
         assert callable(getattr(rayscore, name)), name
 
 
