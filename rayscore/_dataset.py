@@ -18,6 +18,7 @@ batches per loaded actor in flight. The pool is sized with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from typing import Any
@@ -28,9 +29,10 @@ from ._config import ModelConfig, PredictConfig
 from ._convert import make_plan
 from ._deploy import attach_ray, spark_cpus_held
 from ._errors import InputError
+from ._model import ModelSpec
 from ._plan import inspect_model, max_actors_hint
 from ._pool import leave_cpus_free, pool_for
-from ._stream import Route, predictions_of, route_for, score_partition
+from ._stream import Route, prediction_schema, remote_error, route_for, score_partition
 
 __all__ = ["DATA_CPUS", "is_dataset", "predict_dataset", "dataset_schema"]
 
@@ -70,9 +72,10 @@ def predict_dataset(ds: Any, model_cfg: ModelConfig, predict_cfg: PredictConfig,
     unless this process is connected, the model's inputs and outputs are
     read from its file and bound to ``ds``'s columns (a missing column or a
     wrong type fails here, in one line), and the pool is made on first use
-    (its actors start loading; for a ``.keras`` file the call waits for the
-    first load, to learn the outputs' shapes). Nothing is read or scored
-    until the dataset is consumed.
+    (its actors start loading; the call does not wait for them: a file that
+    does not state its outputs' shapes, a ``.keras`` file, has them read from
+    the first loaded actor by the first task). Nothing is read or scored
+    until the dataset is consumed, and a model that fails to load fails it then.
     """
     attach_ray(max_actors=max_actors_hint(predict_cfg), cpus_per_actor=predict_cfg.cpus_per_actor)
     ref, spec = inspect_model(model_cfg)
@@ -88,7 +91,10 @@ def predict_dataset(ds: Any, model_cfg: ModelConfig, predict_cfg: PredictConfig,
     # Sized as if DATA_CPUS were Spark's, and made with them free: other pools that hold them are stopped.
     pool = pool_for(ref, spec, predict_cfg, DATA_CPUS + spark_cpus_held(), reserve_cpus=DATA_CPUS)
     leave_cpus_free(DATA_CPUS, keep=pool)  # the pool was made earlier: later pools may hold them since
-    route = route_for(pool, plan, predict_cfg.batch_size, predictions_of(columns, plan, spec, pool))
+    # A .keras file does not state its outputs' shapes: the first task asks a loaded actor, so the call
+    # need not wait for the load (Ray Data reads meanwhile; Spark needs the schema at once, Ray Data not).
+    known = all(t.shape is not None and t.dtype is not None for t in spec.outputs)
+    route = route_for(pool, plan, predict_cfg.batch_size, prediction_schema(columns, plan, spec) if known else None)
     # Ray Data warns when a stage gets fewer blocks than its task cap; one task keeps every actor busy,
     # so for this stage the advice (more blocks) would not help.
     warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks for 'MapBatches\(score_table\)'")
@@ -101,7 +107,7 @@ def predict_dataset(ds: Any, model_cfg: ModelConfig, predict_cfg: PredictConfig,
         zero_copy_batch=True,
         udf_modifying_row_count=False,
         num_cpus=0,  # a hand-off task waits on the pool: it must not hold a CPU the actors need
-        concurrency=pool.plan.max_actors,
+        concurrency=2 * pool.plan.max_actors,
     )
     # A bad row's error reaches the consumer as rayscore's own (``except rayscore.InputError``, its one
     # line last), not as Ray Data's UserCodeException; this dataset's context only, not the caller's.
@@ -109,6 +115,26 @@ def predict_dataset(ds: Any, model_cfg: ModelConfig, predict_cfg: PredictConfig,
     return scored
 
 
+_schemas: dict[tuple[str, ...], pa.Schema] = {}  # by the pool's actors: what a loaded actor said, once a process
+
+
 def score_table(route: Route, table: pa.Table) -> pa.Table:
     """Run in a Ray Data task: ``table``'s rows scored on the pool, as the predictions' table."""
+    if route.schema is None:
+        schema = _schemas.get(route.actors)
+        if schema is None:
+            schema = _schemas[route.actors] = prediction_schema(table.schema, route.plan, _loaded_spec(route))
+        route = dataclasses.replace(route, schema=schema)
     return pa.Table.from_batches(list(score_partition(route, None, table.to_batches())), schema=route.schema)
+
+
+def _loaded_spec(route: Route) -> ModelSpec:
+    """The model's inputs and outputs as the first of the pool's actors to load it knows them."""
+    import ray  # noqa: PLC0415
+
+    try:
+        calls = [ray.get_actor(name, namespace=route.namespace).spec.remote() for name in route.actors]
+        done, _ = ray.wait(calls, num_returns=1)
+        return ray.get(done[0])
+    except Exception as exc:
+        raise remote_error(exc, route) from None

@@ -75,7 +75,7 @@ class Route:
     actors: tuple[str, ...]
     plan: Plan
     batch_rows: int
-    schema: pa.Schema  # the predictions, as Spark expects them
+    schema: pa.Schema | None  # the predictions, as Spark expects them (a Ray Data task may learn them late)
     restarts: int = 0  # Ray restarts a dead actor this many times
     advice: str = ""  # what to change when an actor keeps dying (memory)
     made_by: str = "rayscore.predict"  # what to call again once the pool has stopped
@@ -171,7 +171,9 @@ def scored_frame(df: Any, plan: Plan, pool: Any, batch_rows: int, arrow_schema: 
     return df.select(*plan.read_columns).mapInArrow(fn, from_arrow_schema(arrow_schema)), counters
 
 
-def route_for(pool: Any, plan: Plan, batch_rows: int, schema: pa.Schema, made_by: str = "rayscore.predict") -> Route:
+def route_for(
+    pool: Any, plan: Plan, batch_rows: int, schema: pa.Schema | None, made_by: str = "rayscore.predict"
+) -> Route:
     """How a Spark task reaches ``pool`` to score ``plan``'s columns, ``batch_rows`` at a time, into ``schema``."""
     import ray  # noqa: PLC0415
 

@@ -207,7 +207,7 @@ def test_spark_reads_while_the_model_scores_and_runs_ahead_only_by_what_its_pipe
         assert max(r[0] for r in read if r[1] == part) > first_call
     # Rows read but not yet scored, at each model call: what Spark's pipes to its Python workers hold (the
     # kernel's socket buffers, a few MB per task) plus rayscore's two batches in flight. Measured here at
-    # about 6,000 rows of 1 KB per task; never the input.
+    # about 6,700 rows of 1 KB per task (bench/RESULTS.md); never the input.
     lead = max(sum(r[2] for r in read if r[0] <= t) - sum(c[1] for c in call if c[0] <= t) for t, _, _ in call)
     assert lead < 0.4 * rows_in, lead
 

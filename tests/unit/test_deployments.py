@@ -189,3 +189,24 @@ def test_a_master_ray_on_spark_cannot_run_on_is_refused_in_one_line_before_any_s
     )
     assert err.value.user_error  # exit 2 from the CLI
     assert deployment.spark is None  # refused before a SparkSession was built
+
+
+def test_spark_false_chooses_ray_alone_which_may_start_a_local_ray_and_builds_no_spark():
+    from rayscore._deploy.ray_only import RayOnly
+
+    deployment = choose(RayConfig(), SparkConfig(), spark=False)
+    assert type(deployment) is RayOnly and deployment.kind == "ray"
+    assert deployment._may_start_local(None)  # a plain Spark beside Ray may not: only for local[N]
+    assert not RayCluster(RayConfig(), SparkConfig())._may_start_local(None)
+    deployment.start_spark()
+    assert deployment.spark is None and deployment.spark_cpus == 0.0
+
+
+def test_fault_tolerant_mode_is_raydps_and_refused_beside_a_master():
+    assert config(spark={"fault_tolerant_mode": True}).spark.fault_tolerant_mode
+    with pytest.raises(ConfigError) as caught:
+        config(spark={"master": "spark://h:7077", "fault_tolerant_mode": True})
+    assert (
+        "fault_tolerant_mode is RayDP's (for ray.data.from_spark): it does not go with master 'spark://h:7077'"
+        in str(caught.value)
+    )
