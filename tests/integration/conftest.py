@@ -120,6 +120,16 @@ def assert_matches_model(table: pa.Table, workload: dict, click: str = "click", 
     np.testing.assert_allclose(got_topics, workload["topics"], atol=1e-5, rtol=0)
 
 
+def wait_until(condition, timeout: float, step: float = 0.2):
+    """Poll ``condition`` until it returns something truthy or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    value = condition()
+    while not value and time.monotonic() < deadline:
+        time.sleep(step)
+        value = condition()
+    return value
+
+
 def settled_free_cpus(rs: rayscore.Session, timeout: float = 60.0) -> float:
     """Free CPUs once nothing but Spark's executors holds any (waits for actors being torn down).
 

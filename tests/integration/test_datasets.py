@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 import rayscore
+from rayscore import _pool
 
 from . import probes
 from .conftest import ROWS, assert_matches_model, probed_model
@@ -49,6 +50,8 @@ def test_a_dataset_is_scored_lazily_by_one_pool_that_loads_once_however_often_it
     assert first.column_names == ["id", "click", "topics"]
     assert_matches_model(first, workload)
     assert_matches_model(consume(scored), workload)  # consumed again: the same pool, no new load
+    (pool,) = [p for p in _pool._pools.values() if p.model.path == model["uri"]]
+    ray.get([a.__ray_ready__.remote() for a in pool.actors])  # Ray Data may have used only the first one loaded
     loaded_in = probes.loads_logged(loads)
     assert len(loaded_in) == len(set(loaded_in)) == 2  # one load per actor, counted by the model itself
     again = rayscore.predict(ds.filter(expr="id < 100"), model=model, keep_columns=["id"], batch_size=500, actors=2)

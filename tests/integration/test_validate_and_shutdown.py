@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import yaml
 
 import rayscore
 
-from .conftest import ROWS, assert_matches_model, read_parquet_dir, said, settled_free_cpus
+from .conftest import ROWS, assert_matches_model, read_parquet_dir, said, settled_free_cpus, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -274,16 +273,6 @@ def marked(marker: str) -> list[str]:
         except (psutil.Error, OSError):
             continue
     return found
-
-
-def wait_until(condition, timeout: float, step: float = 0.2):
-    """Poll ``condition`` until it returns something truthy or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    value = condition()
-    while not value and time.monotonic() < deadline:
-        time.sleep(step)
-        value = condition()
-    return value
 
 
 class Cli:
