@@ -3,6 +3,7 @@
     python bench/compare.py --rows 1000000                  # speed: every way, same rows, same answers
     python bench/compare.py --memory --rows 1000000 4000000  # memory: rayscore's peak at each size
     python bench/compare.py --progress-cost 716c07a --rows 1000000  # live progress: rows/s before and after
+    python bench/compare.py --rows 1000000 --repeat 5       # the hop's targets: 5 interleaved rounds
 
 **Speed mode** makes the workload of ``bench_e2e.py`` (the example's
 multi-input model, ``--rows`` rows in parquet, plus a ``country`` column
@@ -42,6 +43,14 @@ predictions (by ``id``, max abs difference <= 1e-5) and prints rows/s, the
 peak memory of each way's process tree, and the ratios the targets are
 about.
 
+**Repeated mode** (``--repeat N``, N > 1, no other mode) runs only the ways
+the hop's targets are about, interleaved, N rounds: Spark with no model, the
+mapInArrow UDF, ``rayscore run`` with the SQL input and ``rayscore.predict``
+(each write and its second write in the session). It prints each way's
+median rows/s with the min-max, and each target's ratio as the median of
+the rounds' ratios (a round's ways run minutes apart, so drift on a shared
+VM cancels) with the min-max; every round's predictions are checked.
+
 **Progress mode** (``--progress-cost REV``) measures what live progress
 costs: the SQL job of step 5 run ``--repeat`` times each, alternating, by
 the code at git revision ``REV`` (a git worktree, imported by a Python whose
@@ -71,6 +80,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -92,13 +102,9 @@ class UdfResult:
     again_seconds: float = 0.0  # the same action run a second time in the session (its model loaded)
 
 
-def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> UdfResult:
-    """Child process: plain PySpark local[cores] on the filtered DataFrame, one of :data:`WAYS`, parquet out."""
-    import numpy as np  # noqa: PLC0415
-    import pyarrow as pa  # noqa: PLC0415
+def spark_session(cores: int, way: str) -> tuple[Any, float]:
+    """Plain PySpark local[cores] with the UDFs' settings, and the seconds it took to start."""
     from pyspark.sql import SparkSession  # noqa: PLC0415
-    from pyspark.sql import functions as F  # noqa: PLC0415
-    from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType  # noqa: PLC0415
 
     from rayscore._session import JAVA_OPTIONS  # noqa: PLC0415
 
@@ -118,10 +124,17 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
-    startup = time.perf_counter() - t0
+    return spark, time.perf_counter() - t0
+
+
+def spark_scored(spark: Any, workload: e2e.Workload, way: str) -> Any:
+    """The filtered DataFrame scored by one of :data:`WAYS`, lazily (nothing runs until an action)."""
+    import numpy as np  # noqa: PLC0415
+    import pyarrow as pa  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+    from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType  # noqa: PLC0415
+
     model_path = workload.model_path
-    out = os.path.join(workdir, f"spark_{way}.parquet")
-    t0 = time.perf_counter()
     df = spark.read.parquet(workload.data_path).where(FILTER)
     schema = StructType(
         [
@@ -207,6 +220,15 @@ def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> Udf
                 )
 
         scored = df.select("id", *FEATURES).mapInArrow(arrow_udf, schema)
+    return scored
+
+
+def run_spark(workload: e2e.Workload, workdir: str, cores: int, way: str) -> UdfResult:
+    """Child process: plain PySpark local[cores] on the filtered DataFrame, one of :data:`WAYS`, parquet out."""
+    spark, startup = spark_session(cores, way)
+    out = os.path.join(workdir, f"spark_{way}.parquet")
+    t0 = time.perf_counter()
+    scored = spark_scored(spark, workload, way)
     scored.write.mode("overwrite").parquet(out)
     seconds = time.perf_counter() - t0
     again = _again(scored, out)
@@ -359,6 +381,60 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     return 0 if all(c.ok for c in checks.values()) else 1
 
 
+def repeated(args: argparse.Namespace, workdir: str) -> int:
+    """``--repeat`` rounds of the ways the hop's targets are about, interleaved; medians and ranges."""
+    rows, cores = args.rows[0], os.cpu_count() or 1
+    print(f"making the workload ({rows:,} rows) in {workdir} ...", flush=True)
+    workload = e2e._in_child(e2e.make_workload, workdir, rows)
+    limit = e2e._in_child(e2e.run_limit, workload, workdir)
+    rates: dict[str, list[float]] = {}
+    ok = True
+    for round_ in range(1, args.repeat + 1):
+        got: dict[str, float] = {}
+        for way in ("zeros", "arrow_udf"):
+            print(f"round {round_}/{args.repeat}: Spark local[{cores}], {way} ...", flush=True)
+            r = e2e._in_child(run_spark, workload, workdir, cores, way)
+            got[way], got[f"{way} again"] = r.rows / r.seconds, r.rows / r.again_seconds
+            ok &= way == "zeros" or check_udf(limit, r).ok
+        print(f"round {round_}/{args.repeat}: rayscore run, SQL ...", flush=True)
+        run = e2e._in_child(e2e.run_rayscore, sql_config(workload, os.path.join(workdir, "scores-sql.parquet"), args))
+        got["rayscore run, SQL"] = rows / run.after_startup_seconds
+        ok &= e2e.check_predictions(limit, run).ok
+        print(f"round {round_}/{args.repeat}: rayscore.predict ...", flush=True)
+        api = e2e._in_child(run_predict_api, workload, workdir, args.actors, args.batch_size, _spark(args))
+        got["rayscore.predict"], got["rayscore.predict again"] = api.rows / api.seconds, api.rows / api.again_seconds
+        ok &= check_udf(limit, api).ok
+        print("  " + ", ".join(f"{k} {v:,.0f}" for k, v in got.items()), flush=True)
+        for k, v in got.items():
+            rates.setdefault(k, []).append(v)
+    print()
+    print(
+        f"# {rows:,} rows, {cores} cores; filter {FILTER!r}; rayscore: {args.actors} actor(s), batch "
+        f"{args.batch_size}; {args.repeat} interleaved rounds; rows/s after start-up"
+    )
+    print(f"{'way':<28}{'median':>10}{'min':>10}{'max':>10}")
+    for k, v in rates.items():
+        print(f"{k:<28}{statistics.median(v):>10,.0f}{min(v):>10,.0f}{max(v):>10,.0f}")
+    targets = (
+        ("rayscore run, SQL", "arrow_udf", 1.0),
+        ("rayscore.predict", "arrow_udf", 1.0),
+        ("rayscore.predict again", "arrow_udf again", 0.9),
+        ("rayscore run, SQL", "zeros", None),
+        ("rayscore.predict", "zeros", None),
+        ("rayscore.predict again", "zeros again", None),
+        ("arrow_udf", "zeros", None),
+    )
+    for top, bottom, target in targets:
+        ratios = [a / b for a, b in zip(rates[top], rates[bottom])]
+        aim = f" (target >= {target})" if target else " (the ceiling)" if bottom.startswith("zeros") else ""
+        print(
+            f"{top} / {bottom}: median {statistics.median(ratios):.2f}x, "
+            f"min {min(ratios):.2f}x, max {max(ratios):.2f}x{aim}"
+        )
+    print("predictions: " + ("every round's equal the limit's (max abs diff <= 1e-5)" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
 def _spark(args: argparse.Namespace) -> dict:
     return {"executor_cores": args.executor_cores} if args.executor_cores else {}
 
@@ -509,12 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--progress-cost", metavar="REV", help="rows/s with progress against git revision REV")
-    parser.add_argument("--repeat", type=int, default=2, help="--progress-cost: runs of each side")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="--progress-cost: runs of each side (2); speed: interleaved rounds"
+    )
     args = parser.parse_args(argv)
     args.json = False
     with e2e.workdir_of(args) as workdir:
         if args.progress_cost:
+            args.repeat = args.repeat or 2
             return progress_cost(args, workdir)
+        if args.repeat and args.repeat > 1 and not args.memory:
+            return repeated(args, workdir)
         return memory(args, workdir) if args.memory else speed(args, workdir)
 
 

@@ -1,0 +1,225 @@
+"""A big model: rayscore.predict against the best hand-written Spark UDF that fits, speed, memory and answers.
+
+    python bench/compare_big.py --gb 2 --rows 200000                 # UDF local[1] against 2 actors
+    python bench/compare_big.py --gb 2 --rows 200000 --udf-cores 2   # two model copies in Spark (if they fit)
+
+The issue's target: ``rayscore.predict`` at >= 3x the rows/s of the best
+in-Spark UDF that fits in memory, at <= 0.3x its memory, with equal
+predictions. It builds the model of ``examples/make_big_model.py`` (one
+``--gb`` GB embedding table) as ``.keras`` and ``--rows`` rows of ``tokens``
+as parquet (``bench_datasets.py``'s ``--model big`` inputs), plus a
+``country`` column that is never ``'xx'``, so that both ways read
+``spark.read.parquet(p).where("country != 'xx'")`` (a filter: no shortcut).
+Then, each in a process of its own, one after the other:
+
+1. **UDF**: plain PySpark ``local[--udf-cores]`` (``compare.py``'s Spark
+   settings), a ``mapInArrow`` whose function loads the model once per Python
+   worker (kept on the ``keras`` module) and runs ``predict_on_batch`` on each
+   Arrow batch, written as parquet. One core by default: Keras's
+   ``load_model`` peaks near 6x the file's bytes, so on a 24 GB machine two
+   2 GB copies are killed for memory;
+2. **rayscore.predict**: in a ``rayscore.session()``, the same filtered
+   DataFrame through ``--actors`` actors, written by Spark.
+
+Each is timed from the read to the last file written, once its session is
+up (the model's load included, as a job pays it). Memory is the peak, over
+0.2 s samples, of the summed PSS (proportional set size: shared pages, such
+as a mapped table, counted once) of the processes that hold the model:
+the UDF's Spark Python workers (the child's descendants whose executable is
+``python``, under Spark's JVM) and rayscore's actors (``ray::Predictor``);
+and, for reference, of the whole process tree (0.5 s samples). The two
+outputs are compared by ``id``, and each against ``expected_scores`` (the
+model's formula) on ``--check-rows`` rows; exit status 1 when any differs by
+more than 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_datasets as datasets  # noqa: E402  (puts examples/ on the path)
+import bench_e2e as e2e  # noqa: E402
+from compare import FILTER, UDF_BATCH_SIZE  # noqa: E402
+
+
+def make_workload(workdir: str, gb: float, rows: int) -> dict:
+    """Child process: the model as .keras and ``rows`` rows of ``id``, ``tokens`` and ``country`` as parquet."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = argparse.Namespace(model="big", hand_off=False, gb=gb, rows=rows)
+    inputs = datasets.make_inputs(spec, Path(workdir))
+    table = pq.read_table(inputs["data"])
+    os.remove(inputs["data"])
+    country = pa.array(np.array(["us", "de", "fr", "jp"])[np.arange(rows) % 4])
+    inputs["data"] = os.path.join(workdir, "tokens.parquet")  # row groups: local[N] gets N splits
+    pq.write_table(table.append_column("country", country), inputs["data"], row_group_size=e2e.ROW_GROUP_SIZE)
+    return inputs
+
+
+def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
+    """Child process: plain PySpark local[cores], the model loaded once per Python worker, parquet out."""
+    import numpy as np
+    import pyarrow as pa
+    from make_big_model import SEQ_LEN
+    from pyspark.sql import SparkSession
+
+    from rayscore._session import JAVA_OPTIONS
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    java = " ".join(JAVA_OPTIONS)
+    settings = {  # compare.py's run_spark
+        "spark.driver.extraJavaOptions": java,
+        "spark.executor.extraJavaOptions": java,
+        "spark.driver.memory": "8g",
+        "spark.ui.enabled": "false",
+        "spark.sql.parquet.enableNestedColumnVectorizedReader": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+    t0 = time.perf_counter()
+    spark = SparkSession.builder.master(f"local[{cores}]").appName("bench-big-udf").config(map=settings).getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    startup = time.perf_counter() - t0
+    model_path, seq_len = inputs["model"], SEQ_LEN
+    out = os.path.join(workdir, "udf.parquet")
+
+    def score(batches):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+
+        # Once per Python worker: Spark reuses its workers but unpickles this function per task.
+        loaded = keras.__dict__.setdefault("_compare_big_models", {})
+        if model_path not in loaded:
+            loaded[model_path] = keras.saving.load_model(model_path, compile=False)
+        model = loaded[model_path]
+        for batch in batches:
+            n = batch.num_rows
+            tokens = batch.column("tokens").flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+            predicted = model.predict_on_batch(tokens.reshape(n, seq_len))
+            value = predicted["score"] if isinstance(predicted, dict) else predicted
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), pa.array(np.asarray(value, np.float32).reshape(n))], names=["id", "score"]
+            )
+
+    holders = datasets.PeakPss("python")  # the Spark Python workers: this process's only python descendants
+    t0 = time.perf_counter()
+    df = spark.read.parquet(inputs["data"]).where(FILTER)
+    df.select("id", "tokens").mapInArrow(score, "id long, score float").write.mode("overwrite").parquet(out)
+    seconds = time.perf_counter() - t0
+    peak = holders.stop()
+    rows = spark.read.parquet(out).count()
+    spark.stop()
+    return {"rows": rows, "seconds": seconds, "startup": startup, "holders_pss": peak, "out": out}
+
+
+def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int) -> dict:
+    """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark."""
+    import rayscore
+
+    out = os.path.join(workdir, "rayscore.parquet")
+    t0 = time.perf_counter()
+    with rayscore.session(max_actors=actors) as s:
+        startup = time.perf_counter() - t0
+        holders = datasets.PeakPss("Predictor")  # ray::Predictor, rayscore's actors
+        t0 = time.perf_counter()
+        df = s.spark.read.parquet(inputs["data"]).where(FILTER)
+        scored = rayscore.predict(df, model=inputs["model"], keep_columns=["id"], batch_size=batch_size, actors=actors)
+        scored.write.mode("overwrite").parquet(out)
+        seconds = time.perf_counter() - t0
+        peak = holders.stop()
+        rows = s.spark.read.parquet(out).count()
+    return {"rows": rows, "seconds": seconds, "startup": startup, "holders_pss": peak, "out": out}
+
+
+def check(inputs: dict, results: dict[str, dict], sample: int) -> tuple[float, list[str]]:
+    """The worst difference found, and one line per comparison: the ways by ``id``, each against the formula."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from make_big_model import SEQ_LEN, expected_scores
+
+    (first, a), (second, b) = results.items()
+    rows, worst = datasets.compare(a["out"], b["out"], ["score"])
+    lines = [f"{first} vs {second}: {rows:,} rows compared by id, max abs diff {worst:.1e}"]
+    tokens = pq.read_table(inputs["data"], columns=["id", "tokens"]).sort_by("id").slice(0, sample)
+    ids = tokens.column("id").to_numpy()
+    expected = expected_scores(pc.list_flatten(tokens.column("tokens")).to_numpy().reshape(-1, SEQ_LEN))
+    for name, r in results.items():
+        got = pq.read_table(r["out"]).sort_by("id").slice(0, sample)
+        if not np.array_equal(got.column("id").to_numpy(), ids):
+            lines.append(f"{name} vs expected_scores: the first {sample:,} ids differ")
+            worst = float("inf")
+            continue
+        diff = float(np.max(np.abs(got.column("score").to_numpy().astype(np.float64) - expected)))
+        lines.append(f"{name} vs expected_scores: {len(ids):,} rows compared, max abs diff {diff:.1e}")
+        worst = max(worst, diff)
+    return worst, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=2.0, help="the embedding table's size in GB (1e9 bytes)")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--actors", type=int, default=2, help="rayscore's actors (default 2)")
+    parser.add_argument("--udf-cores", type=int, default=1, help="the UDF's local[N]: N model copies (default 1)")
+    parser.add_argument("--batch-size", type=int, default=UDF_BATCH_SIZE, help="rows per model call, both ways")
+    parser.add_argument("--check-rows", type=int, default=2000, help="rows checked against the formula")
+    parser.add_argument("--workdir", default=None, help="where the model, rows and outputs go (default: temp, removed)")
+    args = parser.parse_args(argv)
+    udf = f"UDF local[{args.udf_cores}]"
+    api = f"rayscore.predict ({args.actors} actors)"
+    with e2e.workdir_of(args) as workdir:
+        print(f"making the model ({args.gb} GB table) and {args.rows:,} rows in {workdir} ...", flush=True)
+        inputs = e2e._in_child(make_workload, workdir, args.gb, args.rows)
+        steps = {udf: (run_udf, args.udf_cores), api: (run_rayscore, args.actors)}
+        results: dict[str, dict] = {}
+        for step, (name, (fn, n)) in enumerate(steps.items(), start=1):
+            print(f"{step}/2 {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True)
+            try:
+                with e2e.PeakMemory(0.5, pss=True) as tree:
+                    results[name] = e2e._in_child(fn, inputs, workdir, n, args.batch_size)
+            except Exception as exc:  # a child killed for memory: BrokenProcessPool
+                print(f"{name} failed: {type(exc).__name__}: {exc}")  # BrokenProcessPool: try fewer --udf-cores
+                return 1
+            results[name]["tree_pss"] = tree.peak_bytes
+        worst, lines = check(inputs, results, args.check_rows)
+        size = os.path.getsize(inputs["model"])
+    print()
+    print(
+        f"# {args.rows:,} rows, filter {FILTER!r}; model {Path(inputs['model']).name} {size / 2**30:.2f} GiB; "
+        f"{os.cpu_count()} cores; batch {args.batch_size}"
+    )
+    print(f"{'way':<30}{'rows/s':>10}{'seconds':>9}{'start s':>9}{'holders PSS GiB':>17}{'tree PSS GiB':>14}")
+    rate = {name: r["rows"] / r["seconds"] for name, r in results.items()}
+    for name, r in results.items():
+        print(
+            f"{name:<30}{rate[name]:>10,.0f}{r['seconds']:>9.1f}{r['startup']:>9.1f}"
+            f"{r['holders_pss'] / 2**30:>17.2f}{r['tree_pss'] / 2**30:>14.2f}"
+        )
+    print(
+        "seconds: read, score, write once the session is up (the model's load included); holders: the peak summed "
+        "PSS of the processes holding the model (the UDF's Spark Python workers, rayscore's ray::Predictor actors); "
+        "tree: of every process of the run (this script, the child, Spark's JVMs, Ray)"
+    )
+    speed = rate[api] / rate[udf]
+    memory = results[api]["holders_pss"] / max(results[udf]["holders_pss"], 1)
+    print(f"rayscore.predict / {udf}: {speed:.2f}x rows/s (target >= 3), {memory:.2f}x memory (target <= 0.3)")
+    print("\n".join(lines))
+    complete = all(r["rows"] == args.rows for r in results.values())
+    if not complete:
+        print("rows out: " + ", ".join(f"{name} {r['rows']:,}" for name, r in results.items()) + f" of {args.rows:,}")
+    ok = worst <= e2e.TOLERANCE and complete
+    print("predictions: " + ("OK" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
