@@ -102,8 +102,8 @@ class UdfResult:
     again_seconds: float = 0.0  # the same action run a second time in the session (its model loaded)
 
 
-def spark_session(cores: int, way: str) -> tuple[Any, float]:
-    """Plain PySpark local[cores] with the UDFs' settings, and the seconds it took to start."""
+def spark_session(cores: int, way: str, batch_rows: int = UDF_BATCH_SIZE) -> tuple[Any, float]:
+    """Plain PySpark local[cores] with the UDFs' settings (``batch_rows`` per Arrow batch), and its start's seconds."""
     from pyspark.sql import SparkSession  # noqa: PLC0415
 
     from rayscore._session import JAVA_OPTIONS  # noqa: PLC0415
@@ -119,7 +119,7 @@ def spark_session(cores: int, way: str) -> tuple[Any, float]:
         .config("spark.driver.memory", "8g")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.parquet.enableNestedColumnVectorizedReader", "true")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(UDF_BATCH_SIZE))
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .getOrCreate()
     )

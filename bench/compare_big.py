@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_datasets as datasets  # noqa: E402  (puts examples/ on the path)
 import bench_e2e as e2e  # noqa: E402
+import compare  # noqa: E402
 from compare import FILTER, UDF_BATCH_SIZE  # noqa: E402
 
 
@@ -69,25 +70,8 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
     import numpy as np
     import pyarrow as pa
     from make_big_model import SEQ_LEN
-    from pyspark.sql import SparkSession
 
-    from rayscore._session import JAVA_OPTIONS
-
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    java = " ".join(JAVA_OPTIONS)
-    settings = {  # compare.py's run_spark
-        "spark.driver.extraJavaOptions": java,
-        "spark.executor.extraJavaOptions": java,
-        "spark.driver.memory": "8g",
-        "spark.ui.enabled": "false",
-        "spark.sql.parquet.enableNestedColumnVectorizedReader": "true",
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size),
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-    }
-    t0 = time.perf_counter()
-    spark = SparkSession.builder.master(f"local[{cores}]").appName("bench-big-udf").config(map=settings).getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    startup = time.perf_counter() - t0
+    spark, startup = compare.spark_session(cores, "big-udf", batch_size)
     model_path, seq_len = inputs["model"], SEQ_LEN
     out = os.path.join(workdir, "udf.parquet")
 
