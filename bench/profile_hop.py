@@ -270,10 +270,11 @@ def profile_window(spark, write, args: argparse.Namespace, folder: str) -> Profi
 def run_rayscore(workload: e2e.Workload, args: argparse.Namespace, folder: str) -> Profile:
     """Child process: a session, predict, a warm-up write, then the profiled second write."""
     os.environ["RAY_PROFILING"] = "1"  # Ray's timeline: the actor calls' phases
+    import compare  # noqa: PLC0415
+
     import rayscore  # noqa: PLC0415
 
-    spark = {"executor_cores": args.executor_cores} if args.executor_cores else {}
-    with rayscore.session(spark=spark, max_actors=args.actors) as s:
+    with rayscore.session(spark=compare._spark(args), max_actors=args.actors) as s:
         df = s.spark.read.parquet(workload.data_path).where(FILTER)
         scored = rayscore.predict(
             df,

@@ -142,12 +142,8 @@ def settled_free_cpus(rs: rayscore.Session, timeout: float = 60.0) -> float:
 
     stop_pools()
     expected = ray.cluster_resources()["CPU"] - rs.spark_cpus
-    deadline = time.monotonic() + timeout
-    free = ray.available_resources().get("CPU", 0.0)
-    while free != expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-        free = ray.available_resources().get("CPU", 0.0)
-    return free
+    wait_until(lambda: ray.available_resources().get("CPU", 0.0) == expected, timeout)
+    return ray.available_resources().get("CPU", 0.0)
 
 
 class S3Server:
