@@ -30,7 +30,7 @@ TensorFlow thread pool or model lives on in this process while rayscore runs.
 Run it from the repository root::
 
     python bench/bench_e2e.py --rows 200000
-    python bench/bench_e2e.py --rows 20000 --actors 2 --batch-size 1024 --json
+    python bench/bench_e2e.py --rows 20000 --actors 2 --batch-size auto --json
 
 Exit status: 0 when the predictions match, 1 when they do not.
 """
@@ -259,6 +259,28 @@ def run_limit(workload: Workload, workdir: str) -> LimitResult:
     )
 
 
+def batch_arg(value: str) -> int | str:
+    """``--batch-size``: rayscore's ``predict.batch_size``, a whole number or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or auto, got {value!r}") from None
+
+
+def batch_label(model_path: str, batch_size: int | str) -> str:
+    """``batch_size`` as the benchmark's header shows it: ``auto`` with the rows it comes to for this model."""
+    if batch_size != "auto":
+        return f"{batch_size:,}"
+    from rayscore._model import resolve_loader  # noqa: PLC0415
+    from rayscore._placement import row_bytes  # noqa: PLC0415
+    from rayscore._sizing import auto_batch_rows  # noqa: PLC0415
+
+    _, loader = resolve_loader(model_path)
+    return f"auto ({auto_batch_rows(row_bytes(loader.inspect(model_path))):,} rows)"
+
+
 def rayscore_config(
     workload: Workload, output_path: str, actors: int, batch_size: int, spark: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -400,7 +422,7 @@ def render(args: argparse.Namespace, workload: Workload, limit: LimitResult, sco
     widths = [max(len(row[i]) for row in lines) for i in range(5)]
     out = [
         f"rayscore end-to-end benchmark: {args.rows:,} rows, {args.actors} actors, "
-        f"batch size {args.batch_size}, {os.cpu_count()} CPUs",
+        f"batch size {batch_label(workload.model_path, args.batch_size)}, {os.cpu_count()} CPUs",
         f"workdir: {args.workdir}  (workload made in {workload.seconds:.1f} s; limit model load "
         f"{limit.load_seconds:.2f} s, warm-up {limit.warmup_seconds:.2f} s, not counted)",
         "",
@@ -472,7 +494,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="feature rows to score (default 200000)")
     parser.add_argument("--actors", type=int, default=2, help="rayscore predictor actors (default 2)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="rayscore rows per model call (default 1024)")
+    parser.add_argument(
+        "--batch-size", type=batch_arg, default="auto", help="rayscore's rows per model call (default auto)"
+    )
     parser.add_argument(
         "--workdir", default=None, help="where the model, data and outputs go (default: a temp dir, removed afterwards)"
     )

@@ -2,6 +2,7 @@
 
     python bench/compare.py --rows 1000000                  # speed: every way, same rows, same answers
     python bench/compare.py --memory --rows 1000000 4000000  # memory: rayscore's peak at each size
+    python bench/compare.py --memory --rows 1000000 --batch-size 1024 auto  # and at each batch size
     python bench/compare.py --progress-cost 716c07a --rows 1000000  # live progress: rows/s before and after
     python bench/compare.py --rows 1000000 --repeat 5       # the hop's targets: 5 interleaved rounds
 
@@ -334,7 +335,8 @@ def speed(args: argparse.Namespace, workdir: str) -> int:
     print()
     print(
         f"# {rows:,} rows, {cores} cores; filter {FILTER!r}; rayscore: {args.actors} actor(s), "
-        f"batch {args.batch_size}, Spark executor cores {args.executor_cores or 'default'}"
+        f"batch {e2e.batch_label(workload.model_path, args.batch_size)} (the UDFs: {UDF_BATCH_SIZE:,}), "
+        f"Spark executor cores {args.executor_cores or 'default'}"
     )
     print(f"{'way':<26}{'rows/s':>10}{'seconds':>9}{'peak GiB':>10}  detail")
     print(
@@ -410,7 +412,8 @@ def repeated(args: argparse.Namespace, workdir: str) -> int:
     print()
     print(
         f"# {rows:,} rows, {cores} cores; filter {FILTER!r}; rayscore: {args.actors} actor(s), batch "
-        f"{args.batch_size}; {args.repeat} interleaved rounds; rows/s after start-up"
+        f"{e2e.batch_label(workload.model_path, args.batch_size)} (the UDFs: {UDF_BATCH_SIZE:,}); "
+        f"{args.repeat} interleaved rounds; rows/s after start-up"
     )
     print(f"{'way':<28}{'median':>10}{'min':>10}{'max':>10}")
     for k, v in rates.items():
@@ -466,35 +469,41 @@ def _tree_bytes(path: str) -> int:
 
 
 def memory(args: argparse.Namespace, workdir: str) -> int:
-    peaks: list[tuple[int, int, float, float, float, int]] = []
+    """rayscore run's peak memory at each of ``--rows``, and at each of ``--batch-size``, one after another."""
+    peaks: list[tuple[int, str, int, int, float, float, float, int]] = []
     for rows in args.rows:
         sub = os.path.join(workdir, f"rows-{rows}")
         os.makedirs(sub, exist_ok=True)
         print(f"making the workload ({rows:,} rows) ...", flush=True)
         workload = e2e._in_child(e2e.make_workload, sub, rows)
-        config = sql_config(workload, os.path.join(sub, "scores.parquet"), args)
-        print(f"rayscore.run over {rows:,} rows (SQL input: {FILTER}) ...", flush=True)
-        with e2e.PeakMemory(0.5, pss=True) as mem, PeakDisk(tempfile.gettempdir()) as disk:
-            scored = e2e._in_child(e2e.run_rayscore, config)
-        first = scored.seconds.get("first_prediction", 0.0) - scored.seconds.get("startup", 0.0)
-        scratch = disk.peak_bytes - _tree_bytes(config["output"]["path"])  # what is not the output
-        checks = scored.seconds.get("read_convert", 0.0)
-        peaks.append((rows, mem.peak_bytes, scored.after_startup_seconds, first, checks, scratch))
+        for batch in args.batch_sizes:
+            args.batch_size = batch
+            label = e2e.batch_label(workload.model_path, batch)
+            config = sql_config(workload, os.path.join(sub, "scores.parquet"), args)
+            print(f"rayscore.run over {rows:,} rows (SQL input: {FILTER}), batch {label} ...", flush=True)
+            with e2e.PeakMemory(0.5, pss=True) as mem, PeakDisk(tempfile.gettempdir()) as disk:
+                scored = e2e._in_child(e2e.run_rayscore, config)
+            first = scored.seconds.get("first_prediction", 0.0) - scored.seconds.get("startup", 0.0)
+            scratch = disk.peak_bytes - _tree_bytes(config["output"]["path"])  # what is not the output
+            checks = scored.seconds.get("read_convert", 0.0)
+            actor = int(scored.result.get("actor_peak_rss", 0))
+            peaks.append((rows, label, mem.peak_bytes, actor, scored.after_startup_seconds, first, checks, scratch))
         os.remove(workload.data_path)
     print()
     print(
-        f"{'rows':>12}{'peak PSS GiB':>14}{'x first':>9}{'rows/s':>10}{'1st pred. s':>13}{'of it checks':>14}"
-        f"{'scratch disk GiB':>18}"
+        f"{'rows':>12}  {'batch':<20}{'peak PSS GiB':>14}{'x first':>9}{'actor RSS GiB':>15}{'rows/s':>10}"
+        f"{'1st pred. s':>13}{'of it checks':>14}{'scratch disk GiB':>18}"
     )
-    for rows, peak, seconds, first, checks, scratch in peaks:
+    for rows, label, peak, actor, seconds, first, checks, scratch in peaks:
         print(
-            f"{rows:>12,}{peak / 2**30:>14.2f}{peak / peaks[0][1]:>9.2f}{rows / seconds:>10,.0f}"
-            f"{first:>13.1f}{checks:>14.1f}{scratch / 2**30:>18.2f}"
+            f"{rows:>12,}  {label:<20}{peak / 2**30:>14.2f}{peak / peaks[0][2]:>9.2f}{actor / 2**30:>15.2f}"
+            f"{rows / seconds:>10,.0f}{first:>13.1f}{checks:>14.1f}{scratch / 2**30:>18.2f}"
         )
     print(
-        "1st pred. s: the first prediction, seconds after Ray and Spark are up (of it checks: read_convert, the "
-        "input's schema and the sample check); scratch disk: the peak growth of the temp filesystem's use, less "
-        "the output"
+        "peak PSS: of every process of the run; actor RSS: the largest peak of one predictor actor (its run "
+        "report's actor_peak_rss); 1st pred. s: the first prediction, seconds after Ray and Spark are up (of it "
+        "checks: read_convert, the input's schema and the sample check); scratch disk: the peak growth of the temp "
+        "filesystem's use, less the output"
     )
     print("target: the peak grows by <= 1.3x from 1M to 4M rows")
     return 0
@@ -576,7 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--memory", action="store_true", help="rayscore's peak memory at each --rows")
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument(
+        "--batch-size",
+        dest="batch_sizes",
+        type=e2e.batch_arg,
+        nargs="+",
+        default=["auto"],
+        help="rayscore's rows per model call (default auto); --memory takes several, measured one after another",
+    )
     parser.add_argument(
         "--executor-cores",
         type=int,
@@ -590,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.json = False
+    if len(args.batch_sizes) > 1 and not args.memory:
+        parser.error("several --batch-size values go with --memory only")
+    args.batch_size = args.batch_sizes[0]
     with e2e.workdir_of(args) as workdir:
         if args.progress_cost:
             args.repeat = args.repeat or 2

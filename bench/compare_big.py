@@ -104,7 +104,7 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
     return {"rows": rows, "seconds": seconds, "startup": startup, "holders_pss": peak, "out": out}
 
 
-def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int) -> dict:
+def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str) -> dict:
     """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark."""
     import rayscore
 
@@ -154,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--actors", type=int, default=2, help="rayscore's actors (default 2)")
     parser.add_argument("--udf-cores", type=int, default=1, help="the UDF's local[N]: N model copies (default 1)")
-    parser.add_argument("--batch-size", type=int, default=UDF_BATCH_SIZE, help="rows per model call, both ways")
+    parser.add_argument(
+        "--batch-size", type=int, default=UDF_BATCH_SIZE, help="the UDF's rows per Arrow batch and model call"
+    )
+    parser.add_argument(
+        "--rayscore-batch-size", type=e2e.batch_arg, default="auto", help="rayscore's predict.batch_size (default auto)"
+    )
     parser.add_argument("--check-rows", type=int, default=2000, help="rows checked against the formula")
     parser.add_argument("--workdir", default=None, help="where the model, rows and outputs go (default: temp, removed)")
     args = parser.parse_args(argv)
@@ -163,13 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     with e2e.workdir_of(args) as workdir:
         print(f"making the model ({args.gb} GB table) and {args.rows:,} rows in {workdir} ...", flush=True)
         inputs = e2e._in_child(make_workload, workdir, args.gb, args.rows)
-        steps = {udf: (run_udf, args.udf_cores), api: (run_rayscore, args.actors)}
+        steps = {
+            udf: (run_udf, args.udf_cores, args.batch_size),
+            api: (run_rayscore, args.actors, args.rayscore_batch_size),
+        }
         results: dict[str, dict] = {}
-        for step, (name, (fn, n)) in enumerate(steps.items(), start=1):
+        for step, (name, (fn, n, batch)) in enumerate(steps.items(), start=1):
             print(f"{step}/2 {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True)
             try:
                 with e2e.PeakMemory(0.5, pss=True) as tree:
-                    results[name] = e2e._in_child(fn, inputs, workdir, n, args.batch_size)
+                    results[name] = e2e._in_child(fn, inputs, workdir, n, batch)
             except Exception as exc:  # a child killed for memory: BrokenProcessPool
                 print(f"{name} failed: {type(exc).__name__}: {exc}")  # BrokenProcessPool: try fewer --udf-cores
                 return 1
@@ -179,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"# {args.rows:,} rows, filter {FILTER!r}; model {Path(inputs['model']).name} {size / 2**30:.2f} GiB; "
-        f"{os.cpu_count()} cores; batch {args.batch_size}"
+        f"{os.cpu_count()} cores; batch: the UDF {args.batch_size:,}, rayscore "
+        f"{e2e.batch_label(inputs['model'], args.rayscore_batch_size)}"
     )
     print(f"{'way':<30}{'rows/s':>10}{'seconds':>9}{'start s':>9}{'holders PSS GiB':>17}{'tree PSS GiB':>14}")
     rate = {name: r["rows"] / r["seconds"] for name, r in results.items()}

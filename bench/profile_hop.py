@@ -338,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument(
+        "--batch-size", type=e2e.batch_arg, default="auto", help="rayscore's rows per model call (default auto)"
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="py-spy's window in the second write")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds into the write before sampling")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
@@ -361,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             print("the mapInArrow UDF, profiling its second write ...", flush=True)
             profiles["mapInArrow UDF"] = e2e._in_child(run_udf, workload, args, folder)
         print(
-            f"# {args.rows:,} rows, {os.cpu_count()} cores, {args.actors} actor(s), batch {args.batch_size}; "
+            f"# {args.rows:,} rows, {os.cpu_count()} cores, {args.actors} actor(s), "
+            f"batch {e2e.batch_label(workload.model_path, args.batch_size)}; "
             f"py-spy {args.rate} Hz"
         )
         for name, prof in profiles.items():

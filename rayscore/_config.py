@@ -192,7 +192,8 @@ Actors = Annotated[
 class PredictConfig(_Frozen):
     """How the actor pool scores batches."""
 
-    batch_size: int = Field(default=1024, ge=1)
+    # Rows per model call; "auto": from the model's row bytes once its file is read (rayscore._sizing).
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     actors: Actors = Field(default_factory=lambda: ActorsConfig(min=1, max=1))
     cpus_per_actor: float = Field(default=1.0, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
@@ -210,9 +211,14 @@ class PredictConfig(_Frozen):
 
     @field_validator("batch_size", mode="before")
     @classmethod
-    def _no_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError(f"must be a whole number, got {value!r}")
+    def _rows(cls, value: Any) -> Any:
+        # One message for both members of the union, not pydantic's one per member.
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number or 'auto', got {value!r}")
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value!r}")
         return value
 
     @field_validator("memory_factor", mode="before")
@@ -525,7 +531,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> 
         ...                    "model": {"uri": "m.keras"},
         ...                    "output": {"path": "out.parquet"}})
         >>> cfg.predict.batch_size
-        1024
+        'auto'
     """
     if isinstance(source, Config):
         return source
@@ -590,7 +596,7 @@ def scoring_settings(
     model: str | Mapping[str, Any] | ModelConfig,
     inputs: Mapping[str, str] | None,
     outputs: Mapping[str, str] | None,
-    batch_size: int,
+    batch_size: int | str,
     actors: int | Mapping[str, int] | str,
     cpus_per_actor: float,
     gpus_per_actor: float,

@@ -30,7 +30,7 @@ from ._convert import make_plan
 from ._deploy import attach_ray, spark_cpus_held
 from ._errors import InputError
 from ._model import ModelSpec
-from ._plan import inspect_model, max_actors_hint
+from ._plan import inspect_model, max_actors_hint, sized
 from ._pool import leave_cpus_free, pool_for
 from ._stream import Route, prediction_schema, remote_error, route_for, score_partition
 
@@ -79,6 +79,7 @@ def predict_dataset(ds: Any, model_cfg: ModelConfig, predict_cfg: PredictConfig,
     """
     attach_ray(max_actors=max_actors_hint(predict_cfg), cpus_per_actor=predict_cfg.cpus_per_actor)
     ref, spec = inspect_model(model_cfg)
+    predict_cfg = sized(predict_cfg, spec)
     columns = dataset_schema(ds)
     plan = make_plan(
         spec,

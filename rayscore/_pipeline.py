@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ._config import Config, ModelConfig, load_config, scoring_settings
 from ._convert import make_plan
 from ._dataset import is_dataset, predict_dataset
 from ._deploy import attach
 from ._model import ModelSpec
-from ._plan import check_sample, errors_output, inspect_model, max_actors_hint, new_result, plan_job
+from ._plan import check_sample, errors_output, inspect_model, max_actors_hint, new_result, plan_job, sized
 from ._pool import Pool, check_pool, pool_for
 from ._predict import ModelRef
 from ._progress import ProgressArg, Tracker, sinks_for
@@ -64,6 +64,7 @@ def run(
     """
     cfg = load_config(config)
     ref, spec = inspect_model(cfg.model)  # fails fast on a bad model, before any cluster
+    cfg = cfg.model_copy(update={"predict": sized(cfg.predict, spec)})
     check_output_free(cfg.output)
     if cfg.predict.on_bad_rows == "quarantine":
         check_output_free(errors_output(cfg))
@@ -166,7 +167,7 @@ def predict(
     keep_columns: Sequence[str] = (),
     inputs: Mapping[str, str] | None = None,
     outputs: Mapping[str, str] | None = None,
-    batch_size: int = 1024,
+    batch_size: int | Literal["auto"] = "auto",
     actors: int | Mapping[str, int] = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
@@ -226,6 +227,7 @@ def predict(
     if is_dataset(df):
         return predict_dataset(df, model_cfg, predict_cfg, tuple(keep_columns))
     ref, spec = inspect_model(model_cfg)
+    predict_cfg = sized(predict_cfg, spec)
     plan = make_plan(
         spec,
         arrow_schema(df),

@@ -34,6 +34,7 @@ __all__ = [
     "nodes_from_ray",
     "memory_factor_for",
     "batch_bytes",
+    "row_bytes",
     "actor_memory",
     "plan_pool",
     "format_bytes",
@@ -170,6 +171,18 @@ def batch_bytes(spec: Any, batch_size: int) -> int:
         itemsize = itemsize or 8  # numpy's variable-size str: a pointer per value
         total += values * itemsize
     return total * int(batch_size)
+
+
+def row_bytes(spec: Any) -> int | None:
+    """Bytes of one row of a model's tensors (:func:`batch_bytes` of 1), or None when an input's size is open.
+
+    An input whose shape the model file leaves open (``None``, or a ``None``
+    dimension past the batch's) can be a row of any size; an output's is
+    counted as :func:`batch_bytes` counts it.
+    """
+    if any(t.shape is None or None in t.shape for t in spec.inputs):
+        return None
+    return batch_bytes(spec, 1)
 
 
 def actor_memory(model_bytes: int, *, memory_factor: float, batch_bytes: int, process_bytes: int = 0) -> int:

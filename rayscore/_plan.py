@@ -18,16 +18,18 @@ from ._config import Config, ModelConfig, OutputConfig, PredictConfig
 from ._convert import Plan, make_plan, to_tensors
 from ._errors import InputError, translate_errors
 from ._model import ModelSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
-from ._placement import format_bytes
+from ._placement import format_bytes, row_bytes
 from ._predict import ModelRef, first_bad_row
 from ._registry import cached_download, is_registry, resolve
 from ._report import RunResult
+from ._sizing import auto_batch_rows
 from ._source import arrow_schema
 from ._storage import is_remote
 from ._tables import Table, scan
 
 __all__ = [
     "inspect_model",
+    "sized",
     "plan_job",
     "bind",
     "check_sample",
@@ -95,6 +97,16 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         shared_bytes=sum(t.nbytes for t in tables if t.mapped),
     )
     return ref, spec
+
+
+def sized(predict: PredictConfig, spec: ModelSpec) -> PredictConfig:
+    """``predict`` with ``batch_size: auto`` made a number of rows from the model's row bytes (:func:`auto_batch_rows`).
+
+    Done once per job, as soon as the model's file has been read.
+    """
+    if predict.batch_size != "auto":
+        return predict
+    return predict.model_copy(update={"batch_size": auto_batch_rows(row_bytes(spec))})
 
 
 def _scan_tables(path: str, fmt: str, min_bytes: int) -> list[Table]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,7 @@ from ._convert import Plan, check_column_type, make_plan
 from ._deploy import attach
 from ._errors import InputError, SessionError
 from ._model import ModelSpec
-from ._plan import inspect_model, max_actors_hint
+from ._plan import inspect_model, max_actors_hint, sized
 from ._pool import pool_for
 from ._progress import ProgressArg
 from ._stream import Route, predictions_of, route_for, score_partition
@@ -51,7 +51,7 @@ def udf(
     *,
     inputs: Mapping[str, str] | None = None,
     outputs: Mapping[str, str] | None = None,
-    batch_size: int = 1024,
+    batch_size: int | Literal["auto"] = "auto",
     actors: int | Mapping[str, int] = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
@@ -128,6 +128,7 @@ def udf(
     )
     spark = _active_spark()
     ref, spec = inspect_model(model_cfg)
+    predict_cfg = sized(predict_cfg, spec)
     given = model_cfg.inputs or {}
     columns = tuple(given.get(name, name) for name in spec.input_names)
     plan_for = functools.partial(

@@ -33,7 +33,7 @@ from ._convert import Plan, make_plan
 from ._errors import ConfigError, InputError, ModelError, RayscoreError, translate_errors
 from ._model import ModelSpec, loaders
 from ._placement import PoolPlan, format_bytes
-from ._plan import SAMPLE_ROWS, errors_output, inspect_model, max_actors_hint, plan_job
+from ._plan import SAMPLE_ROWS, errors_output, inspect_model, max_actors_hint, plan_job, sized
 from ._pool import check_pool
 from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
@@ -119,6 +119,7 @@ def validate(
     ref, spec = inspected if ok else (None, None)
     if ok:
         found.passed(_describe_model(ref, spec))
+        cfg = cfg.model_copy(update={"predict": sized(cfg.predict, spec)})
 
     outputs = _outputs(cfg)
     for label, out in outputs:
@@ -273,7 +274,8 @@ def _describe_pool(cfg: Config, pool: PoolPlan, spark_cpus: float) -> str:
     size = str(pool.min_actors) if pool.min_actors == pool.max_actors else f"{pool.min_actors} to {pool.max_actors}"
     return (
         f"predict.actors: a pool of {size} actor(s) with {cfg.predict.cpus_per_actor:g} CPU(s) and "
-        f"{format_bytes(pool.memory_per_actor)} each fits beside Spark's {spark_cpus:g} CPU(s)"
+        f"{format_bytes(pool.memory_per_actor)} each ({cfg.predict.batch_size:,} rows a call) fits beside "
+        f"Spark's {spark_cpus:g} CPU(s)"
     )
 
 

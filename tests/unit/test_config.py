@@ -102,7 +102,7 @@ def test_example_yaml_parses(monkeypatch: pytest.MonkeyPatch) -> None:
         "price": "price",
     }
     assert config.model.outputs == {"click": "click_prob", "topics": "topic_probs"}
-    assert config.predict.batch_size == 1024
+    assert config.predict.batch_size == "auto"
     assert config.predict.actors == ActorsConfig(min=2, max=2)
     assert config.predict.actors.fixed
     assert config.predict.cpus_per_actor == 1
@@ -123,7 +123,7 @@ def test_defaults() -> None:
     assert config.model.format == "auto"
     assert config.model.inputs is None and config.model.outputs is None
     assert config.model.safe_mode is True
-    assert config.predict.batch_size == 1024
+    assert config.predict.batch_size == "auto"
     assert config.predict.actors.min == 1 and config.predict.actors.max == 1
     assert config.predict.actors.fixed
     assert config.predict.cpus_per_actor == 1.0
@@ -192,7 +192,7 @@ def test_config_objects_are_frozen() -> None:
         config.ray.address = "auto"  # type: ignore[misc]
     with pytest.raises(pydantic.ValidationError):
         config.spark.executors = 3  # type: ignore[misc]
-    assert config.predict.batch_size == 1024
+    assert config.predict.batch_size == "auto"
     assert isinstance(config.output.keep_columns, tuple)
 
 
@@ -272,13 +272,25 @@ def test_batch_size_negative() -> None:
 
 
 def test_batch_size_bool() -> None:
-    assert error_of(cfg(predict={"batch_size": True})) == "predict.batch_size must be a whole number, got True"
-    assert error_of(cfg(predict={"batch_size": False})) == "predict.batch_size must be a whole number, got False"
+    assert (
+        error_of(cfg(predict={"batch_size": True})) == "predict.batch_size must be a whole number or 'auto', got True"
+    )
+    assert (
+        error_of(cfg(predict={"batch_size": False})) == "predict.batch_size must be a whole number or 'auto', got False"
+    )
 
 
 def test_batch_size_string() -> None:
     msg = error_of(cfg(predict={"batch_size": "big"}))
-    assert msg == "predict.batch_size must be a whole number, got 'big'"
+    assert msg == "predict.batch_size must be a whole number or 'auto', got 'big'"
+
+
+def test_batch_size_auto() -> None:
+    assert load_config(cfg(predict={"batch_size": "auto"})).predict.batch_size == "auto"
+    assert (
+        error_of(cfg(predict={"batch_size": "Auto"}))
+        == "predict.batch_size must be a whole number or 'auto', got 'Auto'"
+    )
 
 
 def test_batch_size_fraction() -> None:

@@ -24,6 +24,7 @@ from rayscore._placement import (
     memory_factor_for,
     nodes_from_ray,
     plan_pool,
+    row_bytes,
 )
 
 GiB = 2**30
@@ -163,6 +164,14 @@ def test_batch_bytes_counts_inputs_and_known_outputs() -> None:
     )
     per_row = 20 * 4 + 24 * 7 * 4 + 8 + 8 + 4 + 4
     assert batch_bytes(spec, 1024) == per_row * 1024
+
+
+def test_row_bytes_is_none_when_an_input_is_open() -> None:
+    known = (TensorSpec("ids", (20,), "int32"), TensorSpec("price", (), "float32"))
+    unknown_out = (TensorSpec("click", None, None),)
+    assert row_bytes(ModelSpec(inputs=known, outputs=unknown_out)) == 20 * 4 + 4 + 4
+    for open_input in (TensorSpec("seq", (None,), "int32"), TensorSpec("image", None, "float32")):
+        assert row_bytes(ModelSpec(inputs=(*known, open_input), outputs=unknown_out)) is None
 
 
 def test_module_imports_no_ray_at_top_level() -> None:

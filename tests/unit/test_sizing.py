@@ -2,7 +2,46 @@
 
 from __future__ import annotations
 
-from rayscore._sizing import local_ray_cpus
+import pytest
+
+from rayscore._sizing import (
+    AUTO_BATCH_BYTES,
+    AUTO_BATCH_ROWS,
+    UNKNOWN_ROW_BATCH_ROWS,
+    auto_batch_rows,
+    local_ray_cpus,
+)
+
+# --------------------------------------------------------------------------- auto_batch_rows
+
+
+def test_auto_batch_rows_of_the_example_model() -> None:
+    # examples/models/ctr.keras: 4 x int32[20] + float32[24, 7] + float32 in, two outputs of unstated shape
+    assert auto_batch_rows(4 * 20 * 4 + 24 * 7 * 4 + 4 + 4 + 4) == 16_384
+
+
+@pytest.mark.parametrize("row_bytes", [1, 7, 100, 1000, 1023, 1024, 1025, 5000, 40_000, 262_144, 10**7])
+def test_auto_batch_rows_is_a_power_of_two_within_the_bounds_and_the_bytes(row_bytes: int) -> None:
+    rows = auto_batch_rows(row_bytes)
+    low, high = AUTO_BATCH_ROWS
+    assert low <= rows <= high
+    assert rows & (rows - 1) == 0
+    if low < rows:
+        assert rows * row_bytes <= AUTO_BATCH_BYTES  # never over the byte target, but at the floor
+    if rows < high:
+        assert 2 * rows * row_bytes > AUTO_BATCH_BYTES  # and the largest power of two under it
+
+
+def test_auto_batch_rows_falls_as_rows_widen() -> None:
+    widths = [10, 1000, 2000, 4000, 16_000, 100_000, 1_000_000]
+    rows = [auto_batch_rows(w) for w in widths]
+    assert rows == sorted(rows, reverse=True)
+    assert rows == [16_384, 16_384, 8192, 4096, 1024, 128, 64]
+
+
+def test_auto_batch_rows_of_an_open_shape_is_the_old_default() -> None:
+    assert auto_batch_rows(None) == UNKNOWN_ROW_BATCH_ROWS == 1024
+
 
 # --------------------------------------------------------------------------- local_ray_cpus
 
@@ -36,3 +75,15 @@ def test_local_ray_cpus_returns_int() -> None:
         ),
         int,
     )
+
+
+def test_sized_makes_auto_a_number_once_the_model_is_read() -> None:
+    from rayscore._config import PredictConfig
+    from rayscore._plan import sized
+    from rayscore._spec import ModelSpec, TensorSpec
+
+    spec = ModelSpec(inputs=(TensorSpec("ids", (1000,), "int32"),), outputs=(TensorSpec("p", (1,), "float32"),))
+    assert sized(PredictConfig(), spec).batch_size == 4096  # 4,004 bytes a row
+    assert sized(PredictConfig(batch_size=300), spec).batch_size == 300
+    open_spec = ModelSpec(inputs=(TensorSpec("ids", (None,), "int32"),), outputs=())
+    assert sized(PredictConfig(), open_spec).batch_size == 1024
