@@ -5,6 +5,8 @@
     python bench/compare.py --memory --rows 1000000 --batch-size 1024 auto  # and at each batch size
     python bench/compare.py --progress-cost 716c07a --rows 1000000  # live progress: rows/s before and after
     python bench/compare.py --rows 1000000 --repeat 5       # the hop's targets: 5 interleaved rounds
+    python bench/compare.py --rows 1000000 --repeat 3 \
+        --lever "tf 1 thread:TF_NUM_INTRAOP_THREADS=1,TF_NUM_INTEROP_THREADS=1"  # and a lever, interleaved
 
 **Speed mode** makes the workload of ``bench_e2e.py`` (the example's
 multi-input model, ``--rows`` rows in parquet, plus a ``country`` column
@@ -272,6 +274,21 @@ def run_predict_api(
     return UdfResult(rows, seconds, startup, out, again_seconds=again)
 
 
+def run_predict_with_env(env: dict[str, str], *args: Any) -> UdfResult:
+    """Child process: :func:`run_predict_api` with ``env`` set first, so that the Ray it starts (its actors) has it."""
+    os.environ.update(env)
+    return run_predict_api(*args)
+
+
+def lever_arg(value: str) -> tuple[str, dict[str, str]]:
+    """``--lever NAME:KEY=VALUE[,KEY=VALUE]``: a rayscore.predict run whose local Ray has these variables."""
+    name, sep, pairs = value.partition(":")
+    env = dict(pair.split("=", 1) for pair in pairs.split(",") if "=" in pair)
+    if not sep or not name or not env:
+        raise argparse.ArgumentTypeError(f"NAME:KEY=VALUE[,KEY=VALUE], got {value!r}")
+    return name, env
+
+
 def sql_config(workload: e2e.Workload, output_path: str, args: argparse.Namespace) -> dict:
     config = e2e.rayscore_config(workload, output_path, args.actors, args.batch_size, spark=_spark(args))
     config["input"] = {"format": "sql", "query": f"SELECT * FROM parquet.`{workload.data_path}` WHERE {FILTER}"}
@@ -406,6 +423,16 @@ def repeated(args: argparse.Namespace, workdir: str) -> int:
         api = e2e._in_child(run_predict_api, workload, workdir, args.actors, args.batch_size, _spark(args))
         got["rayscore.predict"], got["rayscore.predict again"] = api.rows / api.seconds, api.rows / api.again_seconds
         ok &= check_udf(limit, api).ok
+        for name, env in args.levers:
+            print(f"round {round_}/{args.repeat}: rayscore.predict [{name}] ...", flush=True)
+            api = e2e._in_child(
+                run_predict_with_env, env, workload, workdir, args.actors, args.batch_size, _spark(args)
+            )
+            got[f"predict [{name}]"], got[f"predict [{name}] again"] = (
+                api.rows / api.seconds,
+                api.rows / api.again_seconds,
+            )
+            ok &= check_udf(limit, api).ok
         print("  " + ", ".join(f"{k} {v:,.0f}" for k, v in got.items()), flush=True)
         for k, v in got.items():
             rates.setdefault(k, []).append(v)
@@ -426,6 +453,11 @@ def repeated(args: argparse.Namespace, workdir: str) -> int:
         ("rayscore.predict", "zeros", None),
         ("rayscore.predict again", "zeros again", None),
         ("arrow_udf", "zeros", None),
+        *(
+            (f"predict [{name}]{again}", f"rayscore.predict{again}", None)
+            for name, _ in args.levers
+            for again in ("", " again")
+        ),
     )
     for top, bottom, target in targets:
         ratios = [a / b for a, b in zip(rates[top], rates[bottom])]
@@ -600,6 +632,15 @@ def main(argv: list[str] | None = None) -> int:
         help="spark.executor_cores (default: rayscore's, the machine's cores on a local Ray)",
     )
     parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--lever",
+        dest="levers",
+        type=lever_arg,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="--repeat: also rayscore.predict with these environment variables in its Ray (TensorFlow's threads)",
+    )
     parser.add_argument("--progress-cost", metavar="REV", help="rows/s with progress against git revision REV")
     parser.add_argument(
         "--repeat", type=int, default=None, help="--progress-cost: runs of each side (2); speed: interleaved rounds"

@@ -107,6 +107,7 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
 def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str) -> dict:
     """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark."""
     import rayscore
+    from rayscore._pool import _pools  # the session's pools: their actors' load times
 
     out = os.path.join(workdir, "rayscore.parquet")
     t0 = time.perf_counter()
@@ -116,11 +117,16 @@ def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str)
         t0 = time.perf_counter()
         df = s.spark.read.parquet(inputs["data"]).where(FILTER)
         scored = rayscore.predict(df, model=inputs["model"], keep_columns=["id"], batch_size=batch_size, actors=actors)
+        called = time.perf_counter() - t0
         scored.write.mode("overwrite").parquet(out)
         seconds = time.perf_counter() - t0
         peak = holders.stop()
         rows = s.spark.read.parquet(out).count()
-    return {"rows": rows, "seconds": seconds, "startup": startup, "holders_pss": peak, "out": out}
+        loads = [a["load_seconds"] for pool in _pools.values() for a in pool.loads()["actor_loads"]]
+    detail = (
+        f"the call {called:.1f} s (loads {', '.join(f'{x:.1f}' for x in loads)} s), the write {seconds - called:.1f} s"
+    )
+    return {"rows": rows, "seconds": seconds, "startup": startup, "holders_pss": peak, "out": out, "detail": detail}
 
 
 def check(inputs: dict, results: dict[str, dict], sample: int) -> tuple[float, list[str]]:
@@ -184,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             results[name]["tree_pss"] = tree.peak_bytes
         worst, lines = check(inputs, results, args.check_rows)
         size = os.path.getsize(inputs["model"])
+        rayscore_batch = e2e.batch_label(inputs["model"], args.rayscore_batch_size)
     print()
     print(
         f"# {args.rows:,} rows, filter {FILTER!r}; model {Path(inputs['model']).name} {size / 2**30:.2f} GiB; "
         f"{os.cpu_count()} cores; batch: the UDF {args.batch_size:,}, rayscore "
-        f"{e2e.batch_label(inputs['model'], args.rayscore_batch_size)}"
+        f"{rayscore_batch}"
     )
     print(f"{'way':<30}{'rows/s':>10}{'seconds':>9}{'start s':>9}{'holders PSS GiB':>17}{'tree PSS GiB':>14}")
     rate = {name: r["rows"] / r["seconds"] for name, r in results.items()}
@@ -205,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = rate[api] / rate[udf]
     memory = results[api]["holders_pss"] / max(results[udf]["holders_pss"], 1)
     print(f"rayscore.predict / {udf}: {speed:.2f}x rows/s (target >= 3), {memory:.2f}x memory (target <= 0.3)")
+    print(f"{api}: {results[api]['detail']}")
     print("\n".join(lines))
     complete = all(r["rows"] == args.rows for r in results.values())
     if not complete:
