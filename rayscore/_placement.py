@@ -28,7 +28,7 @@ __all__ = [
     "PoolPlan",
     "DEFAULT_MEMORY_FACTORS",
     "FALLBACK_MEMORY_FACTOR",
-    "BATCH_BUFFERS",
+    "BATCH_MEMORY_FACTOR",
     "ACTOR_PROCESS_BYTES",
     "TABLE_SHARE",
     "nodes_from_ray",
@@ -77,10 +77,13 @@ ACTOR_PROCESS_BYTES = 640 * 2**20
 # is read partly from disk (its cold rows), and the rest of the node still holds actors.
 TABLE_SHARE = 0.5
 
-# Batches of tensors one actor holds at once: the Arrow batch a Spark task sends it,
-# the numpy feeds converted from it, the model's outputs, and the Arrow batch it
-# returns.
-BATCH_BUFFERS = 4
+# An actor's memory for its batches, as a multiple of one model call's tensor bytes (batch_bytes):
+# the Arrow batches in and out, the numpy feeds and outputs, the model's intermediate activations
+# (an embedding lookup's rows are wider than its ids) and what TensorFlow's allocator keeps. Measured
+# on the example's model (`python bench/compare.py --memory --rows 1000000 --batch-size 1024 auto`):
+# 16,384 rows a call instead of 1,024 grew an actor's peak RSS by 0.20 GiB for 14.7 MiB more tensors
+# a call, 13.6x. Four buffers, the figure before calls of 16 MiB, left the ask ~0.3 GiB short.
+BATCH_MEMORY_FACTOR = 16
 
 _EPS = 1e-9
 
@@ -188,11 +191,12 @@ def row_bytes(spec: Any) -> int | None:
 def actor_memory(model_bytes: int, *, memory_factor: float, batch_bytes: int, process_bytes: int = 0) -> int:
     """Bytes of Ray ``memory`` one predictor actor asks for.
 
-    ``ceil(process_bytes + model_bytes * memory_factor + BATCH_BUFFERS * batch_bytes)``:
+    ``ceil(process_bytes + model_bytes * memory_factor + BATCH_MEMORY_FACTOR * batch_bytes)``:
     the process before its model (:data:`ACTOR_PROCESS_BYTES` for a real
     pool), the model's copies while it is read, built and run
     (``memory_factor`` times its size on disk, measured per loader), plus the
-    few batches of tensors an actor holds at once (:data:`BATCH_BUFFERS`).
+    memory its model calls take, a measured multiple of one call's tensors
+    (:data:`BATCH_MEMORY_FACTOR`).
 
     >>> actor_memory(4 * 2**30, memory_factor=1.5, batch_bytes=0) == 6 * 2**30
     True
@@ -204,7 +208,7 @@ def actor_memory(model_bytes: int, *, memory_factor: float, batch_bytes: int, pr
         )
     if memory_factor <= 0:
         raise ValueError(f"memory_factor must be > 0, got {memory_factor}")
-    return math.ceil(process_bytes + model_bytes * memory_factor + BATCH_BUFFERS * batch_bytes)
+    return math.ceil(process_bytes + model_bytes * memory_factor + BATCH_MEMORY_FACTOR * batch_bytes)
 
 
 # --------------------------------------------------------------------------- planning
@@ -344,7 +348,7 @@ def plan_pool(
 def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process_bytes: int) -> str:
     text = f"model {format_bytes(model_bytes)} x {memory_factor:g}"
     if batch_bytes:
-        text += f" + batches {format_bytes(BATCH_BUFFERS * batch_bytes)}"
+        text += f" + batches {format_bytes(BATCH_MEMORY_FACTOR * batch_bytes)}"
     if process_bytes:
         text += f" + process {format_bytes(process_bytes)}"
     return text

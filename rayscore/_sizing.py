@@ -21,7 +21,8 @@ AUTO_EXECUTOR_CORES_MAX = 4  # what the default 2g of executor memory holds for 
 # calls of ~16 MiB of tensors make the fixed part small. Measured on the example model (1,004 bytes
 # a row, 2 cores, bench/compare.py --repeat 5): 4,096 rows a call (4 MiB) gave rayscore.predict's
 # second write 0.88x the Arrow UDF, 16,384 rows (16 MiB) 0.95x. The ceiling keeps a wide row's
-# few rows from growing a call further, and the actor's memory ask (BATCH_BUFFERS calls) bounded.
+# few rows from growing a call further, and the actor's memory ask
+# (rayscore._placement.BATCH_MEMORY_FACTOR times a call) bounded.
 AUTO_BATCH_BYTES = 16 * 2**20
 AUTO_BATCH_ROWS = (64, 16_384)  # the fewest and most rows a call that `auto` picks
 # A model input with a dimension the file leaves open (a sequence, an image of any size) has rows

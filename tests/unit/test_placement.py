@@ -13,7 +13,7 @@ from rayscore._config import ActorsConfig
 from rayscore._model import loaders
 from rayscore._placement import (
     ACTOR_PROCESS_BYTES,
-    BATCH_BUFFERS,
+    BATCH_MEMORY_FACTOR,
     DEFAULT_MEMORY_FACTORS,
     FALLBACK_MEMORY_FACTOR,
     NodeShape,
@@ -65,8 +65,8 @@ def error(nodes: list[NodeShape], actors: Any = "auto", **kw: Any) -> str:
 
 def test_actor_memory_formula() -> None:
     assert actor_memory(4 * GiB, memory_factor=1.5, batch_bytes=0) == 6 * GiB
-    assert actor_memory(4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB) == 6 * GiB + BATCH_BUFFERS * 8 * MiB
-    assert BATCH_BUFFERS == 4
+    assert actor_memory(4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB) == 6 * GiB + BATCH_MEMORY_FACTOR * 8 * MiB
+    assert BATCH_MEMORY_FACTOR == 16
     assert actor_memory(0, memory_factor=2.0, batch_bytes=0) == 0
 
 
@@ -342,7 +342,7 @@ def test_memory_bound_pool_too_large() -> None:
 def test_memory_bound_pool_too_large_with_batches() -> None:
     msg = error([node("n1", 16, 13.5)], pool(3, 5), model_bytes=4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB)
     assert msg == (
-        "predict.actors: 3 actors need 3 x 6.0 GiB of memory (model 4.0 GiB x 1.5 + batches 32.0 MiB); "
+        "predict.actors: 3 actors need 3 x 6.1 GiB of memory (model 4.0 GiB x 1.5 + batches 128.0 MiB); "
         "the cluster holds 2 (largest node: 13.5 GiB free)"
     )
 
@@ -352,7 +352,7 @@ def test_model_fits_on_no_node() -> None:
         [node("a", 16, 4), node("b", 8, 2)], pool(1), model_bytes=4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB
     )
     assert msg == (
-        "model: one actor needs 6.0 GiB of memory (model 4.0 GiB x 1.5 + batches 32.0 MiB), "
+        "model: one actor needs 6.1 GiB of memory (model 4.0 GiB x 1.5 + batches 128.0 MiB), "
         "the largest node has 4.0 GiB free"
     )
 
