@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import re
+import time
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -324,19 +325,37 @@ def model_bytes(path: str) -> int:
     return sum(os.path.getsize(f) for f in model_files(path))
 
 
+# Fingerprints this process has taken, by each file's (name, size, mtime, ctime, inode): a session
+# that calls rayscore.predict again on a model of several GB does not read it all again.
+_FINGERPRINTS: dict[tuple[tuple[str, int, int, int, int], ...], str] = {}
+SETTLED_S = 2.0  # a file changed more recently than this may still be written to: not remembered
+
+
 def fingerprint(path: str, chunk: int = 1 << 22) -> str:
     """``sha256:<hex>`` of the model's bytes (names too, for a directory).
 
     Reads the whole model once (about 1 GB/s from page cache): a score can be
-    traced to the exact model that made it.
+    traced to the exact model that made it. Taken again in this process, it
+    is remembered while no file's size, times or inode changed (a file
+    changed in the last :data:`SETTLED_S` seconds is always read, as git
+    does with a racy index entry).
     """
+    names = model_files(path)
+    stats = [os.stat(name) for name in names]
+    key = tuple((n, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for n, st in zip(names, stats))
+    if key in _FINGERPRINTS:
+        return _FINGERPRINTS[key]
     digest = hashlib.sha256()
-    for name in model_files(path):
+    for name in names:
         digest.update(os.path.relpath(name, path).encode() if name != path else b"")
         with open(name, "rb") as fh:
             while block := fh.read(chunk):
                 digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    result = f"sha256:{digest.hexdigest()}"
+    newest = max((max(st.st_mtime_ns, st.st_ctime_ns) for st in stats), default=0)
+    if time.time_ns() - newest > SETTLED_S * 1e9:
+        _FINGERPRINTS[key] = result
+    return result
 
 
 def local_model_path(uri: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -145,3 +147,39 @@ def test_splitting_stops_at_the_floor_and_then_fails_naming_the_batch():
         match=r"a batch of 8 rows \(first row: id=0\) failed 1 time\(s\) .*ResourceExhaustedError: OOM when allocating",
     ):
         predict_table(fake_model(max_rows=0, calls=[]), plan, table(8), BatchLimit(floor=2))
+
+
+class _CountedSha256:
+    """hashlib as rayscore._model sees it, counting the digests it starts: a read of the whole model each."""
+
+    def __init__(self) -> None:
+        self.made, self._sha256 = 0, hashlib.sha256
+
+    def sha256(self, *args):
+        self.made += 1
+        return self._sha256(*args)
+
+
+def test_a_settled_models_fingerprint_is_taken_once_per_process(tmp_path, monkeypatch):
+    import rayscore._model as model_module
+
+    counted = _CountedSha256()
+    monkeypatch.setattr(model_module, "hashlib", counted)
+    monkeypatch.setattr(model_module, "_FINGERPRINTS", {})
+    source = make_model_file(tmp_path)
+    expected = "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
+
+    # Just written: read every time (a writer may not be done with it).
+    assert fingerprint(str(source)) == fingerprint(str(source)) == expected
+    assert counted.made == 2
+
+    monkeypatch.setattr(model_module, "SETTLED_S", -1.0)  # as if written long ago
+    assert fingerprint(str(source)) == fingerprint(str(source)) == expected
+    assert counted.made == 3
+
+    # The same size, new bytes, a new mtime: read again, and the new digest given.
+    source.write_bytes(b"WEIGHTS" * 1000)
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert fingerprint(str(source)) == "sha256:" + hashlib.sha256(b"WEIGHTS" * 1000).hexdigest()
+    assert counted.made == 4
