@@ -270,15 +270,15 @@ def batch_arg(value: str) -> int | str:
 
 
 def batch_label(model_path: str, batch_size: int | str) -> str:
-    """``batch_size`` as the benchmark's header shows it: ``auto`` with the rows it comes to for this model."""
+    """``batch_size`` as the benchmark's header shows it: ``auto`` with the rows rayscore makes of it for this model."""
     if batch_size != "auto":
         return f"{batch_size:,}"
+    from rayscore._config import PredictConfig  # noqa: PLC0415
     from rayscore._model import resolve_loader  # noqa: PLC0415
-    from rayscore._placement import row_bytes  # noqa: PLC0415
-    from rayscore._sizing import auto_batch_rows  # noqa: PLC0415
+    from rayscore._plan import sized  # noqa: PLC0415
 
     _, loader = resolve_loader(model_path)
-    return f"auto ({auto_batch_rows(row_bytes(loader.inspect(model_path))):,} rows)"
+    return f"auto ({sized(PredictConfig(), loader.inspect(model_path)).batch_size:,} rows)"
 
 
 def rayscore_config(

@@ -289,8 +289,12 @@ def lever_arg(value: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
-def sql_config(workload: e2e.Workload, output_path: str, args: argparse.Namespace) -> dict:
-    config = e2e.rayscore_config(workload, output_path, args.actors, args.batch_size, spark=_spark(args))
+def sql_config(
+    workload: e2e.Workload, output_path: str, args: argparse.Namespace, batch_size: int | str | None = None
+) -> dict:
+    """``rayscore run``'s job on the filtered rows as an SQL input; ``batch_size``: else ``--batch-size``'s first."""
+    batch = args.batch_size if batch_size is None else batch_size
+    config = e2e.rayscore_config(workload, output_path, args.actors, batch, spark=_spark(args))
     config["input"] = {"format": "sql", "query": f"SELECT * FROM parquet.`{workload.data_path}` WHERE {FILTER}"}
     return config
 
@@ -509,9 +513,8 @@ def memory(args: argparse.Namespace, workdir: str) -> int:
         print(f"making the workload ({rows:,} rows) ...", flush=True)
         workload = e2e._in_child(e2e.make_workload, sub, rows)
         for batch in args.batch_sizes:
-            args.batch_size = batch
             label = e2e.batch_label(workload.model_path, batch)
-            config = sql_config(workload, os.path.join(sub, "scores.parquet"), args)
+            config = sql_config(workload, os.path.join(sub, "scores.parquet"), args, batch)
             print(f"rayscore.run over {rows:,} rows (SQL input: {FILTER}), batch {label} ...", flush=True)
             with e2e.PeakMemory(0.5, pss=True) as mem, PeakDisk(tempfile.gettempdir()) as disk:
                 scored = e2e._in_child(e2e.run_rayscore, config)

@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"# {args.rows:,} rows, filter {FILTER!r}; model {Path(inputs['model']).name} {size / 2**30:.2f} GiB; "
-        f"{os.cpu_count()} cores; batch: the UDF {args.batch_size:,}, rayscore "
-        f"{rayscore_batch}"
+        f"{os.cpu_count()} cores; batch: the UDF {args.batch_size:,}, rayscore {rayscore_batch}"
     )
     print(f"{'way':<30}{'rows/s':>10}{'seconds':>9}{'start s':>9}{'holders PSS GiB':>17}{'tree PSS GiB':>14}")
     rate = {name: r["rows"] / r["seconds"] for name, r in results.items()}

@@ -149,6 +149,12 @@ def test_splitting_stops_at_the_floor_and_then_fails_naming_the_batch():
         predict_table(fake_model(max_rows=0, calls=[]), plan, table(8), BatchLimit(floor=2))
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read through read() and friends, as the kernel counts them (``rchar``)."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+
 class _CountedSha256:
     """hashlib as rayscore._model sees it, counting the digests it starts: a read of the whole model each."""
 
@@ -174,8 +180,11 @@ def test_a_settled_models_fingerprint_is_taken_once_per_process(tmp_path, monkey
     assert counted.made == 2
 
     monkeypatch.setattr(model_module, "SETTLED_S", -1.0)  # as if written long ago
-    assert fingerprint(str(source)) == fingerprint(str(source)) == expected
+    assert fingerprint(str(source)) == expected
+    read_before = _bytes_read()
+    assert fingerprint(str(source)) == expected
     assert counted.made == 3
+    assert _bytes_read() - read_before < source.stat().st_size  # the kernel's count: the file was not read again
 
     # The same size, new bytes, a new mtime: read again, and the new digest given.
     source.write_bytes(b"WEIGHTS" * 1000)
