@@ -2,6 +2,7 @@
 
     python bench/compare_big.py --gb 2 --rows 200000                 # UDF local[1] against 2 actors
     python bench/compare_big.py --gb 2 --rows 200000 --udf-cores 2   # two model copies in Spark (if they fit)
+    python bench/compare_big.py --gb 2 --rows 200000 --repeat 3      # three interleaved rounds: median, min-max
 
 The issue's target: ``rayscore.predict`` at >= 3x the rows/s of the best
 in-Spark UDF that fits in memory, at <= 0.3x its memory, with equal
@@ -21,6 +22,10 @@ Then, each in a process of its own, one after the other:
 2. **rayscore.predict**: in a ``rayscore.session()``, the same filtered
    DataFrame through ``--actors`` actors, written by Spark.
 
+With ``--repeat N`` the two run in turn N times (UDF, rayscore, UDF, ...),
+each in a fresh process, and the table gives each way's median rows/s with
+the min-max and the ratio's median and min-max over the rounds (a run of
+one way varies by about 20 % here); memory is the peak over the rounds.
 Each is timed from the read to the last file written, once its session is
 up (the model's load included, as a job pays it). Memory is the peak, over
 0.2 s samples, of the summed PSS (proportional set size: shared pages, such
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rayscore-batch-size", type=e2e.batch_arg, default="auto", help="rayscore's predict.batch_size (default auto)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds of the two ways (default 1)")
     parser.add_argument("--check-rows", type=int, default=2000, help="rows checked against the formula")
     parser.add_argument("--workdir", default=None, help="where the model, rows and outputs go (default: temp, removed)")
     args = parser.parse_args(argv)
@@ -179,15 +186,26 @@ def main(argv: list[str] | None = None) -> int:
             api: (run_rayscore, args.actors, args.rayscore_batch_size),
         }
         results: dict[str, dict] = {}
-        for step, (name, (fn, n, batch)) in enumerate(steps.items(), start=1):
-            print(f"{step}/2 {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True)
-            try:
-                with e2e.PeakMemory(0.5, pss=True) as tree:
-                    results[name] = e2e._in_child(fn, inputs, workdir, n, batch)
-            except Exception as exc:  # a child killed for memory: BrokenProcessPool
-                print(f"{name} failed: {type(exc).__name__}: {exc}")  # BrokenProcessPool: try fewer --udf-cores
-                return 1
-            results[name]["tree_pss"] = tree.peak_bytes
+        rounds: dict[str, list[dict]] = {name: [] for name in steps}
+        for round_ in range(1, args.repeat + 1):
+            for step, (name, (fn, n, batch)) in enumerate(steps.items(), start=1):
+                where = f"round {round_}/{args.repeat}, " if args.repeat > 1 else ""
+                print(f"{where}{step}/2 {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True)
+                try:
+                    with e2e.PeakMemory(0.5, pss=True) as tree:
+                        got = e2e._in_child(fn, inputs, workdir, n, batch)
+                except Exception as exc:  # a child killed for memory: BrokenProcessPool
+                    print(f"{name} failed: {type(exc).__name__}: {exc}")  # BrokenProcessPool: try fewer --udf-cores
+                    return 1
+                got["tree_pss"] = tree.peak_bytes
+                rounds[name].append(got)
+                print(f"  {got['rows'] / got['seconds']:,.0f} rows/s, {got['seconds']:.1f} s", flush=True)
+        for name, runs in rounds.items():  # the last round's outputs are the ones checked
+            results[name] = {
+                **runs[-1],
+                "holders_pss": max(r["holders_pss"] for r in runs),
+                "tree_pss": max(r["tree_pss"] for r in runs),
+            }
         worst, lines = check(inputs, results, args.check_rows)
         size = os.path.getsize(inputs["model"])
         rayscore_batch = e2e.batch_label(inputs["model"], args.rayscore_batch_size)
@@ -196,26 +214,37 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.rows:,} rows, filter {FILTER!r}; model {Path(inputs['model']).name} {size / 2**30:.2f} GiB; "
         f"{os.cpu_count()} cores; batch: the UDF {args.batch_size:,}, rayscore {rayscore_batch}"
     )
-    print(f"{'way':<30}{'rows/s':>10}{'seconds':>9}{'start s':>9}{'holders PSS GiB':>17}{'tree PSS GiB':>14}")
-    rate = {name: r["rows"] / r["seconds"] for name, r in results.items()}
+    print(
+        f"{'way':<30}{'rows/s':>10}{'min':>9}{'max':>9}{'seconds':>9}{'start s':>9}"
+        f"{'holders PSS GiB':>17}{'tree PSS GiB':>14}"
+    )
+    rates = {name: [r["rows"] / r["seconds"] for r in runs] for name, runs in rounds.items()}
     for name, r in results.items():
+        seconds = statistics.median(x["seconds"] for x in rounds[name])
+        start = statistics.median(x["startup"] for x in rounds[name])
         print(
-            f"{name:<30}{rate[name]:>10,.0f}{r['seconds']:>9.1f}{r['startup']:>9.1f}"
-            f"{r['holders_pss'] / 2**30:>17.2f}{r['tree_pss'] / 2**30:>14.2f}"
+            f"{name:<30}{statistics.median(rates[name]):>10,.0f}{min(rates[name]):>9,.0f}{max(rates[name]):>9,.0f}"
+            f"{seconds:>9.1f}{start:>9.1f}{r['holders_pss'] / 2**30:>17.2f}{r['tree_pss'] / 2**30:>14.2f}"
         )
     print(
-        "seconds: read, score, write once the session is up (the model's load included); holders: the peak summed "
-        "PSS of the processes holding the model (the UDF's Spark Python workers, rayscore's ray::Predictor actors); "
-        "tree: of every process of the run (this script, the child, Spark's JVMs, Ray)"
+        f"rows/s and seconds: the median of {args.repeat} round(s), timed from the read to the last file written "
+        "once the session is up (the model's load included); holders: the peak summed PSS of the processes holding "
+        "the model (the UDF's Spark Python workers, rayscore's ray::Predictor actors); tree: of every process of "
+        "the run (this script, the child, Spark's JVMs, Ray); both the peak over the rounds"
     )
-    speed = rate[api] / rate[udf]
+    ratios = [a / b for a, b in zip(rates[api], rates[udf])]
     memory = results[api]["holders_pss"] / max(results[udf]["holders_pss"], 1)
-    print(f"rayscore.predict / {udf}: {speed:.2f}x rows/s (target >= 3), {memory:.2f}x memory (target <= 0.3)")
-    print(f"{api}: {results[api]['detail']}")
+    print(
+        f"rayscore.predict / {udf}: {statistics.median(ratios):.2f}x rows/s (min {min(ratios):.2f}x, max "
+        f"{max(ratios):.2f}x; target >= 3), {memory:.2f}x memory (target <= 0.3)"
+    )
+    for got in rounds[api]:
+        print(f"{api}: {got['detail']}")
     print("\n".join(lines))
-    complete = all(r["rows"] == args.rows for r in results.values())
+    complete = all(r["rows"] == args.rows for runs in rounds.values() for r in runs)
     if not complete:
-        print("rows out: " + ", ".join(f"{name} {r['rows']:,}" for name, r in results.items()) + f" of {args.rows:,}")
+        counts = ", ".join(name + " " + "/".join(f"{r['rows']:,}" for r in runs) for name, runs in rounds.items())
+        print(f"rows out: {counts} of {args.rows:,}")
     ok = worst <= e2e.TOLERANCE and complete
     print("predictions: " + ("OK" if ok else "FAIL"))
     return 0 if ok else 1

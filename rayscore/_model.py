@@ -21,9 +21,11 @@ import importlib
 import json
 import os
 import re
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -45,6 +47,8 @@ __all__ = [
     "resolve_loader",
     "local_model_path",
     "fingerprint",
+    "fingerprint_soon",
+    "file_state",
     "model_bytes",
 ]
 
@@ -328,7 +332,17 @@ def model_bytes(path: str) -> int:
 # Fingerprints this process has taken, by each file's (name, size, mtime, ctime, inode): a session
 # that calls rayscore.predict again on a model of several GB does not read it all again.
 _FINGERPRINTS: dict[tuple[tuple[str, int, int, int, int], ...], str] = {}
+_PENDING: dict[tuple[tuple[str, int, int, int, int], ...], Future[str]] = {}  # being taken on a thread
+_lock = threading.Lock()
+BACKGROUND_NICE = 10  # the hashing thread's nice value (Linux), above the process's 0
 SETTLED_S = 2.0  # a file changed more recently than this may still be written to: not remembered
+
+
+def file_state(path: str) -> tuple[tuple[str, int, int, int, int], ...]:
+    """Each of the model's files as (name, size, mtime, ctime, inode): changes whenever a file is rewritten."""
+    names = model_files(path)
+    stats = [os.stat(name) for name in names]
+    return tuple((n, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for n, st in zip(names, stats))
 
 
 def fingerprint(path: str, chunk: int = 1 << 22) -> str:
@@ -338,24 +352,58 @@ def fingerprint(path: str, chunk: int = 1 << 22) -> str:
     traced to the exact model that made it. Taken again in this process, it
     is remembered while no file's size, times or inode changed (a file
     changed in the last :data:`SETTLED_S` seconds is always read, as git
-    does with a racy index entry).
+    does with a racy index entry); one being taken by
+    :func:`fingerprint_soon` is waited for, not read twice.
     """
-    names = model_files(path)
-    stats = [os.stat(name) for name in names]
-    key = tuple((n, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for n, st in zip(names, stats))
-    if key in _FINGERPRINTS:
-        return _FINGERPRINTS[key]
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(os.path.relpath(name, path).encode() if name != path else b"")
-        with open(name, "rb") as fh:
-            while block := fh.read(chunk):
-                digest.update(block)
-    result = f"sha256:{digest.hexdigest()}"
-    newest = max((max(st.st_mtime_ns, st.st_ctime_ns) for st in stats), default=0)
-    if time.time_ns() - newest > SETTLED_S * 1e9:
-        _FINGERPRINTS[key] = result
-    return result
+    return fingerprint_soon(path, chunk).result()
+
+
+def fingerprint_soon(path: str, chunk: int = 1 << 22) -> Future[str]:
+    """:func:`fingerprint` taken on a background thread: the caller goes on while the model is read.
+
+    The driver starts the pool's actors meanwhile, so a multi-GB model's
+    hash (seconds) is not on the way to the first prediction; whoever
+    needs the digest (the column metadata, the run report) waits for it.
+    """
+    key = file_state(path)
+    with _lock:
+        if key in _FINGERPRINTS:
+            done: Future[str] = Future()
+            done.set_result(_FINGERPRINTS[key])
+            return done
+        if key in _PENDING:
+            return _PENDING[key]
+        future = _PENDING[key] = Future()
+    # A daemon thread: an interpreter that exits meanwhile does not wait for a multi-GB read.
+    threading.Thread(target=_take, args=(path, key, chunk, future), name="rayscore-fingerprint", daemon=True).start()
+    return future
+
+
+def _take(path: str, key: tuple[tuple[str, int, int, int, int], ...], chunk: int, future: Future[str]) -> None:
+    try:
+        # Background work: on a node whose cores are busy starting the actors, this read yields to them.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError):  # not Linux (a thread's nice is Linux's), or not allowed
+        pass
+    try:
+        digest = hashlib.sha256()
+        for name, *_ in key:
+            digest.update(os.path.relpath(name, path).encode() if name != path else b"")
+            with open(name, "rb") as fh:
+                while block := fh.read(chunk):
+                    digest.update(block)  # hashlib lets go of the GIL for blocks this large
+        result = f"sha256:{digest.hexdigest()}"
+    except BaseException as exc:  # noqa: BLE001 - the waiter raises it
+        with _lock:
+            _PENDING.pop(key, None)
+        future.set_exception(exc)
+        return
+    newest = max((max(mtime, ctime) for _, _, mtime, ctime, _ in key), default=0)
+    with _lock:
+        _PENDING.pop(key, None)
+        if time.time_ns() - newest > SETTLED_S * 1e9:
+            _FINGERPRINTS[key] = result
+    future.set_result(result)
 
 
 def local_model_path(uri: str) -> str:

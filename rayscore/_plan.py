@@ -17,7 +17,7 @@ from ._cache import cache_root, cached_model
 from ._config import Config, ModelConfig, OutputConfig, PredictConfig
 from ._convert import Plan, make_plan, to_tensors
 from ._errors import InputError, translate_errors
-from ._model import ModelSpec, fingerprint, import_custom_objects, model_bytes, resolve_loader
+from ._model import ModelSpec, fingerprint_soon, import_custom_objects, model_bytes, resolve_loader
 from ._placement import format_bytes, row_bytes
 from ._predict import ModelRef, first_bad_row
 from ._registry import cached_download, is_registry, resolve
@@ -49,7 +49,9 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
 
     A remote model is first copied into this node's cache (one streamed read;
     reused while its listing is unchanged), which gives its fingerprint and a
-    local copy to inspect; actors on this node then reuse that copy.
+    local copy to inspect; actors on this node then reuse that copy. A local
+    model read in place is hashed on a background thread instead (seconds for
+    a multi-GB file), so the actors start meanwhile; ``ref.digest()`` waits for it.
     """
     import_custom_objects(model.custom_objects)  # a bad import path fails here, not in every actor
     registry = resolve(model.uri, model.tracking_uri) if is_registry(model.uri) else None
@@ -67,8 +69,13 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
         local, loader = resolve_loader(path, model.format, uri=model.uri)
     else:
         local, loader = resolve_loader(model.uri, model.format)
-        path, digest, nbytes, fetched = local, fingerprint(local), model_bytes(local), False
         root = model.cache_dir
+        path, digest, nbytes, fetched = local, "", model_bytes(local), False
+        if cache_root(root, local) is None:
+            # Read in place: its sha256 is taken on a thread while the actors start (ModelRef.digest()).
+            fingerprint_soon(local)
+        else:  # actors copy it into their node's cache and check the copy against this digest
+            digest = fingerprint_soon(local).result()
     options = getattr(loader, "options", ())
     spec = loader.inspect(local, **({"signature": model.signature} if "signature" in options else {}))
     # Actors map tables with Keras's TensorFlow backend only (rayscore._weights).
@@ -187,7 +194,7 @@ def new_result(cfg: Config, ref: ModelRef, spec: ModelSpec, plan: Plan) -> RunRe
         model_uri=cfg.model.uri,
         model_format=spec.format,
         model_bytes=ref.nbytes,
-        model_fingerprint=ref.fingerprint,
+        model_fingerprint=ref.digest(),
         model_registry=ref.registry.identity() if ref.registry else {},
         model_copies=int(ref.fetched),
         batch_size=cfg.predict.batch_size,

@@ -23,7 +23,7 @@ from typing import Any
 
 from ._config import PredictConfig
 from ._errors import PredictError, actor_died, translate_errors
-from ._model import ModelSpec
+from ._model import ModelSpec, file_state
 from ._placement import (
     ACTOR_PROCESS_BYTES,
     PoolPlan,
@@ -37,7 +37,7 @@ from ._predict import LoadLedger, ModelRef, Predictor, summarize_loads
 from ._progress import ActionWatch, ProgressArg
 from ._report import RunResult, StageClock
 
-__all__ = ["Pool", "check_pool", "pool_for", "stop_pools", "POOL_START_TIMEOUT_S", "MAX_RESTARTS"]
+__all__ = ["Pool", "check_pool", "pool_for", "pool_key", "stop_pools", "POOL_START_TIMEOUT_S", "MAX_RESTARTS"]
 
 log = logging.getLogger("rayscore")
 
@@ -234,9 +234,21 @@ def pool_for(
     ``spark_cpus``: Ray CPUs that are not the pool's to size for; ``reserve_cpus``: CPUs to keep free
     beside it when it is made (earlier pools are stopped for them).
     """
-    key = (
+    settings = (predict.actors, predict.cpus_per_actor, predict.gpus_per_actor, predict.memory_factor)
+    key = (*pool_key(model), *settings, predict.batch_size)
+    with _lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = Pool(model, predict, check_pool(spark_cpus, predict, model, spec), reserve_cpus)
+        return pool
+
+
+def pool_key(model: ModelRef) -> tuple[Any, ...]:
+    """What makes two pools' models the same: where it is, its bytes (a remote model's digest, a local model's
+    files' sizes, times and inodes, known before its digest is taken) and how it is loaded."""
+    return (
         model.path,
-        model.fingerprint,
+        model.fingerprint or file_state(model.path),
         model.loader,
         model.safe_mode,
         model.signature,
@@ -244,17 +256,7 @@ def pool_for(
         model.cache_dir,
         model.mmap_min_bytes,
         model.mmap_on_gpu,
-        predict.actors,
-        predict.cpus_per_actor,
-        predict.gpus_per_actor,
-        predict.memory_factor,
-        predict.batch_size,
     )
-    with _lock:
-        pool = _pools.get(key)
-        if pool is None:
-            pool = _pools[key] = Pool(model, predict, check_pool(spark_cpus, predict, model, spec), reserve_cpus)
-        return pool
 
 
 def _make_room(predict: PredictConfig, plan: PoolPlan, reserve_cpus: float = 0.0) -> None:

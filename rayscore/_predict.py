@@ -24,7 +24,7 @@ from . import _tables
 from ._cache import cache_root, cached_model
 from ._convert import Plan, from_ipc, output_type, row_problems, to_columns, to_ipc, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
-from ._model import ModelSpec, loaders
+from ._model import ModelSpec, fingerprint, loaders
 from ._registry import RegistryModel, cached_download
 from ._timeline import Timeline
 
@@ -42,7 +42,9 @@ class ModelRef:
     path: str  # a local path, or the remote uri (then copied into the node's cache first)
     loader: str
     safe_mode: bool = True
-    fingerprint: str = ""  # sha256 of the model's bytes, taken by the driver
+    # sha256 of a remote model's bytes, from its copy; "" for a local model, whose digest() is taken in the
+    # background while the actors start (rayscore._model.fingerprint_soon)
+    fingerprint: str = ""
     nbytes: int = 0
     cache_dir: str | None = None  # copy into this node-local cache first (RAYSCORE_CACHE_DIR wins)
     signature: str | None = None  # for loaders that take one (savedmodel)
@@ -66,6 +68,11 @@ class ModelRef:
             "mmap_refused": refused,
         }
         return {k: v for k, v in opts.items() if v is not None}
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the model's bytes: the copy's for a remote model; a local model's, waiting for
+        the read that :func:`~rayscore._plan.inspect_model` started (nothing to wait for once it is done)."""
+        return self.fingerprint or fingerprint(self.path)
 
     def shared_on(self, gpu: bool) -> int:
         """Bytes of mapped tables an actor (with GPUs, when ``gpu``) shares with the others on its node."""
@@ -312,7 +319,7 @@ def local_copy(model: ModelRef) -> tuple[str, bool]:
         return got.path, got.copied
     if not root:
         return model.path, False
-    copy = cached_model(model.path, root, fingerprint=model.fingerprint, storage_options=model.storage_options)
+    copy = cached_model(model.path, root, fingerprint=model.fingerprint or None, storage_options=model.storage_options)
     return copy.path, copy.copied
 
 

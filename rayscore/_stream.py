@@ -154,7 +154,7 @@ def model_identity(plan: Plan, model: ModelRef) -> dict[str, dict[str, Any]]:
         "model_uri": model.path,
         "model_format": model.loader,
         "model_bytes": model.nbytes,
-        "model_fingerprint": model.fingerprint,
+        "model_fingerprint": model.digest(),
     }
     if model.registry is not None:
         identity["model_registry"] = model.registry.identity()

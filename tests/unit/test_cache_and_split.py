@@ -192,3 +192,64 @@ def test_a_settled_models_fingerprint_is_taken_once_per_process(tmp_path, monkey
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert fingerprint(str(source)) == "sha256:" + hashlib.sha256(b"WEIGHTS" * 1000).hexdigest()
     assert counted.made == 4
+
+
+class _HeldSha256:
+    """hashlib whose sha256 objects wait for ``release`` before taking their first block."""
+
+    def __init__(self) -> None:
+        self.made, self.release, self._sha256 = 0, threading.Event(), hashlib.sha256
+
+    def sha256(self, *args):
+        self.made += 1
+        digest, release = self._sha256(*args), self.release
+
+        class Held:
+            def update(self, block: bytes) -> None:
+                assert release.wait(20), "the test never released the hash (was it taken in the caller?)"
+                digest.update(block)
+
+            def hexdigest(self) -> str:
+                return digest.hexdigest()
+
+        return Held()
+
+
+def test_a_local_models_digest_is_taken_on_a_thread_while_the_driver_goes_on(model_files, monkeypatch):
+    import rayscore._model as model_module
+    from rayscore._config import ModelConfig
+    from rayscore._plan import inspect_model
+    from rayscore._pool import pool_key
+
+    held = _HeldSha256()
+    monkeypatch.setattr(model_module, "hashlib", held)
+    monkeypatch.setattr(model_module, "_FINGERPRINTS", {})
+    monkeypatch.delenv("RAYSCORE_CACHE_DIR", raising=False)
+    path = str(model_files["keras"])
+    expected = "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    # inspect_model returns (and the pool's key is known) while the read is held.
+    ref, spec = inspect_model(ModelConfig(uri=path))
+    assert ref.fingerprint == "" and spec.input_names and held.made == 1
+    assert pool_key(ref) == pool_key(inspect_model(ModelConfig(uri=path))[0])
+    pending = model_module.fingerprint_soon(path)
+    assert not pending.done() and held.made == 1  # the same read, not a second one
+
+    held.release.set()
+    assert ref.digest() == pending.result() == expected
+    assert held.made == 1
+
+    # The pool's key follows the file: rewritten (a new inode and ctime), it names another pool.
+    before = pool_key(ref)
+    Path(path + ".new").write_bytes(Path(path).read_bytes())
+    os.replace(path + ".new", path)
+    assert pool_key(inspect_model(ModelConfig(uri=path))[0]) != before
+
+
+def test_a_cached_local_models_digest_is_taken_before_the_actors_copy_it(model_files, tmp_path, monkeypatch):
+    from rayscore._config import ModelConfig
+    from rayscore._plan import inspect_model
+
+    path = str(model_files["keras"])
+    ref, _ = inspect_model(ModelConfig(uri=path, cache_dir=str(tmp_path / "cache")))
+    assert ref.fingerprint == "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest() == ref.digest()
