@@ -126,6 +126,42 @@ def test_predict_runs_one_small_spark_job_scores_nothing_and_an_action_leaves_no
     assert left, f"Ray's object store holds {objects_held(address)} objects, {held_before} before the action"
 
 
+def test_batch_size_auto_calls_the_model_with_the_rows_its_row_bytes_allow(rs, tmp_path):
+    """``batch_size: auto`` seen by the model's own call log: a row of 1,000 floats (4,004 bytes with its
+    output) makes calls of 4,096 rows (the largest power of two within 16 MiB), a partition's last the rest."""
+    import keras
+
+    from rayscore._config import ModelConfig
+    from rayscore._placement import row_bytes
+    from rayscore._plan import inspect_model
+    from rayscore._sizing import auto_batch_rows
+
+    width, rows, calls = 1000, 6000, tmp_path / "calls"
+    wide = keras.Input((width,), name="wide")
+    logged = probes.CallLog(log=str(calls))(wide)
+    model = keras.Model(wide, {"score": keras.layers.Dense(1, name="score")(logged)})
+    path = str(tmp_path / "wide.keras")
+    model.save(path)
+    values = np.random.default_rng(3).standard_normal((rows, width), dtype=np.float32)
+    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
+    table = pa.table(
+        {"id": np.arange(rows, dtype=np.int64), "wide": pa.ListArray.from_arrays(offsets, pa.array(values.ravel()))}
+    )
+    pq.write_table(table, tmp_path / "wide.parquet")
+    spec = inspect_model(ModelConfig(uri=path, custom_objects=probes.CUSTOM_OBJECTS_PATH))[1]
+    assert (row_bytes(spec), auto_batch_rows(row_bytes(spec))) == (4004, 4096)
+
+    df = rs.spark.read.parquet(str(tmp_path / "wide.parquet")).repartition(1)  # one task: its calls in order
+    scored = rayscore.predict(
+        df, model={"uri": path, "custom_objects": probes.CUSTOM_OBJECTS_PATH}, keep_columns=["id"], progress=False
+    )
+    got = pa.Table.from_batches(scored._collect_as_arrow()).sort_by("id")
+    assert [int(line.split()[1]) for line in calls.read_text().splitlines()] == [4096, rows - 4096]
+    expected = model.predict(values, verbose=0)["score"][:, 0]
+    assert got.column("id").to_numpy().tolist() == list(range(rows))
+    np.testing.assert_allclose(got.column("score").to_numpy(), expected, atol=1e-5)
+
+
 def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tmp_path):
     """One load per actor, counted by the model itself: a layer that logs each construction's pid."""
     log, models = tmp_path / "loads", tmp_path / "models"
