@@ -19,6 +19,9 @@ actors each time, two warm-up batches untimed):
 * ``2 threads``: as shipped, with the actor's ``max_concurrency=2``, so it
   decodes and converts one batch while the model runs another;
 * ``in flight 1`` and ``in flight 4``: batches in flight per actor;
+* ``inline``: as shipped, in a Ray whose ``max_direct_call_object_size``
+  is 64 MiB, so each batch and its answer travel inside the call (gRPC)
+  instead of through the object store's shared memory (put and get);
 * ``no hop``: ``predict_table`` in this process, no Ray at all: what the
   batches cost without any hop (the floor).
 
@@ -41,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_e2e as e2e  # noqa: E402
 
-WAYS = ("rayscore", "no IPC", "2 threads", "in flight 1", "in flight 4", "no hop")
+WAYS = ("rayscore", "no IPC", "2 threads", "in flight 1", "in flight 4", "inline", "no hop")
+INLINE_BYTES = 64 << 20  # Ray's max_direct_call_object_size for "inline" (its default is 100 KiB)
 
 
 def measure(workload: e2e.Workload, rows: int, batch: int | str, repeat: int, actors: int) -> dict[str, Any]:
@@ -71,11 +75,22 @@ def measure(workload: e2e.Workload, rows: int, batch: int | str, repeat: int, ac
             """:meth:`Predictor.score` without the IPC: the table in, the table out."""
             return predict_table(self._model, plan, batch, self._limit)
 
-    ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False)
+    started: list[bool] = []  # the running Ray's mode: inline or not
+
+    def ray_for(inline: bool) -> None:
+        if started and started[-1] == inline:
+            return
+        if started:
+            ray.shutdown()
+        system = {"max_direct_call_object_size": INLINE_BYTES} if inline else {}
+        ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False, _system_config=system)
+        started.append(inline)
+
     local = loaders[ref.loader].load(workload.model_path, safe_mode=True)
     expected = pa.concat_tables(predict_table(local, plan, b) for b in batches)
 
     def through_pool(way: str) -> tuple[float, pa.Table]:
+        ray_for(way == "inline")
         options = {"num_cpus": 1, "max_concurrency": 2 if way == "2 threads" else 1}
         pool = [ray.remote(TablePredictor).options(**options).remote(ref) for _ in range(actors)]
         ray.get([a.__ray_ready__.remote() for a in pool])

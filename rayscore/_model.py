@@ -331,14 +331,15 @@ def model_bytes(path: str) -> int:
 
 # Fingerprints this process has taken, by each file's (name, size, mtime, ctime, inode): a session
 # that calls rayscore.predict again on a model of several GB does not read it all again.
-_FINGERPRINTS: dict[tuple[tuple[str, int, int, int, int], ...], str] = {}
-_PENDING: dict[tuple[tuple[str, int, int, int, int], ...], Future[str]] = {}  # being taken on a thread
+_Key = tuple[tuple[str, int, int, int, int], ...]  # each file's (name, size, mtime, ctime, inode)
+_FINGERPRINTS: dict[_Key, str] = {}
+_PENDING: dict[_Key, Future[str]] = {}  # being taken
 _lock = threading.Lock()
 BACKGROUND_NICE = 10  # the hashing thread's nice value (Linux), above the process's 0
 SETTLED_S = 2.0  # a file changed more recently than this may still be written to: not remembered
 
 
-def file_state(path: str) -> tuple[tuple[str, int, int, int, int], ...]:
+def file_state(path: str) -> _Key:
     """Each of the model's files as (name, size, mtime, ctime, inode): changes whenever a file is rewritten."""
     names = model_files(path)
     stats = [os.stat(name) for name in names]
@@ -348,14 +349,18 @@ def file_state(path: str) -> tuple[tuple[str, int, int, int, int], ...]:
 def fingerprint(path: str, chunk: int = 1 << 22) -> str:
     """``sha256:<hex>`` of the model's bytes (names too, for a directory).
 
-    Reads the whole model once (about 1 GB/s from page cache): a score can be
-    traced to the exact model that made it. Taken again in this process, it
-    is remembered while no file's size, times or inode changed (a file
-    changed in the last :data:`SETTLED_S` seconds is always read, as git
-    does with a racy index entry); one being taken by
-    :func:`fingerprint_soon` is waited for, not read twice.
+    Reads the whole model once (about 1 GB/s from page cache), in the
+    calling thread: a score can be traced to the exact model that made it.
+    Taken again in this process, it is remembered while no file's size,
+    times or inode changed (a file changed in the last :data:`SETTLED_S`
+    seconds is always read, as git does with a racy index entry); one being
+    taken by :func:`fingerprint_soon` is waited for, not read twice.
     """
-    return fingerprint_soon(path, chunk).result()
+    key = file_state(path)
+    future, mine = _claim(key)
+    if mine:
+        _take(path, key, chunk, future)
+    return future.result()
 
 
 def fingerprint_soon(path: str, chunk: int = 1 << 22) -> Future[str]:
@@ -364,27 +369,42 @@ def fingerprint_soon(path: str, chunk: int = 1 << 22) -> Future[str]:
     The driver starts the pool's actors meanwhile, so a multi-GB model's
     hash (seconds) is not on the way to the first prediction; whoever
     needs the digest (the column metadata, the run report) waits for it.
+    The thread runs at nice :data:`BACKGROUND_NICE` (Linux): on a node whose
+    cores are busy starting the actors, the read yields to them.
     """
     key = file_state(path)
+    future, mine = _claim(key)
+    if mine:
+        # A daemon thread: an interpreter that exits meanwhile does not wait for a multi-GB read.
+        threading.Thread(
+            target=_background, args=(path, key, chunk, future), name="rayscore-fingerprint", daemon=True
+        ).start()
+    return future
+
+
+def _claim(key: _Key) -> tuple[Future[str], bool]:
+    """The future of ``key``'s digest: done (remembered), being taken, or new and the caller's to take."""
     with _lock:
         if key in _FINGERPRINTS:
             done: Future[str] = Future()
             done.set_result(_FINGERPRINTS[key])
-            return done
+            return done, False
         if key in _PENDING:
-            return _PENDING[key]
+            return _PENDING[key], False
         future = _PENDING[key] = Future()
-    # A daemon thread: an interpreter that exits meanwhile does not wait for a multi-GB read.
-    threading.Thread(target=_take, args=(path, key, chunk, future), name="rayscore-fingerprint", daemon=True).start()
-    return future
+        return future, True
 
 
-def _take(path: str, key: tuple[tuple[str, int, int, int, int], ...], chunk: int, future: Future[str]) -> None:
+def _background(path: str, key: _Key, chunk: int, future: Future[str]) -> None:
     try:
-        # Background work: on a node whose cores are busy starting the actors, this read yields to them.
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-    except (AttributeError, OSError):  # not Linux (a thread's nice is Linux's), or not allowed
+    except (AttributeError, OSError):  # not Linux (a thread's own nice is Linux's), or not allowed
         pass
+    _take(path, key, chunk, future)
+
+
+def _take(path: str, key: _Key, chunk: int, future: Future[str]) -> None:
+    """Read ``key``'s files into ``future``; remember the digest once the files have settled."""
     try:
         digest = hashlib.sha256()
         for name, *_ in key:
@@ -393,7 +413,7 @@ def _take(path: str, key: tuple[tuple[str, int, int, int, int], ...], chunk: int
                 while block := fh.read(chunk):
                     digest.update(block)  # hashlib lets go of the GIL for blocks this large
         result = f"sha256:{digest.hexdigest()}"
-    except BaseException as exc:  # noqa: BLE001 - the waiter raises it
+    except BaseException as exc:  # noqa: BLE001 - whoever waits raises it
         with _lock:
             _PENDING.pop(key, None)
         future.set_exception(exc)
