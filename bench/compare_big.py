@@ -3,13 +3,26 @@
     python bench/compare_big.py --gb 2 --rows 200000                 # UDF local[1] against 2 actors
     python bench/compare_big.py --gb 2 --rows 200000 --udf-cores 2   # two model copies in Spark (if they fit)
     python bench/compare_big.py --gb 2 --rows 200000 --repeat 3      # three interleaved rounds: median, min-max
+    python bench/compare_big.py --model seed --gb 2 --rows 200000 --repeat 3   # the example's shape, a 2 GB table
+    python bench/compare_big.py --model seed --rayscore-batch-size 1024 4096 16384 --repeat 2   # one way per size
 
 The issue's target: ``rayscore.predict`` at >= 3x the rows/s of the best
 in-Spark UDF that fits in memory, at <= 0.3x its memory, with equal
-predictions. It builds the model of ``examples/make_big_model.py`` (one
-``--gb`` GB embedding table) as ``.keras`` and ``--rows`` rows of ``tokens``
-as parquet (``bench_datasets.py``'s ``--model big`` inputs), plus a
-``country`` column that is never ``'xx'``, so that both ways read
+predictions. It builds one of two models as ``.keras``, each with a
+``--gb`` GB embedding table written slice by slice:
+
+* ``--model big`` (the default): ``examples/make_big_model.py``'s model, one
+  ``tokens`` column, one output ``score`` (``bench_datasets.py``'s
+  ``--model big`` inputs);
+* ``--model seed``: the shape rayscore was built for, the example's model
+  (``examples/make_example.py``: four title columns sharing the table, an
+  hour-of-week matrix, a price, outputs ``click`` and ``topics``) with its
+  table grown (``make_big_model.write_seed_keras``, 64 wide), and
+  ``make_example.make_table``'s rows over the whole table; more work per row
+  for the model and for Spark's reader.
+
+The ``--rows`` rows are written as parquet with a ``country`` column that
+is never ``'xx'``, so that both ways read
 ``spark.read.parquet(p).where("country != 'xx'")`` (a filter: no shortcut).
 Then, each in a process of its own, one after the other:
 
@@ -20,7 +33,8 @@ Then, each in a process of its own, one after the other:
    ``load_model`` peaks near 6x the file's bytes, so on a 24 GB machine two
    2 GB copies are killed for memory;
 2. **rayscore.predict**: in a ``rayscore.session()``, the same filtered
-   DataFrame through ``--actors`` actors, written by Spark.
+   DataFrame through ``--actors`` actors, written by Spark; one way for each
+   of ``--rayscore-batch-size``'s sizes (default ``auto``).
 
 With ``--repeat N`` the two run in turn N times (UDF, rayscore, UDF, ...),
 each in a fresh process, and the table gives each way's median rows/s with
@@ -33,9 +47,9 @@ as a mapped table, counted once) of the processes that hold the model:
 the UDF's Spark Python workers (the child's descendants whose executable is
 ``python``, under Spark's JVM) and rayscore's actors (``ray::Predictor``);
 and, for reference, of the whole process tree (0.5 s samples). The two
-outputs are compared by ``id``, and each against ``expected_scores`` (the
-model's formula) on ``--check-rows`` rows; exit status 1 when any differs by
-more than 1e-5.
+outputs are compared by ``id``, and each against the model's formula
+(``expected_scores``, ``seed_expected``: float64, without Keras) on
+``--check-rows`` rows; exit status 1 when any differs by more than 1e-5.
 """
 
 from __future__ import annotations
@@ -55,18 +69,28 @@ import compare  # noqa: E402
 from compare import FILTER, UDF_BATCH_SIZE  # noqa: E402
 
 
-def make_workload(workdir: str, gb: float, rows: int) -> dict:
-    """Child process: the model as .keras and ``rows`` rows of ``id``, ``tokens`` and ``country`` as parquet."""
+def make_workload(workdir: str, shape: str, gb: float, rows: int) -> dict:
+    """Child process: the model as .keras and ``rows`` rows of its inputs, ``id`` and ``country`` as parquet."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    spec = argparse.Namespace(model="big", hand_off=False, gb=gb, rows=rows)
-    inputs = datasets.make_inputs(spec, Path(workdir))
-    table = pq.read_table(inputs["data"])
-    os.remove(inputs["data"])
+    if shape == "seed":
+        from make_big_model import vocab_for, write_seed_keras
+        from make_example import make_table
+
+        vocab = vocab_for(gb)
+        model = os.path.join(workdir, "seed.keras")
+        np.savez(os.path.join(workdir, "seed_dense.npz"), **write_seed_keras(model, vocab))
+        inputs = {"model": model, "kind": "seed", "outputs": ["click", "topics"]}
+        table = make_table(rows, vocab)
+    else:
+        spec = argparse.Namespace(model="big", hand_off=False, gb=gb, rows=rows)
+        inputs = datasets.make_inputs(spec, Path(workdir))
+        table = pq.read_table(inputs["data"])
+        os.remove(inputs["data"])
     country = pa.array(np.array(["us", "de", "fr", "jp"])[np.arange(rows) % 4])
-    inputs["data"] = os.path.join(workdir, "tokens.parquet")  # row groups: local[N] gets N splits
+    inputs["data"] = os.path.join(workdir, "rows.parquet")  # row groups: local[N] gets N splits
     pq.write_table(table.append_column("country", country), inputs["data"], row_group_size=e2e.ROW_GROUP_SIZE)
     return inputs
 
@@ -78,8 +102,18 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
     from make_big_model import SEQ_LEN
 
     spark, startup = compare.spark_session(cores, "big-udf", batch_size)
-    model_path, seq_len = inputs["model"], SEQ_LEN
+    model_path, seq_len, seed = inputs["model"], SEQ_LEN, inputs["kind"] == "seed"
+    columns = ["id", "tokens"] if not seed else None
+    schema = "id long, click float, topics array<float>" if seed else "id long, score float"
     out = os.path.join(workdir, "udf.parquet")
+    features_of = None
+    if seed:
+        import make_example
+        from pyspark import cloudpickle
+
+        # The Python workers have no examples/ on their path: the example's own converter travels by value.
+        cloudpickle.register_pickle_by_value(make_example)
+        features_of = make_example.features_of
 
     def score(batches):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -92,6 +126,19 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
         model = loaded[model_path]
         for batch in batches:
             n = batch.num_rows
+            if seed:
+                predicted = model.predict_on_batch(features_of(pa.Table.from_batches([batch])))
+                topics = np.asarray(predicted["topics"], np.float32)
+                offsets = pa.array(np.arange(0, (n + 1) * topics.shape[1], topics.shape[1], dtype=np.int32))
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        batch.column("id"),
+                        pa.array(np.asarray(predicted["click"], np.float32).reshape(n)),
+                        pa.ListArray.from_arrays(offsets, pa.array(topics.reshape(-1))),
+                    ],
+                    names=["id", "click", "topics"],
+                )
+                continue
             tokens = batch.column("tokens").flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
             predicted = model.predict_on_batch(tokens.reshape(n, seq_len))
             value = predicted["score"] if isinstance(predicted, dict) else predicted
@@ -102,7 +149,8 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
     holders = datasets.PeakPss("python")  # the Spark Python workers: this process's only python descendants
     t0 = time.perf_counter()
     df = spark.read.parquet(inputs["data"]).where(FILTER)
-    df.select("id", "tokens").mapInArrow(score, "id long, score float").write.mode("overwrite").parquet(out)
+    df = df.select(*columns) if columns else df.drop("country")
+    df.mapInArrow(score, schema).write.mode("overwrite").parquet(out)
     seconds = time.perf_counter() - t0
     peak = holders.stop()
     rows = spark.read.parquet(out).count()
@@ -115,7 +163,7 @@ def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str)
     import rayscore
     from rayscore._pool import _pools  # the session's pools: their actors' load times
 
-    out = os.path.join(workdir, "rayscore.parquet")
+    out = os.path.join(workdir, f"rayscore-{batch_size}.parquet")
     t0 = time.perf_counter()
     with rayscore.session(max_actors=actors) as s:
         startup = time.perf_counter() - t0
@@ -138,30 +186,44 @@ def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str)
 def check(inputs: dict, results: dict[str, dict], sample: int) -> tuple[float, list[str]]:
     """The worst difference found, and one line per comparison: the ways by ``id``, each against the formula."""
     import numpy as np
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from make_big_model import SEQ_LEN, expected_scores
+    from make_big_model import SEQ_LEN, expected_scores, seed_expected
+    from make_example import features_of
 
-    (first, a), (second, b) = results.items()
-    rows, worst = datasets.compare(a["out"], b["out"], ["score"])
-    lines = [f"{first} vs {second}: {rows:,} rows compared by id, max abs diff {worst:.1e}"]
-    tokens = pq.read_table(inputs["data"], columns=["id", "tokens"]).sort_by("id").slice(0, sample)
-    ids = tokens.column("id").to_numpy()
-    expected = expected_scores(pc.list_flatten(tokens.column("tokens")).to_numpy().reshape(-1, SEQ_LEN))
+    (first, a), *others = results.items()
+    worst, lines = 0.0, []
+    for second, b in others:
+        rows, diff = datasets.compare(a["out"], b["out"], inputs["outputs"])
+        lines.append(f"{first} vs {second}: {rows:,} rows compared by id, max abs diff {diff:.1e}")
+        worst = max(worst, diff)
+    table = pq.read_table(inputs["data"]).sort_by("id").slice(0, sample)
+    ids = table.column("id").to_numpy()
+    if inputs["kind"] == "seed":
+        dense = dict(np.load(os.path.join(os.path.dirname(inputs["model"]), "seed_dense.npz")))
+        expected = seed_expected(features_of(table), dense)
+    else:
+        tokens = table.column("tokens").combine_chunks().flatten().to_numpy()
+        expected = {"score": expected_scores(tokens.reshape(-1, SEQ_LEN))}
     for name, r in results.items():
         got = pq.read_table(r["out"]).sort_by("id").slice(0, sample)
         if not np.array_equal(got.column("id").to_numpy(), ids):
-            lines.append(f"{name} vs expected_scores: the first {sample:,} ids differ")
+            lines.append(f"{name} vs the formula: the first {sample:,} ids differ")
             worst = float("inf")
             continue
-        diff = float(np.max(np.abs(got.column("score").to_numpy().astype(np.float64) - expected)))
-        lines.append(f"{name} vs expected_scores: {len(ids):,} rows compared, max abs diff {diff:.1e}")
+        diff = 0.0
+        for output, want in expected.items():
+            values = np.stack(got.column(output).to_numpy(zero_copy_only=False)).astype(np.float64)
+            diff = max(diff, float(np.max(np.abs(values.reshape(want.shape) - want))))
+        lines.append(f"{name} vs the formula: {len(ids):,} rows compared, max abs diff {diff:.1e}")
         worst = max(worst, diff)
     return worst, lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", choices=["big", "seed"], default="big", help="big: tokens → score; seed: the example's shape"
+    )
     parser.add_argument("--gb", type=float, default=2.0, help="the embedding table's size in GB (1e9 bytes)")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--actors", type=int, default=2, help="rayscore's actors (default 2)")
@@ -170,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size", type=int, default=UDF_BATCH_SIZE, help="the UDF's rows per Arrow batch and model call"
     )
     parser.add_argument(
-        "--rayscore-batch-size", type=e2e.batch_arg, default="auto", help="rayscore's predict.batch_size (default auto)"
+        "--rayscore-batch-size",
+        type=e2e.batch_arg,
+        nargs="+",
+        default=["auto"],
+        help="rayscore's predict.batch_size, one way for each (default auto)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds of the two ways (default 1)")
     parser.add_argument("--check-rows", type=int, default=2000, help="rows checked against the formula")
@@ -178,19 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     udf = f"UDF local[{args.udf_cores}]"
     api = f"rayscore.predict ({args.actors} actors)"
+    apis: dict[str, int | str] = {}  # rayscore's ways: one per batch size
+    for batch in args.rayscore_batch_size:
+        label = "auto" if batch == "auto" else f"batch {batch:,}"
+        apis[api if len(args.rayscore_batch_size) == 1 else f"{api}, {label}"] = batch
     with e2e.workdir_of(args) as workdir:
-        print(f"making the model ({args.gb} GB table) and {args.rows:,} rows in {workdir} ...", flush=True)
-        inputs = e2e._in_child(make_workload, workdir, args.gb, args.rows)
+        print(f"making the {args.model} model ({args.gb} GB table) and {args.rows:,} rows in {workdir} ...", flush=True)
+        inputs = e2e._in_child(make_workload, workdir, args.model, args.gb, args.rows)
         steps = {
             udf: (run_udf, args.udf_cores, args.batch_size),
-            api: (run_rayscore, args.actors, args.rayscore_batch_size),
+            **{name: (run_rayscore, args.actors, batch) for name, batch in apis.items()},
         }
         results: dict[str, dict] = {}
         rounds: dict[str, list[dict]] = {name: [] for name in steps}
         for round_ in range(1, args.repeat + 1):
             for step, (name, (fn, n, batch)) in enumerate(steps.items(), start=1):
                 where = f"round {round_}/{args.repeat}, " if args.repeat > 1 else ""
-                print(f"{where}{step}/2 {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True)
+                print(f"{where}{step}/{len(steps)} {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True)
                 try:
                     with e2e.PeakMemory(0.5, pss=True) as tree:
                         got = e2e._in_child(fn, inputs, workdir, n, batch)
@@ -208,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         worst, lines = check(inputs, results, args.check_rows)
         size = os.path.getsize(inputs["model"])
-        rayscore_batch = e2e.batch_label(inputs["model"], args.rayscore_batch_size)
+        rayscore_batch = ", ".join(e2e.batch_label(inputs["model"], b) for b in args.rayscore_batch_size)
     print()
     print(
         f"# {args.rows:,} rows, filter {FILTER!r}; model {Path(inputs['model']).name} {size / 2**30:.2f} GiB; "
@@ -232,14 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         "the model (the UDF's Spark Python workers, rayscore's ray::Predictor actors); tree: of every process of "
         "the run (this script, the child, Spark's JVMs, Ray); both the peak over the rounds"
     )
-    ratios = [a / b for a, b in zip(rates[api], rates[udf])]
-    memory = results[api]["holders_pss"] / max(results[udf]["holders_pss"], 1)
-    print(
-        f"rayscore.predict / {udf}: {statistics.median(ratios):.2f}x rows/s (min {min(ratios):.2f}x, max "
-        f"{max(ratios):.2f}x; target >= 3), {memory:.2f}x memory (target <= 0.3)"
-    )
-    for got in rounds[api]:
-        print(f"{api}: {got['detail']}")
+    for name in apis:
+        ratios = [a / b for a, b in zip(rates[name], rates[udf])]
+        memory = results[name]["holders_pss"] / max(results[udf]["holders_pss"], 1)
+        print(
+            f"{name} / {udf}: {statistics.median(ratios):.2f}x rows/s (min {min(ratios):.2f}x, max "
+            f"{max(ratios):.2f}x; target >= 3), {memory:.2f}x memory (target <= 0.3)"
+        )
+    for name in apis:
+        for got in rounds[name]:
+            print(f"{name}: {got['detail']}")
     print("\n".join(lines))
     complete = all(r["rows"] == args.rows for runs in rounds.values() for r in runs)
     if not complete:

@@ -75,38 +75,43 @@ def _small_model(dim: int):  # -> keras.Model
     return keras.Model(tokens, {"score": score})
 
 
-def _write_weights(fh, table_key: str, kernel_key: str, bias_key: str, vocab: int, dim: int) -> None:
-    """Replace the small model's table in an open HDF5 file by a ``vocab``-row one, in slices; set the dense layer."""
+def _write_table(fh, table_key: str, vocab: int, dim: int) -> None:
+    """Replace the small model's table in an open HDF5 file by a ``vocab``-row one, in slices."""
     del fh[table_key]
     table = fh.create_dataset(table_key, (vocab, dim), "float32")
     for start in range(0, vocab, SLICE_ROWS):
         stop = min(vocab, start + SLICE_ROWS)
         table[start:stop] = embedding_rows(start, stop, dim)
+
+
+def _write_weights(fh, table_key: str, kernel_key: str, bias_key: str, vocab: int, dim: int) -> None:
+    """The table as :func:`_write_table`, and the dense layer's weights from :func:`dense_weights`."""
+    _write_table(fh, table_key, vocab, dim)
     kernel, bias = dense_weights(dim)
     fh[kernel_key][...] = kernel
     fh[bias_key][...] = bias
 
 
-def write_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
-    """A ``.keras`` archive of the model with a ``vocab``-row table, written slice by slice."""
+def _keras_archive(path: str | os.PathLike[str], small, embedding: str, vocab: int, fill) -> Path:
+    """``small`` saved as ``.keras`` at ``path``, its layer ``embedding`` grown to ``vocab`` rows by ``fill(fh)``."""
     import h5py
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    small = path.with_name(path.stem + ".small.keras")
-    _small_model(dim).save(small)
-    with zipfile.ZipFile(small) as archive:
+    scratch = path.with_name(path.stem + ".small.keras")
+    small.save(scratch)
+    with zipfile.ZipFile(scratch) as archive:
         config = json.loads(archive.read("config.json"))
         metadata = archive.read("metadata.json")
         weights = archive.read("model.weights.h5")
-    small.unlink()
+    scratch.unlink()
     for layer in config["config"]["layers"]:
-        if layer["config"]["name"] == "embedding":
+        if layer["config"]["name"] == embedding:
             layer["config"]["input_dim"] = vocab
     scratch = path.with_name(path.name + ".weights.h5")
     scratch.write_bytes(weights)
     with h5py.File(scratch, "a") as fh:
-        _write_weights(fh, "layers/embedding/vars/0", "layers/dense/vars/0", "layers/dense/vars/1", vocab, dim)
+        fill(fh)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         archive.writestr("metadata.json", metadata)
         archive.writestr("config.json", json.dumps(config))
@@ -114,6 +119,57 @@ def write_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Pat
             shutil.copyfileobj(src, dst, 16 << 20)
     scratch.unlink()
     return path
+
+
+def write_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:
+    """A ``.keras`` archive of the model with a ``vocab``-row table, written slice by slice."""
+    keys = "layers/embedding/vars/0", "layers/dense/vars/0", "layers/dense/vars/1"
+    return _keras_archive(path, _small_model(dim), "embedding", vocab, lambda fh: _write_weights(fh, *keys, vocab, dim))
+
+
+def write_seed_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> dict[str, np.ndarray]:
+    """The example's model, its shared table ``vocab`` rows of :func:`embedding_rows`, as ``.keras``.
+
+    ``make_example.build_model``'s shape: four title columns sharing one
+    table, an hour-of-week matrix, a price, outputs ``click`` and ``topics``.
+    The table is written slice by slice; the dense layers keep the seeded
+    weights Keras gave them, returned for :func:`seed_expected`.
+    """
+    from make_example import build_model
+
+    small = build_model(vocab=16, dim=dim)
+    hidden = next(x for x in small.layers if type(x).__name__ == "Dense" and x.name not in ("click", "topics"))
+    dense = {}
+    for name, layer in (("dense", hidden), ("click", small.get_layer("click")), ("topics", small.get_layer("topics"))):
+        dense[f"{name}_kernel"], dense[f"{name}_bias"] = layer.get_weights()
+    # Keras stores a layer's weights under its class's snake-case name, not the layer's own.
+    fill = lambda fh: _write_table(fh, "layers/embedding/vars/0", vocab, dim)  # noqa: E731
+    _keras_archive(path, small, "title_embedding", vocab, fill)
+    return dense
+
+
+def seed_expected(feeds: dict[str, np.ndarray], dense: dict[str, np.ndarray], dim: int = DIM) -> dict:
+    """:func:`write_seed_keras`'s ``click`` and ``topics`` for ``feeds``, in float64, without Keras.
+
+    ``feeds`` as ``make_example.features_of`` gives them; ``dense`` as
+    :func:`write_seed_keras` returned it. The table's rows come from its
+    formula, token by token.
+    """
+    from make_example import TITLES
+
+    j = np.arange(dim, dtype=np.float64) * 0.37
+    pooled = []
+    for i in range(TITLES):
+        tokens = feeds[f"title_{i}"].astype(np.float64)
+        rows = np.sin(tokens[..., None] * 1e-3 + j).astype(np.float32)  # embedding_rows' formula
+        pooled.append(rows.mean(axis=1, dtype=np.float64))
+    n = len(feeds["price"])
+    x = np.concatenate([*pooled, feeds["hour_of_week"].reshape(n, -1), feeds["price"].reshape(n, 1)], axis=1)
+    hidden = np.maximum(x @ dense["dense_kernel"] + dense["dense_bias"], 0.0)
+    click = 1.0 / (1.0 + np.exp(-(hidden @ dense["click_kernel"] + dense["click_bias"])))
+    logits = hidden @ dense["topics_kernel"] + dense["topics_bias"]
+    topics = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return {"click": click[:, 0], "topics": topics / topics.sum(axis=1, keepdims=True)}
 
 
 def write_h5(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -> Path:

@@ -36,6 +36,7 @@ from ._errors import ModelError, first_line
 from ._savedmodel import SavedModelLoader
 from ._spec import LoadedModel, Loader, ModelSpec, TensorSpec
 from ._storage import local_dir
+from ._tables import lookup_row_bytes
 
 __all__ = [
     "TensorSpec",
@@ -264,7 +265,7 @@ class KerasLoader(_KerasFamily):
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"model {path} cannot be read: {exc}") from None
         inputs, outputs = _keras_tensor_specs(config)
-        return ModelSpec(inputs, outputs, self.name)
+        return ModelSpec(inputs, outputs, self.name, lookup_row_bytes(config))
 
 
 def _is_hdf5(path: str) -> bool:
@@ -297,7 +298,7 @@ class H5Loader(_KerasFamily):
             raise ModelError(f"model {path} is an HDF5 file without a model config (weights only?)")
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         inputs, outputs = _keras_tensor_specs(config)
-        return ModelSpec(inputs, outputs, self.name)
+        return ModelSpec(inputs, outputs, self.name, lookup_row_bytes(config))
 
 
 # --------------------------------------------------------------------------- registry

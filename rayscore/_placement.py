@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MEMORY_FACTORS",
     "FALLBACK_MEMORY_FACTOR",
     "BATCH_MEMORY_FACTOR",
+    "LOOKUP_MEMORY_FACTOR",
     "ACTOR_PROCESS_BYTES",
     "TABLE_SHARE",
     "nodes_from_ray",
@@ -84,6 +85,13 @@ TABLE_SHARE = 0.5
 # 16,384 rows a call instead of 1,024 grew an actor's peak RSS by 0.20 GiB for 14.7 MiB more tensors
 # a call, 13.6x. Four buffers, the figure before calls of 16 MiB, left the ask ~0.3 GiB short.
 BATCH_MEMORY_FACTOR = 16
+# And a multiple of one call's embedding lookups (ModelSpec.lookup_row_bytes times its rows), which
+# the factor above saw only as far as the example's narrow (16-wide) table made them. Measured on the
+# example's shape with a 2 GB, 64-wide table (20,480 bytes of lookups a row against 996 of inputs;
+# `python bench/compare_big.py --model seed --rayscore-batch-size auto 16384 --repeat 3` and a sweep,
+# bench/RESULTS.md): 16,384 rows a call instead of 4,096 grew the two actors' summed PSS by
+# 0.49-0.59 GiB, about 1.1-1.3x the 240 MiB more of lookups a call; 2x leaves the allocator its slack.
+LOOKUP_MEMORY_FACTOR = 2
 
 _EPS = 1e-9
 
@@ -188,27 +196,32 @@ def row_bytes(spec: Any) -> int | None:
     return batch_bytes(spec, 1)
 
 
-def actor_memory(model_bytes: int, *, memory_factor: float, batch_bytes: int, process_bytes: int = 0) -> int:
+def actor_memory(
+    model_bytes: int, *, memory_factor: float, batch_bytes: int, process_bytes: int = 0, lookup_bytes: int = 0
+) -> int:
     """Bytes of Ray ``memory`` one predictor actor asks for.
 
-    ``ceil(process_bytes + model_bytes * memory_factor + BATCH_MEMORY_FACTOR * batch_bytes)``:
+    ``ceil(process_bytes + model_bytes * memory_factor + BATCH_MEMORY_FACTOR * batch_bytes
+    + LOOKUP_MEMORY_FACTOR * lookup_bytes)``:
     the process before its model (:data:`ACTOR_PROCESS_BYTES` for a real
     pool), the model's copies while it is read, built and run
     (``memory_factor`` times its size on disk, measured per loader), plus the
     memory its model calls take, a measured multiple of one call's tensors
-    (:data:`BATCH_MEMORY_FACTOR`).
+    (:data:`BATCH_MEMORY_FACTOR`) and of its embedding lookups' outputs
+    (:data:`LOOKUP_MEMORY_FACTOR`).
 
     >>> actor_memory(4 * 2**30, memory_factor=1.5, batch_bytes=0) == 6 * 2**30
     True
     """
-    if model_bytes < 0 or batch_bytes < 0 or process_bytes < 0:
+    if model_bytes < 0 or batch_bytes < 0 or process_bytes < 0 or lookup_bytes < 0:
         raise ValueError(
             f"sizes must be >= 0, got model_bytes={model_bytes}, batch_bytes={batch_bytes}, "
-            f"process_bytes={process_bytes}"
+            f"process_bytes={process_bytes}, lookup_bytes={lookup_bytes}"
         )
     if memory_factor <= 0:
         raise ValueError(f"memory_factor must be > 0, got {memory_factor}")
-    return math.ceil(process_bytes + model_bytes * memory_factor + BATCH_MEMORY_FACTOR * batch_bytes)
+    batches = BATCH_MEMORY_FACTOR * batch_bytes + LOOKUP_MEMORY_FACTOR * lookup_bytes
+    return math.ceil(process_bytes + model_bytes * memory_factor + batches)
 
 
 # --------------------------------------------------------------------------- planning
@@ -253,6 +266,7 @@ def plan_pool(
     spark_memory: int = 0,
     process_bytes: int = 0,
     shared_bytes: int = 0,
+    lookup_bytes: int = 0,
 ) -> PoolPlan:
     """Size the predictor pool from the model and the cluster's nodes.
 
@@ -263,6 +277,8 @@ def plan_pool(
     none). Fractional ``gpus_per_actor`` shares one GPU: 0.5 is two per GPU.
     ``model_bytes`` is what each actor holds itself; ``shared_bytes`` (mapped
     tables) count once per node, up to :data:`TABLE_SHARE` of its free memory.
+    ``batch_bytes`` and ``lookup_bytes`` are one call's tensors and embedding
+    lookups' outputs.
 
     Spark's executors (``spark_cpus`` CPUs, ``spark_memory`` bytes) are Ray
     actors that hold their share for the whole job, on nodes rayscore cannot
@@ -278,7 +294,13 @@ def plan_pool(
     * A model whose one actor fits on no node is a :class:`ConfigError` saying
       how much one actor needs and how much the largest node has.
     """
-    mem = actor_memory(model_bytes, memory_factor=memory_factor, batch_bytes=batch_bytes, process_bytes=process_bytes)
+    mem = actor_memory(
+        model_bytes,
+        memory_factor=memory_factor,
+        batch_bytes=batch_bytes,
+        process_bytes=process_bytes,
+        lookup_bytes=lookup_bytes,
+    )
     ids = [n.node_id for n in nodes]
     order = [n.node_id for n in sorted(nodes, key=lambda n: (n.memory, n.cpus), reverse=True)]
     free_cpu = {n.node_id: float(n.cpus) for n in nodes}
@@ -295,7 +317,7 @@ def plan_pool(
     per_node = {i: int(min(cpu_slots[i], gpu_slots[i], mem_slots[i])) for i in ids}
     capacity = sum(per_node.values())
 
-    need = _need_text(model_bytes, memory_factor, batch_bytes, process_bytes)
+    need = _need_text(model_bytes, memory_factor, batch_bytes, process_bytes, lookup_bytes)
     if shared_bytes:
         need += f"; mapped tables {format_bytes(shared_bytes)} once per node"
     spark = f" besides Spark's {_num(spark_cpus)}" if spark_cpus else ""
@@ -345,10 +367,10 @@ def plan_pool(
     return PoolPlan(actors.min, min(actors.max, capacity), mem, per_node)
 
 
-def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process_bytes: int) -> str:
+def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process_bytes: int, lookup_bytes: int) -> str:
     text = f"model {format_bytes(model_bytes)} x {memory_factor:g}"
-    if batch_bytes:
-        text += f" + batches {format_bytes(BATCH_MEMORY_FACTOR * batch_bytes)}"
+    if batch_bytes or lookup_bytes:
+        text += f" + batches {format_bytes(BATCH_MEMORY_FACTOR * batch_bytes + LOOKUP_MEMORY_FACTOR * lookup_bytes)}"
     if process_bytes:
         text += f" + process {format_bytes(process_bytes)}"
     return text

@@ -107,13 +107,14 @@ def inspect_model(model: ModelConfig) -> tuple[ModelRef, ModelSpec]:
 
 
 def sized(predict: PredictConfig, spec: ModelSpec) -> PredictConfig:
-    """``predict`` with ``batch_size: auto`` made a number of rows from the model's row bytes (:func:`auto_batch_rows`).
+    """``predict`` with ``batch_size: auto`` made a number of rows from the model's row bytes and lookups
+    (:func:`auto_batch_rows`).
 
     Done once per job, as soon as the model's file has been read.
     """
     if predict.batch_size != "auto":
         return predict
-    return predict.model_copy(update={"batch_size": auto_batch_rows(row_bytes(spec))})
+    return predict.model_copy(update={"batch_size": auto_batch_rows(row_bytes(spec), spec.lookup_row_bytes)})
 
 
 def _scan_tables(path: str, fmt: str, min_bytes: int) -> list[Table]:

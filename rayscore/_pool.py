@@ -67,6 +67,7 @@ def check_pool(
         shared_bytes=shared,
         memory_factor=memory_factor_for(model.loader, predict.memory_factor),
         batch_bytes=batch_bytes(spec, predict.batch_size),
+        lookup_bytes=spec.lookup_row_bytes * predict.batch_size,
         cpus_per_actor=predict.cpus_per_actor,
         gpus_per_actor=predict.gpus_per_actor,
         spark_cpus=spark_cpus,

@@ -38,11 +38,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The named inputs and outputs of a model, in the model's own order."""
+    """The named inputs and outputs of a model, in the model's own order.
+
+    ``lookup_row_bytes``: what one row's embedding lookups make in a call
+    (:func:`rayscore._tables.lookup_row_bytes`), 0 where the format or the
+    file does not tell; it sizes ``batch_size: auto`` and an actor's memory.
+    """
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     format: str = ""
+    lookup_row_bytes: int = 0
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)

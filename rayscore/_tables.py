@@ -38,7 +38,16 @@ import numpy as np
 from ._archive import WEIGHTS_MEMBER, ArchiveMember, member_range
 from ._placement import TABLE_SHARE
 
-__all__ = ["DEFAULT_MIN_BYTES", "Table", "scan", "mapped_config", "mapping_source", "custom_objects", "resident"]
+__all__ = [
+    "DEFAULT_MIN_BYTES",
+    "Table",
+    "scan",
+    "lookup_row_bytes",
+    "mapped_config",
+    "mapping_source",
+    "custom_objects",
+    "resident",
+]
 
 DEFAULT_MIN_BYTES = 256 << 20
 
@@ -112,6 +121,73 @@ def _plain_embedding(layer: Mapping[str, Any], depth: int, fmt: str) -> tuple[st
     elif fmt == "h5" and depth > 0:
         why = "it is inside a nested model of a .h5 file"
     return str(cfg.get("name", layer.get("name", ""))), nbytes, why
+
+
+def lookup_row_bytes(config: Mapping[str, Any]) -> int:
+    """Bytes one row's embedding lookups make in a model call, from the model's config alone.
+
+    Each call of an ``Embedding`` layer turns a row's ids into ids x
+    ``output_dim`` values: a 20-token title through a 64-wide table makes
+    5 KiB a row from 80 bytes of ids. Those outputs, not the ids, are most
+    of a call's memory in a recommendation model, and the batch size and an
+    actor's memory ask count them (:func:`rayscore._sizing.auto_batch_rows`,
+    :func:`rayscore._placement.actor_memory`). A ``.keras`` config states each
+    call's input shape; a legacy one names the input layer it reads, whose
+    shape is taken; a call whose ids' count the config does not state (an
+    open sequence, an input made by another layer) counts nothing.
+
+    >>> ids = {"class_name": "__keras_tensor__", "config": {"shape": [None, 20]}}
+    >>> emb = {"class_name": "Embedding", "config": {"output_dim": 64}, "inbound_nodes": [{"args": [ids]}] * 4}
+    >>> lookup_row_bytes({"class_name": "Functional", "config": {"layers": [emb]}})
+    20480
+    """
+    body = config.get("config") if isinstance(config, Mapping) else None
+    if not isinstance(body, Mapping) or not isinstance(body.get("layers"), list):
+        return 0
+    layers = body["layers"]
+    shapes = {
+        str(layer.get("config", {}).get("name", layer.get("name"))): _input_shape(layer.get("config", {}))
+        for layer in layers
+        if layer.get("class_name") == "InputLayer"
+    }
+    total = 0
+    for i, layer in enumerate(layers):
+        if layer.get("class_name") == "Embedding":
+            cfg = layer.get("config", {})
+            width = int(cfg.get("output_dim") or 0) * _itemsize(cfg.get("dtype"))
+            calls = [_ids_per_row(node, shapes) for node in layer.get("inbound_nodes") or []]
+            if (
+                not calls
+                and config.get("class_name") == "Sequential"
+                and all(x.get("class_name") == "InputLayer" for x in layers[:i])
+            ):  # a Sequential's first layer: its input is the model's
+                first = layers[0].get("config", {}) if i else cfg
+                calls = [_count(_input_shape(first) or body.get("build_input_shape"))]
+            total += sum(width * ids for ids in calls if ids)
+        total += lookup_row_bytes(layer)  # a nested model's own lookups
+    return total
+
+
+def _input_shape(cfg: Mapping[str, Any]) -> Any:
+    return cfg.get("batch_shape") or cfg.get("batch_input_shape")
+
+
+def _count(shape: Any) -> int | None:
+    """Values per row of a batch shape (its first dimension the batch), or None when one is open."""
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    return int(np.prod(shape[1:], dtype=np.int64))
+
+
+def _ids_per_row(node: Any, shapes: Mapping[str, Any]) -> int | None:
+    """Ids per row that one call of a layer takes: its input's shape in a ``.keras`` node, else its input layer's."""
+    if isinstance(node, Mapping):  # Keras 3: {"args": [{"class_name": "__keras_tensor__", "config": {"shape": ...}}]}
+        args = node.get("args") or [None]
+        first = args[0] if isinstance(args[0], Mapping) else {}
+        return _count(first.get("config", {}).get("shape"))
+    if isinstance(node, list) and node and isinstance(node[0], list) and node[0]:  # legacy: [[layer, node, tensor, {}]]
+        return _count(shapes.get(str(node[0][0])))
+    return None
 
 
 def _read_config(path: str, fmt: str) -> dict[str, Any]:

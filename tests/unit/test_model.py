@@ -43,6 +43,29 @@ def test_inspect_example_model(model_files, fmt: str, loader_cls) -> None:
     assert spec.output_names == ("click", "topics")
     assert spec.input("hour_of_week") == TensorSpec("hour_of_week", (24, 7), "float32")
     assert [t.size for t in spec.inputs] == [20, 20, 20, 20, 168, 1]
+    assert spec.lookup_row_bytes == 4 * 20 * 4 * 4  # 4 titles of 20 ids through the shared 4-wide table
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_inspect_counts_each_embedding_call_from_the_config(tmp_path: Path, suffix: str) -> None:
+    import warnings
+
+    import keras
+
+    a, b = keras.Input((7,), dtype="int32", name="a"), keras.Input((3, 2), dtype="int32", name="b")
+    shared, other = keras.layers.Embedding(10, 8), keras.layers.Embedding(5, 16, dtype="float16")
+    open_seq = keras.Input((None,), dtype="int32", name="open")
+    pooled = [keras.layers.Flatten()(shared(a)), keras.layers.Flatten()(shared(b)), keras.layers.Flatten()(other(b))]
+    pooled.append(keras.layers.GlobalAveragePooling1D()(shared(open_seq)))  # an open sequence: not counted
+    model = keras.Model([a, b, open_seq], keras.layers.Dense(1, name="p")(keras.layers.Concatenate()(pooled)))
+    sequential = keras.Sequential([keras.Input((7,), dtype="int32"), keras.layers.Embedding(10, 8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras calls .h5 legacy
+        model.save(tmp_path / f"m{suffix}")
+        sequential.save(tmp_path / f"s{suffix}")
+    loader = KerasLoader() if suffix == ".keras" else H5Loader()
+    assert loader.inspect(str(tmp_path / f"m{suffix}")).lookup_row_bytes == 7 * 8 * 4 + 6 * 8 * 4 + 6 * 16 * 2
+    assert loader.inspect(str(tmp_path / f"s{suffix}")).lookup_row_bytes == 7 * 8 * 4
 
 
 def test_inspect_does_not_need_keras_weights(model_files, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from rayscore._placement import (
     BATCH_MEMORY_FACTOR,
     DEFAULT_MEMORY_FACTORS,
     FALLBACK_MEMORY_FACTOR,
+    LOOKUP_MEMORY_FACTOR,
     NodeShape,
     PoolPlan,
     actor_memory,
@@ -68,6 +69,10 @@ def test_actor_memory_formula() -> None:
     assert actor_memory(4 * GiB, memory_factor=1.5, batch_bytes=8 * MiB) == 6 * GiB + BATCH_MEMORY_FACTOR * 8 * MiB
     assert BATCH_MEMORY_FACTOR == 16
     assert actor_memory(0, memory_factor=2.0, batch_bytes=0) == 0
+    lookups = actor_memory(0, memory_factor=1.0, batch_bytes=MiB, lookup_bytes=80 * MiB)
+    assert lookups == BATCH_MEMORY_FACTOR * MiB + LOOKUP_MEMORY_FACTOR * 80 * MiB
+    with pytest.raises(ValueError, match="lookup_bytes=-1"):
+        actor_memory(1, memory_factor=1.0, batch_bytes=0, lookup_bytes=-1)
 
 
 def test_actor_memory_counts_the_process_before_the_model() -> None:

@@ -7,6 +7,7 @@ import pytest
 from rayscore._sizing import (
     AUTO_BATCH_BYTES,
     AUTO_BATCH_ROWS,
+    AUTO_LOOKUP_BYTES,
     UNKNOWN_ROW_BATCH_ROWS,
     auto_batch_rows,
     local_ray_cpus,
@@ -17,7 +18,23 @@ from rayscore._sizing import (
 
 def test_auto_batch_rows_of_the_example_model() -> None:
     # examples/models/ctr.keras: 4 x int32[20] + float32[24, 7] + float32 in, two outputs of unstated shape
-    assert auto_batch_rows(4 * 20 * 4 + 24 * 7 * 4 + 4 + 4 + 4) == 16_384
+    row = 4 * 20 * 4 + 24 * 7 * 4 + 4 + 4 + 4
+    assert auto_batch_rows(row) == 16_384
+    # Its lookups: 4 titles x 20 ids x a 16-wide float32 table. The same with a 64-wide one (compare_big's seed).
+    assert auto_batch_rows(row, lookup_bytes=4 * 20 * 16 * 4) == 16_384
+    assert auto_batch_rows(row, lookup_bytes=4 * 20 * 64 * 4) == 4096
+
+
+@pytest.mark.parametrize("lookup_bytes", [1, 100, 8192, 8193, 20_480, 10**6, 10**9])
+def test_auto_batch_rows_keeps_a_calls_lookups_within_their_bytes(lookup_bytes: int) -> None:
+    rows = auto_batch_rows(4, lookup_bytes=lookup_bytes)
+    low, high = AUTO_BATCH_ROWS
+    assert low <= rows <= high and rows & (rows - 1) == 0
+    if rows > low:
+        assert rows * lookup_bytes <= AUTO_LOOKUP_BYTES
+    if rows < high:
+        assert 2 * rows * lookup_bytes > AUTO_LOOKUP_BYTES
+    assert auto_batch_rows(4, lookup_bytes=0) == high  # no lookups: the tensors' bound alone
 
 
 @pytest.mark.parametrize("row_bytes", [1, 7, 100, 1000, 1023, 1024, 1025, 5000, 40_000, 262_144, 10**7])
@@ -87,3 +104,5 @@ def test_sized_makes_auto_a_number_once_the_model_is_read() -> None:
     assert sized(PredictConfig(batch_size=300), spec).batch_size == 300
     open_spec = ModelSpec(inputs=(TensorSpec("ids", (None,), "int32"),), outputs=())
     assert sized(PredictConfig(), open_spec).batch_size == 1024
+    titles = ModelSpec(inputs=(TensorSpec("t", (20,), "int32"),), outputs=(), lookup_row_bytes=20 * 256 * 4)
+    assert sized(PredictConfig(), titles).batch_size == 4096  # 80 bytes of ids, 20 KiB of lookups a row

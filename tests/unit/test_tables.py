@@ -262,3 +262,25 @@ def test_placement_counts_a_mapped_table_once_per_node():
 def test_a_pool_that_does_not_fit_names_the_mapped_tables():
     with pytest.raises(ConfigError, match=r"mapped tables 4\.2 GiB once per node"):
         _plan(int(4.5e9), model=30 * GiB, actors="auto")
+
+
+def test_the_big_benchs_grown_seed_model_predicts_its_formula_in_keras_and_mapped(tmp_path):
+    """``bench/compare_big.py --model seed`` checks both ways against ``seed_expected``: that formula is Keras's."""
+    import keras  # noqa: PLC0415
+    from make_big_model import seed_expected, write_seed_keras  # noqa: PLC0415
+
+    make_example = example_module()
+    path = tmp_path / "seed.keras"
+    vocab = 3000
+    dense = write_seed_keras(path, vocab)
+    table = make_example.make_table(64, vocab=vocab, seed=3)
+    feeds = make_example.features_of(table)
+    assert max(int(feeds[f"title_{i}"].max()) for i in range(4)) > vocab - 100  # rows from the whole table
+    want = seed_expected(feeds, dense)
+    loaded = LOADERS["keras"].load(str(path), mmap_min_bytes=vocab * 64 * 4)
+    assert _mapped(loaded) == ["title_embedding"]
+    theirs = keras.saving.load_model(path, compile=False).predict(feeds, verbose=0)
+    for got in (theirs, loaded.predict(feeds)):
+        for name in ("click", "topics"):
+            np.testing.assert_allclose(np.asarray(got[name]).reshape(want[name].shape), want[name], atol=1e-5, rtol=0)
+    assert np.ptp(want["click"]) > 0.01  # the answers vary with the rows
