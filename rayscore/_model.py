@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 import zipfile
@@ -121,6 +122,35 @@ def _import_keras() -> Any:
     import keras  # noqa: PLC0415 - heavy, only inside actors
 
     return keras
+
+
+# Packages `import keras` imports whenever they are installed, for what a scoring actor never does:
+# its scikit-learn wrappers, its plotting, pandas inputs to fit() and predict(). mlflow installs
+# scikit-learn, pandas and matplotlib, and here they were 1.2-1.3 s of a 3.8 s `import keras`
+# (python -X importtime; bench/RESULTS.md, 2026-12-07), paid by every actor at its start.
+KERAS_EXTRAS = ("sklearn", "matplotlib", "pandas")
+
+
+def import_keras_lean() -> Any:
+    """``import keras`` without :data:`KERAS_EXTRAS`, for a process that only scores (a predictor actor).
+
+    While Keras imports, each extra not imported yet stands in ``sys.modules``
+    as ``None``, so importing it raises ``ImportError``, which Keras takes as
+    "not installed"; afterwards they import as usual (the model's own code may
+    use them), but this Keras keeps those three features off. Not for a
+    user's process, whose Keras should have them: only ``prepare()`` calls it.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    held = [name for name in KERAS_EXTRAS if name not in sys.modules]
+    for name in held:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        return _import_keras()
+    finally:
+        for name in held:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def import_custom_objects(dotted: str | None) -> dict[str, Any] | None:
@@ -227,7 +257,7 @@ class _KerasFamily:
     options = ("custom_objects", "mmap_min_bytes", "mmap_refused")  # extra keywords load() accepts
 
     def prepare(self) -> None:
-        _import_keras()
+        import_keras_lean()
 
     def load(
         self,

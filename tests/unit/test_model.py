@@ -408,3 +408,55 @@ def test_specs_are_frozen() -> None:
     model = ModelSpec((spec,), (spec,))
     with pytest.raises(AttributeError):
         model.format = "x"  # type: ignore[misc]
+
+
+LEAN_ACTOR = """
+import sys
+import numpy as np
+from rayscore._model import KERAS_EXTRAS, KerasLoader
+loader = KerasLoader()
+loader.prepare()  # what a predictor actor does first
+assert "keras" in sys.modules and "tensorflow" in sys.modules
+print("held:", sorted(n for n in KERAS_EXTRAS if n in sys.modules))
+feeds = dict(np.load(sys.argv[2]))
+got = loader.load(sys.argv[1]).predict(feeds)
+np.savez(sys.argv[3], **got)
+import pandas, sklearn  # the model's own code may use them: they import as usual afterwards
+print("after:", pandas.__name__, sklearn.__name__)
+"""
+
+
+def test_an_actor_imports_keras_without_its_extras_and_predicts_the_same(model_files, example_model, tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    make_example = example_module()
+    feeds = make_example.features_of(make_example.make_table(32, vocab=50, seed=4))
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LEAN_ACTOR,
+            str(model_files["keras"]),
+            str(tmp_path / "feeds.npz"),
+            str(tmp_path / "out.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["held: []", "after: pandas sklearn"]
+    got, want = np.load(tmp_path / "out.npz"), example_model.predict(feeds, verbose=0)
+    for name in ("click", "topics"):
+        np.testing.assert_allclose(got[name].reshape(want[name].shape), want[name], atol=1e-6, rtol=0)
+
+
+def test_a_process_that_has_keras_already_is_left_as_it_is():
+    import sys  # noqa: PLC0415
+
+    import keras  # noqa: PLC0415
+
+    assert _model.import_keras_lean() is keras
+    assert all(sys.modules.get(name, 0) is not None for name in _model.KERAS_EXTRAS)  # nothing left held
