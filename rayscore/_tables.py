@@ -144,24 +144,27 @@ def lookup_row_bytes(config: Mapping[str, Any]) -> int:
     body = config.get("config") if isinstance(config, Mapping) else None
     if not isinstance(body, Mapping) or not isinstance(body.get("layers"), list):
         return 0
-    layers = body["layers"]
+    layers = [
+        layer for layer in body["layers"] if isinstance(layer, Mapping) and isinstance(layer.get("config"), Mapping)
+    ]
     shapes = {
-        str(layer.get("config", {}).get("name", layer.get("name"))): _input_shape(layer.get("config", {}))
+        str(layer["config"].get("name", layer.get("name"))): _input_shape(layer["config"])
         for layer in layers
         if layer.get("class_name") == "InputLayer"
     }
     total = 0
     for i, layer in enumerate(layers):
         if layer.get("class_name") == "Embedding":
-            cfg = layer.get("config", {})
-            width = int(cfg.get("output_dim") or 0) * _itemsize(cfg.get("dtype"))
+            cfg = layer["config"]
+            width = cfg.get("output_dim") if isinstance(cfg.get("output_dim"), int) else 0
+            width *= _itemsize(cfg.get("dtype"))
             calls = [_ids_per_row(node, shapes) for node in layer.get("inbound_nodes") or []]
             if (
                 not calls
                 and config.get("class_name") == "Sequential"
                 and all(x.get("class_name") == "InputLayer" for x in layers[:i])
             ):  # a Sequential's first layer: its input is the model's
-                first = layers[0].get("config", {}) if i else cfg
+                first = layers[0]["config"] if i else cfg
                 calls = [_count(_input_shape(first) or body.get("build_input_shape"))]
             total += sum(width * ids for ids in calls if ids)
         total += lookup_row_bytes(layer)  # a nested model's own lookups
@@ -182,9 +185,10 @@ def _count(shape: Any) -> int | None:
 def _ids_per_row(node: Any, shapes: Mapping[str, Any]) -> int | None:
     """Ids per row that one call of a layer takes: its input's shape in a ``.keras`` node, else its input layer's."""
     if isinstance(node, Mapping):  # Keras 3: {"args": [{"class_name": "__keras_tensor__", "config": {"shape": ...}}]}
-        args = node.get("args") or [None]
-        first = args[0] if isinstance(args[0], Mapping) else {}
-        return _count(first.get("config", {}).get("shape"))
+        args = node.get("args")
+        first = args[0] if isinstance(args, list) and args and isinstance(args[0], Mapping) else {}
+        tensor = first.get("config")
+        return _count(tensor.get("shape")) if isinstance(tensor, Mapping) else None
     if isinstance(node, list) and node and isinstance(node[0], list) and node[0]:  # legacy: [[layer, node, tensor, {}]]
         return _count(shapes.get(str(node[0][0])))
     return None

@@ -460,3 +460,20 @@ def test_a_process_that_has_keras_already_is_left_as_it_is():
 
     assert _model.import_keras_lean() is keras
     assert all(sys.modules.get(name, 0) is not None for name in _model.KERAS_EXTRAS)  # nothing left held
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"config": {"layers": "not a list"}},
+        {"config": {"layers": [None, "x", {"class_name": "Embedding"}]}},
+        {"config": {"layers": [{"class_name": "Embedding", "config": {"output_dim": "64"}, "inbound_nodes": [{}]}]}},
+        {"config": {"layers": [{"class_name": "Embedding", "config": {"output_dim": 8}, "inbound_nodes": {"a": 1}}]}},
+        {"config": {"layers": [{"class_name": "Embedding", "config": {"output_dim": 8}, "inbound_nodes": [[[[]]]]}]}},
+    ],
+)
+def test_a_config_whose_lookups_cannot_be_told_counts_none(config) -> None:
+    from rayscore._tables import lookup_row_bytes  # noqa: PLC0415
+
+    assert lookup_row_bytes(config) == 0
