@@ -26,6 +26,7 @@ time, so a 4 GB model needs a few hundred MB of memory to make:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -40,11 +41,16 @@ SLICE_ROWS = 1 << 18  # rows written at a time: 64 MiB of float32 at dim 64
 KERNEL_SCALE = 0.5
 
 
+def embedding_of(ids: np.ndarray, dim: int = DIM) -> np.ndarray:
+    """The table's rows for ``ids`` (any shape; float32, one more axis of ``dim``): the formula its weights follow."""
+    i = np.asarray(ids, dtype=np.float64)[..., None]
+    j = np.arange(dim, dtype=np.float64)
+    return np.sin(i * 1e-3 + j * 0.37).astype(np.float32)
+
+
 def embedding_rows(start: int, stop: int, dim: int = DIM) -> np.ndarray:
     """Rows ``start:stop`` of the embedding table (float32)."""
-    i = np.arange(start, stop, dtype=np.float64)[:, None]
-    j = np.arange(dim, dtype=np.float64)[None, :]
-    return np.sin(i * 1e-3 + j * 0.37).astype(np.float32)
+    return embedding_of(np.arange(start, stop), dim)
 
 
 def dense_weights(dim: int = DIM) -> tuple[np.ndarray, np.ndarray]:
@@ -55,9 +61,7 @@ def dense_weights(dim: int = DIM) -> tuple[np.ndarray, np.ndarray]:
 def expected_scores(tokens: np.ndarray, dim: int = DIM) -> np.ndarray:
     """The model's ``score`` for each row of ``tokens`` (n × SEQ_LEN), from the formula."""
     kernel, bias = dense_weights(dim)
-    flat = tokens.reshape(-1)
-    rows = np.stack([embedding_rows(int(t), int(t) + 1, dim)[0] for t in flat]).reshape(*tokens.shape, dim)
-    logits = rows.mean(axis=1, dtype=np.float64) @ kernel.astype(np.float64) + bias
+    logits = embedding_of(tokens, dim).mean(axis=1, dtype=np.float64) @ kernel.astype(np.float64) + bias
     return (1.0 / (1.0 + np.exp(-logits)))[:, 0].astype(np.float32)
 
 
@@ -143,7 +147,7 @@ def write_seed_keras(path: str | os.PathLike[str], vocab: int, dim: int = DIM) -
     for name, layer in (("dense", hidden), ("click", small.get_layer("click")), ("topics", small.get_layer("topics"))):
         dense[f"{name}_kernel"], dense[f"{name}_bias"] = layer.get_weights()
     # Keras stores a layer's weights under its class's snake-case name, not the layer's own.
-    fill = lambda fh: _write_table(fh, "layers/embedding/vars/0", vocab, dim)  # noqa: E731
+    fill = functools.partial(_write_table, table_key="layers/embedding/vars/0", vocab=vocab, dim=dim)
     _keras_archive(path, small, "title_embedding", vocab, fill)
     return dense
 
@@ -153,16 +157,11 @@ def seed_expected(feeds: dict[str, np.ndarray], dense: dict[str, np.ndarray], di
 
     ``feeds`` as ``make_example.features_of`` gives them; ``dense`` as
     :func:`write_seed_keras` returned it. The table's rows come from its
-    formula, token by token.
+    formula (:func:`embedding_of`).
     """
     from make_example import TITLES
 
-    j = np.arange(dim, dtype=np.float64) * 0.37
-    pooled = []
-    for i in range(TITLES):
-        tokens = feeds[f"title_{i}"].astype(np.float64)
-        rows = np.sin(tokens[..., None] * 1e-3 + j).astype(np.float32)  # embedding_rows' formula
-        pooled.append(rows.mean(axis=1, dtype=np.float64))
+    pooled = [embedding_of(feeds[f"title_{i}"], dim).mean(axis=1, dtype=np.float64) for i in range(TITLES)]
     n = len(feeds["price"])
     x = np.concatenate([*pooled, feeds["hour_of_week"].reshape(n, -1), feeds["price"].reshape(n, 1)], axis=1)
     hidden = np.maximum(x @ dense["dense_kernel"] + dense["dense_bias"], 0.0)

@@ -37,7 +37,7 @@ from ._errors import ModelError, first_line
 from ._savedmodel import SavedModelLoader
 from ._spec import LoadedModel, Loader, ModelSpec, TensorSpec
 from ._storage import local_dir
-from ._tables import lookup_row_bytes
+from ._tables import input_batch_shape, lookup_row_bytes
 
 __all__ = [
     "TensorSpec",
@@ -66,7 +66,7 @@ def _keras_tensor_specs(config: Mapping[str, Any]) -> tuple[tuple[TensorSpec, ..
     if cls == "Sequential":
         first = layers[0] if layers else {}
         cfg = first.get("config", {})
-        shape = cfg.get("batch_shape") or cfg.get("batch_input_shape") or body.get("build_input_shape")
+        shape = input_batch_shape(cfg) or body.get("build_input_shape")
         if first.get("class_name") != "InputLayer" and shape is None:
             raise ModelError("a Sequential model without an input shape cannot be inspected")
         name = cfg.get("name", "input") if first.get("class_name") == "InputLayer" else "input"
@@ -87,7 +87,7 @@ def _keras_tensor_specs(config: Mapping[str, Any]) -> tuple[tuple[TensorSpec, ..
     for key, ref in entries(body.get("input_layers", [])):
         layer = by_name.get(ref[0], {})
         cfg = layer.get("config", {})
-        shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+        shape = input_batch_shape(cfg)
         if shape is None:
             raise ModelError(f"model input {key!r} has no shape in the model config")
         dtype = cfg.get("dtype")

@@ -220,8 +220,12 @@ def actor_memory(
         )
     if memory_factor <= 0:
         raise ValueError(f"memory_factor must be > 0, got {memory_factor}")
-    batches = BATCH_MEMORY_FACTOR * batch_bytes + LOOKUP_MEMORY_FACTOR * lookup_bytes
-    return math.ceil(process_bytes + model_bytes * memory_factor + batches)
+    return math.ceil(process_bytes + model_bytes * memory_factor + _calls_memory(batch_bytes, lookup_bytes))
+
+
+def _calls_memory(batch_bytes: int, lookup_bytes: int) -> int:
+    """An actor's memory for its model calls: measured multiples of one call's tensors and lookups."""
+    return BATCH_MEMORY_FACTOR * batch_bytes + LOOKUP_MEMORY_FACTOR * lookup_bytes
 
 
 # --------------------------------------------------------------------------- planning
@@ -370,7 +374,7 @@ def plan_pool(
 def _need_text(model_bytes: int, memory_factor: float, batch_bytes: int, process_bytes: int, lookup_bytes: int) -> str:
     text = f"model {format_bytes(model_bytes)} x {memory_factor:g}"
     if batch_bytes or lookup_bytes:
-        text += f" + batches {format_bytes(BATCH_MEMORY_FACTOR * batch_bytes + LOOKUP_MEMORY_FACTOR * lookup_bytes)}"
+        text += f" + batches {format_bytes(_calls_memory(batch_bytes, lookup_bytes))}"
     if process_bytes:
         text += f" + process {format_bytes(process_bytes)}"
     return text

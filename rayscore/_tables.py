@@ -43,6 +43,7 @@ __all__ = [
     "Table",
     "scan",
     "lookup_row_bytes",
+    "input_batch_shape",
     "mapped_config",
     "mapping_source",
     "custom_objects",
@@ -148,7 +149,7 @@ def lookup_row_bytes(config: Mapping[str, Any]) -> int:
         layer for layer in body["layers"] if isinstance(layer, Mapping) and isinstance(layer.get("config"), Mapping)
     ]
     shapes = {
-        str(layer["config"].get("name", layer.get("name"))): _input_shape(layer["config"])
+        str(layer["config"].get("name", layer.get("name"))): input_batch_shape(layer["config"])
         for layer in layers
         if layer.get("class_name") == "InputLayer"
     }
@@ -165,13 +166,14 @@ def lookup_row_bytes(config: Mapping[str, Any]) -> int:
                 and all(x.get("class_name") == "InputLayer" for x in layers[:i])
             ):  # a Sequential's first layer: its input is the model's
                 first = layers[0]["config"] if i else cfg
-                calls = [_count(_input_shape(first) or body.get("build_input_shape"))]
+                calls = [_count(input_batch_shape(first) or body.get("build_input_shape"))]
             total += sum(width * ids for ids in calls if ids)
         total += lookup_row_bytes(layer)  # a nested model's own lookups
     return total
 
 
-def _input_shape(cfg: Mapping[str, Any]) -> Any:
+def input_batch_shape(cfg: Mapping[str, Any]) -> Any:
+    """An input layer's batch shape in its config: ``batch_shape`` (Keras 3) or ``batch_input_shape`` (legacy)."""
     return cfg.get("batch_shape") or cfg.get("batch_input_shape")
 
 
