@@ -162,6 +162,45 @@ def test_batch_size_auto_calls_the_model_with_the_rows_its_row_bytes_allow(rs, t
     np.testing.assert_allclose(got.column("score").to_numpy(), expected, atol=1e-5)
 
 
+def test_batch_size_auto_keeps_a_calls_embedding_lookups_within_their_bound(rs, tmp_path):
+    """``batch_size: auto`` seen by the model's own call log when lookups bind: 100 ids a row through a
+    512-wide table make 204,800 bytes of lookups a row (from 400 of ids), so calls of 512 rows
+    (the largest power of two within 128 MiB), a partition's last the rest."""
+    import keras
+
+    from rayscore._config import ModelConfig
+    from rayscore._placement import row_bytes
+    from rayscore._plan import inspect_model
+    from rayscore._sizing import auto_batch_rows
+
+    width, rows, calls = 100, 1200, tmp_path / "calls"
+    ids = keras.Input((width,), dtype="int32", name="ids")
+    logged = probes.CallLog(log=str(calls))(ids)
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 512)(logged))
+    model = keras.Model(ids, {"score": keras.layers.Dense(1, name="score")(pooled)})
+    path = str(tmp_path / "ids.keras")
+    model.save(path)
+    values = np.random.default_rng(4).integers(0, 50, (rows, width), dtype=np.int32)
+    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
+    table = pa.table(
+        {"id": np.arange(rows, dtype=np.int64), "ids": pa.ListArray.from_arrays(offsets, pa.array(values.ravel()))}
+    )
+    pq.write_table(table, tmp_path / "ids.parquet")
+    spec = inspect_model(ModelConfig(uri=path, custom_objects=probes.CUSTOM_OBJECTS_PATH))[1]
+    assert spec.lookup_row_bytes == width * 512 * 4
+    assert (auto_batch_rows(row_bytes(spec)), auto_batch_rows(row_bytes(spec), spec.lookup_row_bytes)) == (16384, 512)
+
+    df = rs.spark.read.parquet(str(tmp_path / "ids.parquet")).repartition(1)  # one task: its calls in order
+    scored = rayscore.predict(
+        df, model={"uri": path, "custom_objects": probes.CUSTOM_OBJECTS_PATH}, keep_columns=["id"], progress=False
+    )
+    got = pa.Table.from_batches(scored._collect_as_arrow()).sort_by("id")
+    assert [int(line.split()[1]) for line in calls.read_text().splitlines()] == [512, 512, rows - 1024]
+    expected = model.predict(values, verbose=0)["score"][:, 0]
+    assert got.column("id").to_numpy().tolist() == list(range(rows))
+    np.testing.assert_allclose(got.column("score").to_numpy(), expected, atol=1e-5)
+
+
 def test_run_writes_output_report_and_counts_one_load_per_actor(rs, workload, tmp_path):
     """One load per actor, counted by the model itself: a layer that logs each construction's pid."""
     log, models = tmp_path / "loads", tmp_path / "models"
