@@ -23,7 +23,7 @@ from ._predict import ModelRef, first_bad_row
 from ._registry import cached_download, is_registry, resolve
 from ._report import RunResult
 from ._sizing import auto_batch_rows
-from ._source import arrow_schema
+from ._source import arrow_schema, head_table
 from ._storage import is_remote
 from ._tables import Table, scan
 
@@ -137,14 +137,14 @@ def _scan_tables(path: str, fmt: str, min_bytes: int) -> list[Table]:
 def check_sample(df: Any, plan: Plan) -> None:
     """Convert the first rows exactly as the actors will, so bad shapes fail before scoring.
 
-    Cost: one small Spark job (``SAMPLE_ROWS`` rows). An input with no rows
-    is refused. In quarantine mode bad rows are expected, so only the
+    Cost: two small Spark jobs that read only the partitions holding the
+    first ``SAMPLE_ROWS`` rows (:func:`~rayscore._source.head_table`). An
+    input with no rows is refused. In quarantine mode bad rows are expected, so only the
     columns' types are checked.
     """
     with translate_errors("reading a sample of the input", InputError):
-        batches = df.select(*plan.read_columns).limit(SAMPLE_ROWS)._collect_as_arrow()
-    sample = pa.Table.from_batches(batches) if batches else None
-    if sample is None or not sample.num_rows:
+        sample = head_table(df, plan.read_columns, SAMPLE_ROWS)
+    if sample is None:
         raise InputError("the input has no rows; nothing to score")
     if not plan.quarantine:
         try:

@@ -26,7 +26,7 @@ from ._hadoop import HadoopFS
 
 log = logging.getLogger("rayscore")
 
-__all__ = ["read_input", "arrow_schema", "data_files", "spark_reason", "InputFiles"]
+__all__ = ["read_input", "arrow_schema", "head_table", "data_files", "spark_reason", "InputFiles"]
 
 
 def read_input(spark: Any, cfg: InputConfig) -> Any:
@@ -179,6 +179,31 @@ def _spark_errors_named(key: str) -> Iterator[None]:
         if desc and (type(exc).__module__ or "").startswith("pyspark"):
             raise InputError(f"{key}: {spark_reason(str(desc))}") from exc
         raise
+
+
+def head_table(df: Any, columns: Iterable[str], rows: int) -> pa.Table | None:
+    """The first ``rows`` rows of ``df``'s ``columns`` as Spark's Arrow conversion makes them; None when none.
+
+    For the checks made at the call, before any batch is scored. Cost: a
+    job that reads only the partitions holding those rows (Spark's ``take``:
+    one, then more only if it holds too few), and one single-task job that
+    converts them in the JVM, where the stream's batches are converted too.
+    ``df.limit(n)`` collected as Arrow would read the first batch of every
+    partition instead (Spark runs the limit as a shuffle into one task), a
+    full scan of a billion-row input's row groups for a thousand rows.
+    """
+    from pyspark.sql import DataFrame  # noqa: PLC0415
+    from pyspark.traceback_utils import SCCallSiteSync  # noqa: PLC0415
+
+    spark = df.sparkSession
+    selected = df.select(*columns)._jdf
+    with SCCallSiteSync(spark.sparkContext):  # Spark names the job after this line, as for its own calls
+        taken = selected.takeAsList(rows)
+    # The rows stay in the JVM: Spark's own converter makes the Arrow batches, as for the stream.
+    head = spark._jsparkSession.createDataFrame(taken, selected.schema())
+    batches = DataFrame(head, spark).coalesce(1)._collect_as_arrow()
+    table = pa.Table.from_batches(batches) if batches else None
+    return table if table is not None and table.num_rows else None
 
 
 def arrow_schema(df: Any) -> pa.Schema:

@@ -38,7 +38,7 @@ from ._pool import check_pool
 from ._predict import ModelRef, local_copy, predict_table
 from ._session import Session
 from ._sink import check_output_free
-from ._source import arrow_schema, read_input
+from ._source import arrow_schema, head_table, read_input
 from ._storage import local_dir
 
 __all__ = ["Validation", "validate", "plan_problems", "SMOKE_ROWS"]
@@ -236,9 +236,8 @@ def plan_problems(
 def _run_model(df: Any, plan: Plan, ref: ModelRef) -> str:
     """Predict the first few rows with the model loaded here, as an actor would."""
     with translate_errors("reading a sample of the input", InputError):
-        batches = df.select(*plan.read_columns).limit(SMOKE_ROWS)._collect_as_arrow()
-    table = pa.Table.from_batches(batches) if batches else None
-    if table is None or table.num_rows == 0:
+        table = head_table(df, plan.read_columns, SMOKE_ROWS)
+    if table is None:
         raise InputError("the input has no rows; nothing to score")
     model = loaders[ref.loader].load(local_copy(ref)[0], safe_mode=ref.safe_mode, **ref.options())
     with translate_errors(f"model: predicting {table.num_rows} sample rows in the driver", ModelError):

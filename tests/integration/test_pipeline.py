@@ -89,18 +89,31 @@ def objects_held(address: str) -> int:
     return int(held.group(1))
 
 
-def test_predict_runs_one_small_spark_job_scores_nothing_and_an_action_leaves_nothing_held(rs, workload, tmp_path):
+def test_predict_runs_two_one_task_spark_jobs_scores_nothing_and_an_action_leaves_nothing_held(
+    rs, workload, tmp_path, request
+):
     """What predict() does at the call, and what an action leaves, seen by Spark's status tracker, the
-    model's own call log, Spark's persisted RDDs and Ray's object store."""
+    model's own call log, Spark's persisted RDDs and Ray's object store. The input is 24 files, one
+    partition each: the sample check reads the one that holds its rows (Spark orders the partitions by
+    size, the 1,400-row file first), where a ``limit`` collected as Arrow would run a task on all 24."""
     import ray
 
-    from rayscore._plan import check_sample
+    from rayscore._source import head_table
 
-    models, calls = tmp_path / "models", tmp_path / "calls"
+    models, calls, data = tmp_path / "models", tmp_path / "calls", tmp_path / "features"
     models.mkdir()
+    data.mkdir()
     model = probed_model(workload, models, "click", "CallLog", log=str(calls))
+    first, rest = 1400, (ROWS - 1400) // 23
+    for i, start in enumerate([0, *range(first, ROWS, rest)]):
+        pq.write_table(workload["table"].slice(start, first if i == 0 else rest), data / f"part-{i:02d}.parquet")
     sc = rs.spark.sparkContext
-    df = rs.spark.read.parquet(workload["data"])
+    # Files this small would be packed into a partition or two: at most 2 MiB a partition keeps one each.
+    rs.spark.conf.set("spark.sql.files.maxPartitionBytes", str(2 << 20))
+    request.addfinalizer(lambda: rs.spark.conf.unset("spark.sql.files.maxPartitionBytes"))
+    assert max(f.stat().st_size for f in data.iterdir()) < 2 << 20
+    df = rs.spark.read.parquet(str(data))
+    assert df.rdd.getNumPartitions() == 24
     address = ray.get_runtime_context().gcs_address
     held_before = objects_held(address)  # an earlier test's datasets may hold some
     sc.setJobGroup("the predict call", "jobs run by rayscore.predict itself")
@@ -111,11 +124,14 @@ def test_predict_runs_one_small_spark_job_scores_nothing_and_an_action_leaves_no
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
     tracker = sc.statusTracker()
-    [job_id] = tracker.getJobIdsForGroup("the predict call")  # the sample check, and nothing else
-    lines, first = inspect.getsourcelines(check_sample)
-    sample_at = {f"{inspect.getsourcefile(check_sample)}:{first + i}" for i in range(len(lines))}
-    for stage in tracker.getJobInfo(job_id).stageIds:
-        assert tracker.getStageInfo(stage).name.split(" at ")[1] in sample_at  # Spark names the caller
+    jobs = tracker.getJobIdsForGroup("the predict call")
+    stages = [tracker.getStageInfo(stage) for job in jobs for stage in tracker.getJobInfo(job).stageIds]
+    assert sum(stage.numTasks for stage in stages) == 2, [(stage.name, stage.numTasks) for stage in stages]
+    assert len(jobs) == 2  # the sample check's take and its conversion, nothing else
+    lines, first_line = inspect.getsourcelines(head_table)
+    sample_at = {f"{inspect.getsourcefile(head_table)}:{first_line + i}" for i in range(len(lines))}
+    for stage in stages:
+        assert stage.name.split(" at ")[1] in sample_at  # Spark names the caller
     assert not calls.exists()  # no model call yet: the actor loaded (a .keras file) and waits
     assert scored.count() == ROWS
     scored_rows = sum(int(line.split()[1]) for line in calls.read_text().splitlines())
