@@ -5,6 +5,7 @@
     python bench/compare_big.py --gb 2 --rows 200000 --repeat 3      # three interleaved rounds: median, min-max
     python bench/compare_big.py --model seed --gb 2 --rows 200000 --repeat 3   # the example's shape, a 2 GB table
     python bench/compare_big.py --model seed --rayscore-batch-size 1024 4096 16384 --repeat 2   # one way per size
+    python bench/compare_big.py --model seed --actors 1 2 --repeat 3   # one way per actor count
 
 The issue's target: ``rayscore.predict`` at >= 3x the rows/s of the best
 in-Spark UDF that fits in memory, at <= 0.3x its memory, with equal
@@ -33,21 +34,26 @@ Then, each in a process of its own, one after the other:
    ``load_model`` peaks near 6x the file's bytes, so on a 24 GB machine two
    2 GB copies are killed for memory;
 2. **rayscore.predict**: in a ``rayscore.session()``, the same filtered
-   DataFrame through ``--actors`` actors, written by Spark; one way for each
-   of ``--rayscore-batch-size``'s sizes (default ``auto``).
+   DataFrame through the pool's actors, written by Spark; one way for each
+   of ``--actors``'s counts (default 2) and ``--rayscore-batch-size``'s
+   sizes (default ``auto``).
 
-With ``--repeat N`` the two run in turn N times (UDF, rayscore, UDF, ...),
+With ``--repeat N`` the ways run in turn N times (UDF, rayscore, UDF, ...),
 each in a fresh process, and the table gives each way's median rows/s with
 the min-max and the ratio's median and min-max over the rounds (a run of
-one way varies by about 20 % here); memory is the peak over the rounds.
-Each is timed from the read to the last file written, once its session is
-up (the model's load included, as a job pays it). Memory is the peak, over
-0.2 s samples, of the summed PSS (proportional set size: shared pages, such
-as a mapped table, counted once) of the processes that hold the model:
-the UDF's Spark Python workers (the child's descendants whose executable is
+one way varies by about 20 % here). Each is timed from the read to the last
+file written, once its session is up (the model's load included, as a job
+pays it). The timed rounds sample no memory: reading the PSS of processes
+that map GBs costs about a fifth of a core here (measured: rayscore's 2
+actors 13.7-14.5 s without the samplers, 15.2-15.4 s with them; the UDF
+33.7 s and 35.4 s), which a way that keeps both cores busy pays in time.
+Then one more round of each way samples memory: the peak, over 0.2 s
+samples, of the summed PSS (proportional set size: shared pages, such as a
+mapped table, counted once) of the processes that hold the model: the
+UDF's Spark Python workers (the child's descendants whose executable is
 ``python``, under Spark's JVM) and rayscore's actors (``ray::Predictor``);
-and, for reference, of the whole process tree (0.5 s samples). The two
-outputs are compared by ``id``, and each against the model's formula
+and, for reference, of the whole process tree (0.5 s samples). Each rayscore way's
+output is compared with the UDF's by ``id``, and each against the model's formula
 (``expected_scores``, ``seed_expected``: float64, without Keras) on
 ``--check-rows`` rows; exit status 1 when any differs by more than 1e-5.
 """
@@ -55,6 +61,7 @@ outputs are compared by ``id``, and each against the model's formula
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -95,8 +102,11 @@ def make_workload(workdir: str, shape: str, gb: float, rows: int) -> dict:
     return inputs
 
 
-def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
-    """Child process: plain PySpark local[cores], the model loaded once per Python worker, parquet out."""
+def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int, memory: bool = False) -> dict:
+    """Child process: plain PySpark local[cores], the model loaded once per Python worker, parquet out.
+
+    ``memory``: sample the Python workers' PSS meanwhile (a timed round does not: the sampling costs CPU).
+    """
     import numpy as np
     import pyarrow as pa
     from make_big_model import SEQ_LEN
@@ -146,35 +156,39 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int) -> dict:
                 [batch.column("id"), pa.array(np.asarray(value, np.float32).reshape(n))], names=["id", "score"]
             )
 
-    holders = datasets.PeakPss("python")  # the Spark Python workers: this process's only python descendants
+    # The Spark Python workers: this process's only python descendants.
+    holders = datasets.PeakPss("python") if memory else None
     t0 = time.perf_counter()
     df = spark.read.parquet(inputs["data"]).where(FILTER)
     df = df.select(*columns) if columns else df.drop("country")
     df.mapInArrow(score, schema).write.mode("overwrite").parquet(out)
     seconds = time.perf_counter() - t0
-    peak = holders.stop()
+    peak = holders.stop() if holders else None
     rows = spark.read.parquet(out).count()
     spark.stop()
     return {"rows": rows, "seconds": seconds, "startup": startup, "holders_pss": peak, "out": out}
 
 
-def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str) -> dict:
-    """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark."""
+def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str, memory: bool = False) -> dict:
+    """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark.
+
+    ``memory``: sample the actors' PSS meanwhile (a timed round does not: the sampling costs CPU).
+    """
     import rayscore
     from rayscore._pool import _pools  # the session's pools: their actors' load times
 
-    out = os.path.join(workdir, f"rayscore-{batch_size}.parquet")
+    out = os.path.join(workdir, f"rayscore-{actors}-{batch_size}.parquet")
     t0 = time.perf_counter()
     with rayscore.session(max_actors=actors) as s:
         startup = time.perf_counter() - t0
-        holders = datasets.PeakPss("Predictor")  # ray::Predictor, rayscore's actors
+        holders = datasets.PeakPss("Predictor") if memory else None  # ray::Predictor, rayscore's actors
         t0 = time.perf_counter()
         df = s.spark.read.parquet(inputs["data"]).where(FILTER)
         scored = rayscore.predict(df, model=inputs["model"], keep_columns=["id"], batch_size=batch_size, actors=actors)
         called = time.perf_counter() - t0
         scored.write.mode("overwrite").parquet(out)
         seconds = time.perf_counter() - t0
-        peak = holders.stop()
+        peak = holders.stop() if holders else None
         rows = s.spark.read.parquet(out).count()
         loads = [a["load_seconds"] for pool in _pools.values() for a in pool.loads()["actor_loads"]]
     detail = (
@@ -226,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gb", type=float, default=2.0, help="the embedding table's size in GB (1e9 bytes)")
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--actors", type=int, default=2, help="rayscore's actors (default 2)")
+    parser.add_argument(
+        "--actors", type=int, nargs="+", default=[2], help="rayscore's actors, one way for each (default 2)"
+    )
     parser.add_argument("--udf-cores", type=int, default=1, help="the UDF's local[N]: N model copies (default 1)")
     parser.add_argument(
         "--batch-size", type=int, default=UDF_BATCH_SIZE, help="the UDF's rows per Arrow batch and model call"
@@ -238,44 +254,46 @@ def main(argv: list[str] | None = None) -> int:
         default=["auto"],
         help="rayscore's predict.batch_size, one way for each (default auto)",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds of the two ways (default 1)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed interleaved rounds of the ways (default 1)")
     parser.add_argument("--check-rows", type=int, default=2000, help="rows checked against the formula")
     parser.add_argument("--workdir", default=None, help="where the model, rows and outputs go (default: temp, removed)")
     args = parser.parse_args(argv)
     udf = f"UDF local[{args.udf_cores}]"
-    api = f"rayscore.predict ({args.actors} actors)"
-    apis: dict[str, int | str] = {}  # rayscore's ways: one per batch size
-    for batch in args.rayscore_batch_size:
-        label = "auto" if batch == "auto" else f"batch {batch:,}"
-        apis[api if len(args.rayscore_batch_size) == 1 else f"{api}, {label}"] = batch
+    steps: dict[str, tuple] = {udf: (run_udf, args.udf_cores, args.batch_size)}
+    for actors in args.actors:  # rayscore's ways: one per actor count and batch size
+        for batch in args.rayscore_batch_size:
+            name = f"rayscore.predict ({actors} actor{'s' if actors > 1 else ''})"
+            if len(args.rayscore_batch_size) > 1:
+                name += ", auto" if batch == "auto" else f", batch {batch:,}"
+            steps[name] = (run_rayscore, actors, batch)
+    apis = [name for name in steps if name != udf]
     with e2e.workdir_of(args) as workdir:
         print(f"making the {args.model} model ({args.gb} GB table) and {args.rows:,} rows in {workdir} ...", flush=True)
         inputs = e2e._in_child(make_workload, workdir, args.model, args.gb, args.rows)
-        steps = {
-            udf: (run_udf, args.udf_cores, args.batch_size),
-            **{name: (run_rayscore, args.actors, batch) for name, batch in apis.items()},
-        }
-        results: dict[str, dict] = {}
         rounds: dict[str, list[dict]] = {name: [] for name in steps}
-        for round_ in range(1, args.repeat + 1):
+        memory: dict[str, dict] = {}
+        # The timed rounds sample no memory: reading the PSS of processes that map GBs costs CPU
+        # (about 0.2 of a core here), which a way that keeps both cores busy pays in time and one
+        # that leaves a core idle does not. One more round of each way samples it.
+        for round_ in range(1, args.repeat + 2):
+            sampled = round_ > args.repeat
             for step, (name, (fn, n, batch)) in enumerate(steps.items(), start=1):
-                where = f"round {round_}/{args.repeat}, " if args.repeat > 1 else ""
-                print(f"{where}{step}/{len(steps)} {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True)
+                where = "memory round" if sampled else f"round {round_}/{args.repeat}"
+                print(
+                    f"{where}, {step}/{len(steps)} {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True
+                )
                 try:
-                    with e2e.PeakMemory(0.5, pss=True) as tree:
-                        got = e2e._in_child(fn, inputs, workdir, n, batch)
+                    with e2e.PeakMemory(0.5, pss=True) if sampled else contextlib.nullcontext() as tree:
+                        got = e2e._in_child(fn, inputs, workdir, n, batch, sampled)
                 except Exception as exc:  # a child killed for memory: BrokenProcessPool
                     print(f"{name} failed: {type(exc).__name__}: {exc}")  # BrokenProcessPool: try fewer --udf-cores
                     return 1
-                got["tree_pss"] = tree.peak_bytes
-                rounds[name].append(got)
                 print(f"  {got['rows'] / got['seconds']:,.0f} rows/s, {got['seconds']:.1f} s", flush=True)
-        for name, runs in rounds.items():  # the last round's outputs are the ones checked
-            results[name] = {
-                **runs[-1],
-                "holders_pss": max(r["holders_pss"] for r in runs),
-                "tree_pss": max(r["tree_pss"] for r in runs),
-            }
+                if sampled:
+                    memory[name] = {**got, "tree_pss": tree.peak_bytes}
+                else:
+                    rounds[name].append(got)
+        results = {name: runs[-1] for name, runs in rounds.items()}  # the last timed round's outputs are checked
         worst, lines = check(inputs, results, args.check_rows)
         size = os.path.getsize(inputs["model"])
         rayscore_batch = ", ".join(e2e.batch_label(inputs["model"], b) for b in args.rayscore_batch_size)
@@ -284,36 +302,41 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.rows:,} rows, filter {FILTER!r}; model {Path(inputs['model']).name} {size / 2**30:.2f} GiB; "
         f"{os.cpu_count()} cores; batch: the UDF {args.batch_size:,}, rayscore {rayscore_batch}"
     )
+    width = max(30, *(len(name) + 2 for name in steps))
     print(
-        f"{'way':<30}{'rows/s':>10}{'min':>9}{'max':>9}{'seconds':>9}{'start s':>9}"
-        f"{'holders PSS GiB':>17}{'tree PSS GiB':>14}"
+        f"{'way':<{width}}{'rows/s':>10}{'min':>9}{'max':>9}{'seconds':>9}{'start s':>9}"
+        f"{'sampled s':>11}{'holders PSS GiB':>17}{'tree PSS GiB':>14}"
     )
     rates = {name: [r["rows"] / r["seconds"] for r in runs] for name, runs in rounds.items()}
-    for name, r in results.items():
-        seconds = statistics.median(x["seconds"] for x in rounds[name])
-        start = statistics.median(x["startup"] for x in rounds[name])
+    for name, runs in rounds.items():
+        seconds = statistics.median(x["seconds"] for x in runs)
+        start = statistics.median(x["startup"] for x in runs)
+        m = memory[name]
         print(
-            f"{name:<30}{statistics.median(rates[name]):>10,.0f}{min(rates[name]):>9,.0f}{max(rates[name]):>9,.0f}"
-            f"{seconds:>9.1f}{start:>9.1f}{r['holders_pss'] / 2**30:>17.2f}{r['tree_pss'] / 2**30:>14.2f}"
+            f"{name:<{width}}{statistics.median(rates[name]):>10,.0f}{min(rates[name]):>9,.0f}"
+            f"{max(rates[name]):>9,.0f}{seconds:>9.1f}{start:>9.1f}{m['seconds']:>11.1f}"
+            f"{m['holders_pss'] / 2**30:>17.2f}{m['tree_pss'] / 2**30:>14.2f}"
         )
     print(
-        f"rows/s and seconds: the median of {args.repeat} round(s), timed from the read to the last file written "
-        "once the session is up (the model's load included); holders: the peak summed PSS of the processes holding "
-        "the model (the UDF's Spark Python workers, rayscore's ray::Predictor actors); tree: of every process of "
-        "the run (this script, the child, Spark's JVMs, Ray); both the peak over the rounds"
+        f"rows/s and seconds: the median of {args.repeat} timed round(s), timed from the read to the last file "
+        "written once the session is up (the model's load included), with no memory sampled; sampled s: the "
+        "memory round's seconds; holders: that round's peak summed PSS of the processes holding the model (the "
+        "UDF's Spark Python workers, rayscore's ray::Predictor actors, 0.2 s samples); tree: of every process of "
+        "the run (this script, the child, Spark's JVMs, Ray; 0.5 s samples)"
     )
     for name in apis:
         ratios = [a / b for a, b in zip(rates[name], rates[udf])]
-        memory = results[name]["holders_pss"] / max(results[udf]["holders_pss"], 1)
+        ratio_memory = memory[name]["holders_pss"] / max(memory[udf]["holders_pss"], 1)
         print(
             f"{name} / {udf}: {statistics.median(ratios):.2f}x rows/s (min {min(ratios):.2f}x, max "
-            f"{max(ratios):.2f}x; target >= 3), {memory:.2f}x memory (target <= 0.3)"
+            f"{max(ratios):.2f}x; target >= 3), {ratio_memory:.2f}x memory (target <= 0.3)"
         )
     for name in apis:
         for got in rounds[name]:
             print(f"{name}: {got['detail']}")
     print("\n".join(lines))
-    complete = all(r["rows"] == args.rows for runs in rounds.values() for r in runs)
+    runs_all = [*(r for runs in rounds.values() for r in runs), *memory.values()]
+    complete = all(r["rows"] == args.rows for r in runs_all)
     if not complete:
         counts = ", ".join(name + " " + "/".join(f"{r['rows']:,}" for r in runs) for name, runs in rounds.items())
         print(f"rows out: {counts} of {args.rows:,}")
