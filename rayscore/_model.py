@@ -19,11 +19,14 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -38,6 +41,8 @@ from ._savedmodel import SavedModelLoader
 from ._spec import LoadedModel, Loader, ModelSpec, TensorSpec
 from ._storage import local_dir
 from ._tables import input_batch_shape, lookup_row_bytes
+
+log = logging.getLogger("rayscore")
 
 __all__ = [
     "TensorSpec",
@@ -360,14 +365,16 @@ def model_bytes(path: str) -> int:
     return sum(os.path.getsize(f) for f in model_files(path))
 
 
-# Fingerprints this process has taken, by each file's (name, size, mtime, ctime, inode): a session
-# that calls rayscore.predict again on a model of several GB does not read it all again.
+# Fingerprints taken, by each file's (name, size, mtime, ctime, inode): a session that calls
+# rayscore.predict again on a model of several GB does not read it all again, nor does the next
+# process on this node (a daily `rayscore run`): each is also kept in a small file (_memo_file).
 _Key = tuple[tuple[str, int, int, int, int], ...]  # each file's (name, size, mtime, ctime, inode)
 _FINGERPRINTS: dict[_Key, str] = {}
 _PENDING: dict[_Key, Future[str]] = {}  # being taken
 _lock = threading.Lock()
 BACKGROUND_NICE = 10  # the hashing thread's nice value (Linux), above the process's 0
 SETTLED_S = 2.0  # a file changed more recently than this may still be written to: not remembered
+MEMO_DIR = "rayscore-fingerprints"  # under $RAYSCORE_CACHE_DIR, else the temp directory
 
 
 def file_state(path: str) -> _Key:
@@ -380,12 +387,14 @@ def file_state(path: str) -> _Key:
 def fingerprint(path: str, chunk: int = 1 << 22) -> str:
     """``sha256:<hex>`` of the model's bytes (names too, for a directory).
 
-    Reads the whole model once (about 1 GB/s from page cache), in the
-    calling thread: a score can be traced to the exact model that made it.
-    Taken again in this process, it is remembered while no file's size,
-    times or inode changed (a file changed in the last :data:`SETTLED_S`
-    seconds is always read, as git does with a racy index entry); one being
-    taken by :func:`fingerprint_soon` is waited for, not read twice.
+    Reads the whole model once (about 1.5 GB/s of CPU from page cache), in
+    the calling thread: a score can be traced to the exact model that made
+    it. Once taken it is remembered, in this process and in a file under
+    :data:`MEMO_DIR` for later processes on this node, while no file's
+    size, times or inode changed, as git trusts its index (a file changed
+    in the last :data:`SETTLED_S` seconds is always read, as git does with a
+    racy entry; the ctime cannot be set back by a writer). One being taken
+    by :func:`fingerprint_soon` is waited for, not read twice.
     """
     key = file_state(path)
     future, mine = _claim(key)
@@ -416,6 +425,8 @@ def fingerprint_soon(path: str, chunk: int = 1 << 22) -> Future[str]:
 def _claim(key: _Key) -> tuple[Future[str], bool]:
     """The future of ``key``'s digest: done (remembered), being taken, or new and the caller's to take."""
     with _lock:
+        if key not in _FINGERPRINTS and (kept := _read_memo(key)):
+            _FINGERPRINTS[key] = kept
         if key in _FINGERPRINTS:
             done: Future[str] = Future()
             done.set_result(_FINGERPRINTS[key])
@@ -450,11 +461,56 @@ def _take(path: str, key: _Key, chunk: int, future: Future[str]) -> None:
         future.set_exception(exc)
         return
     newest = max((max(mtime, ctime) for _, _, mtime, ctime, _ in key), default=0)
+    # ``newest`` is from before the read: a file settled then was not written to while it was read.
+    settled = time.time_ns() - newest > SETTLED_S * 1e9
     with _lock:
         _PENDING.pop(key, None)
-        if time.time_ns() - newest > SETTLED_S * 1e9:
+        if settled:
             _FINGERPRINTS[key] = result
+    if settled:
+        _write_memo(key, result)
     future.set_result(result)
+
+
+def _memo_key(key: _Key) -> list[list[Any]]:
+    """``key`` as the memo keeps it: absolute names, as JSON reads it back."""
+    return [[os.path.abspath(name), *state] for name, *state in key]
+
+
+def _memo_file(key: _Key) -> str:
+    """Where ``key``'s digest is kept on this node: one small JSON file per version of a model."""
+    root = os.environ.get("RAYSCORE_CACHE_DIR") or tempfile.gettempdir()
+    name = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(_memo_key(key))).hex
+    return os.path.join(root, MEMO_DIR, f"{name}.json")
+
+
+def _read_memo(key: _Key) -> str | None:
+    """The digest kept for exactly ``key``, if any; a missing or unreadable memo is no memo."""
+    try:
+        with open(_memo_file(key), encoding="utf-8") as fh:
+            kept = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(kept, dict) or kept.get("key") != _memo_key(key):
+        return None
+    digest = kept.get("fingerprint")
+    return digest if isinstance(digest, str) and digest.startswith("sha256:") else None
+
+
+def _write_memo(key: _Key, digest: str) -> None:
+    """Keep ``digest`` for ``key`` (whole or not at all: a temp file renamed); a failure costs only a read later."""
+    path = _memo_file(key)
+    temp = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"key": _memo_key(key), "fingerprint": digest}, fh)
+        os.replace(temp, path)
+    except OSError as exc:
+        log.debug("model: could not keep the fingerprint in %s: %s", path, exc)
+        if temp is not None and os.path.exists(temp):
+            os.unlink(temp)
 
 
 def local_model_path(uri: str) -> str:

@@ -194,6 +194,64 @@ def test_a_settled_models_fingerprint_is_taken_once_per_process(tmp_path, monkey
     assert counted.made == 4
 
 
+_FINGERPRINT_IN_A_NEW_PROCESS = """
+import json, sys
+import rayscore._model as m
+
+def rchar():
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+m.SETTLED_S = -1.0  # as if written long ago
+before = rchar()
+digest = m.fingerprint(sys.argv[1])
+print(json.dumps({"digest": digest, "read": rchar() - before}))
+"""
+
+
+def _fingerprint_in_a_new_process(path: Path, cache: Path) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAYSCORE_CACHE_DIR": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FINGERPRINT_IN_A_NEW_PROCESS, str(path)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_settled_models_fingerprint_is_read_once_per_node_while_its_files_are_unchanged(tmp_path):
+    """Each a new process, as each ``rayscore run`` is; the kernel's count of bytes read says which read the model."""
+    from rayscore._model import MEMO_DIR
+
+    cache, model = tmp_path / "cache", tmp_path / "model.bin"
+    model.write_bytes(os.urandom(4 << 20))
+    size = model.stat().st_size
+
+    first = _fingerprint_in_a_new_process(model, cache)
+    assert first["digest"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    assert first["read"] >= size
+    [memo] = (cache / MEMO_DIR).iterdir()
+    again = _fingerprint_in_a_new_process(model, cache)
+    assert again["digest"] == first["digest"] and again["read"] < size  # the model was not read
+
+    # Rewritten with the same size (a new ctime, whatever its mtime says): read, and the new digest given.
+    stat = model.stat()
+    model.write_bytes(os.urandom(size))
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = _fingerprint_in_a_new_process(model, cache)
+    assert changed["digest"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest() != first["digest"]
+    assert changed["read"] >= size
+
+    # A memo that does not read back (cut short, or not rayscore's) is no memo: the model is read.
+    for kept in (cache / MEMO_DIR).iterdir():
+        kept.write_text('{"key": [["' + str(model) + '"')
+    assert _fingerprint_in_a_new_process(model, cache)["read"] >= size
+    assert memo.exists() and not list((cache / MEMO_DIR).glob("*.tmp"))
+
+
 class _HeldSha256:
     """hashlib whose sha256 objects wait for ``release`` before taking their first block."""
 
