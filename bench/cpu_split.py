@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     with e2e.workdir_of(args) as workdir:
         made = os.path.join(workdir, "inputs.json")
         wanted = {"model": args.model, "gb": args.gb, "rows": args.rows}
-        kept = json.load(open(made)) if os.path.exists(made) else {}
+        kept = {}
+        if os.path.exists(made):
+            with open(made) as fh:
+                kept = json.load(fh)
         if kept.get("wanted") == wanted:  # a --workdir made before: the same files (and the model's kept digest)
             inputs = kept["inputs"]
         else:

@@ -15,6 +15,7 @@ format is one class and one entry.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -374,7 +375,7 @@ _PENDING: dict[_Key, Future[str]] = {}  # being taken
 _lock = threading.Lock()
 BACKGROUND_NICE = 10  # the hashing thread's nice value (Linux), above the process's 0
 SETTLED_S = 2.0  # a file changed more recently than this may still be written to: not remembered
-MEMO_DIR = "rayscore-fingerprints"  # under $RAYSCORE_CACHE_DIR, else the temp directory
+MEMO_DIR = "rayscore-fingerprints"  # <temp directory>/rayscore-fingerprints-<uid>: a JSON file per model version
 
 
 def file_state(path: str) -> _Key:
@@ -390,14 +391,15 @@ def fingerprint(path: str, chunk: int = 1 << 22) -> str:
     Reads the whole model once (about 1.5 GB/s of CPU from page cache), in
     the calling thread: a score can be traced to the exact model that made
     it. Once taken it is remembered, in this process and in a file under
-    :data:`MEMO_DIR` for later processes on this node, while no file's
+    the temp directory (:data:`MEMO_DIR`, this user's) for later processes
+    on this node, while no file's
     size, times or inode changed, as git trusts its index (a file changed
     in the last :data:`SETTLED_S` seconds is always read, as git does with a
     racy entry; the ctime cannot be set back by a writer). One being taken
     by :func:`fingerprint_soon` is waited for, not read twice.
     """
     key = file_state(path)
-    future, mine = _claim(key)
+    future, mine = _claim(path, key)
     if mine:
         _take(path, key, chunk, future)
     return future.result()
@@ -413,7 +415,7 @@ def fingerprint_soon(path: str, chunk: int = 1 << 22) -> Future[str]:
     cores are busy starting the actors, the read yields to them.
     """
     key = file_state(path)
-    future, mine = _claim(key)
+    future, mine = _claim(path, key)
     if mine:
         # A daemon thread: an interpreter that exits meanwhile does not wait for a multi-GB read.
         threading.Thread(
@@ -422,10 +424,11 @@ def fingerprint_soon(path: str, chunk: int = 1 << 22) -> Future[str]:
     return future
 
 
-def _claim(key: _Key) -> tuple[Future[str], bool]:
+def _claim(path: str, key: _Key) -> tuple[Future[str], bool]:
     """The future of ``key``'s digest: done (remembered), being taken, or new and the caller's to take."""
+    kept = None if key in _FINGERPRINTS else _read_memo(path, key)  # a file read: not under the lock
     with _lock:
-        if key not in _FINGERPRINTS and (kept := _read_memo(key)):
+        if kept is not None:
             _FINGERPRINTS[key] = kept
         if key in _FINGERPRINTS:
             done: Future[str] = Future()
@@ -446,7 +449,8 @@ def _background(path: str, key: _Key, chunk: int, future: Future[str]) -> None:
 
 
 def _take(path: str, key: _Key, chunk: int, future: Future[str]) -> None:
-    """Read ``key``'s files into ``future``; remember the digest once the files have settled."""
+    """Read ``key``'s files into ``future``; remember the digest if the files had settled and did not change."""
+    began = time.time_ns()
     try:
         digest = hashlib.sha256()
         for name, *_ in key:
@@ -460,57 +464,69 @@ def _take(path: str, key: _Key, chunk: int, future: Future[str]) -> None:
             _PENDING.pop(key, None)
         future.set_exception(exc)
         return
+    # Settled before the read began (a write in the same clock tick as the stat is not seen in its
+    # times, as git's racy entries), and the same files after it: only then is the digest kept.
     newest = max((max(mtime, ctime) for _, _, mtime, ctime, _ in key), default=0)
-    # ``newest`` is from before the read: a file settled then was not written to while it was read.
-    settled = time.time_ns() - newest > SETTLED_S * 1e9
+    try:
+        settled = began - newest > SETTLED_S * 1e9 and file_state(path) == key
+    except OSError:  # gone or changed meanwhile
+        settled = False
     with _lock:
         _PENDING.pop(key, None)
         if settled:
             _FINGERPRINTS[key] = result
-    if settled:
-        _write_memo(key, result)
     future.set_result(result)
+    if settled:
+        _write_memo(path, key, result)
 
 
-def _memo_key(key: _Key) -> list[list[Any]]:
-    """``key`` as the memo keeps it: absolute names, as JSON reads it back."""
-    return [[os.path.abspath(name), *state] for name, *state in key]
+def _memo_dir() -> str:
+    """This user's memo folder on this node: under the temp directory, writable by its owner only."""
+    return os.path.join(tempfile.gettempdir(), f"{MEMO_DIR}-{os.getuid()}")
 
 
-def _memo_file(key: _Key) -> str:
-    """Where ``key``'s digest is kept on this node: one small JSON file per version of a model."""
-    root = os.environ.get("RAYSCORE_CACHE_DIR") or tempfile.gettempdir()
-    name = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(_memo_key(key))).hex
-    return os.path.join(root, MEMO_DIR, f"{name}.json")
+def _memo_key(path: str, key: _Key) -> dict[str, Any]:
+    """``key`` as the memo keeps it: the model's absolute root (names are hashed relative to it) and files."""
+    return {"root": os.path.abspath(path), "files": [[os.path.abspath(name), *state] for name, *state in key]}
 
 
-def _read_memo(key: _Key) -> str | None:
-    """The digest kept for exactly ``key``, if any; a missing or unreadable memo is no memo."""
+def _memo_file(path: str, key: _Key) -> str:
+    """Where ``key``'s digest is kept: one small JSON file per version of a model."""
+    name = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(_memo_key(path, key))).hex
+    return os.path.join(_memo_dir(), f"{name}.json")
+
+
+def _read_memo(path: str, key: _Key) -> str | None:
+    """The digest kept for exactly ``key``, if any, from a folder only this user can write; else None."""
     try:
-        with open(_memo_file(key), encoding="utf-8") as fh:
+        folder = os.stat(_memo_dir())
+        if folder.st_uid != os.getuid() or folder.st_mode & 0o022:  # another user could have planted it
+            return None
+        with open(_memo_file(path, key), encoding="utf-8") as fh:
             kept = json.load(fh)
     except (OSError, ValueError):
         return None
-    if not isinstance(kept, dict) or kept.get("key") != _memo_key(key):
+    if not isinstance(kept, dict) or kept.get("key") != _memo_key(path, key):
         return None
     digest = kept.get("fingerprint")
-    return digest if isinstance(digest, str) and digest.startswith("sha256:") else None
+    return digest if isinstance(digest, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", digest) else None
 
 
-def _write_memo(key: _Key, digest: str) -> None:
+def _write_memo(path: str, key: _Key, digest: str) -> None:
     """Keep ``digest`` for ``key`` (whole or not at all: a temp file renamed); a failure costs only a read later."""
-    path = _memo_file(key)
     temp = None
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        target = _memo_file(path, key)
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"key": _memo_key(key), "fingerprint": digest}, fh)
-        os.replace(temp, path)
-    except OSError as exc:
-        log.debug("model: could not keep the fingerprint in %s: %s", path, exc)
-        if temp is not None and os.path.exists(temp):
-            os.unlink(temp)
+            json.dump({"key": _memo_key(path, key), "fingerprint": digest}, fh)
+        os.replace(temp, target)
+    except Exception as exc:  # noqa: BLE001 - the digest is known either way; the memo only saves a read
+        log.debug("model: could not keep the fingerprint of %s: %s", path, exc)
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
 
 
 def local_model_path(uri: str) -> str:

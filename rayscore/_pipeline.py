@@ -203,9 +203,9 @@ def predict(
     plus a few batches, less its large embedding tables, which the actors of
     a node map from the model file and share (``model={"uri": ...,
     "mmap_min_bytes": 0}`` loads them into each actor). Cost at the call: the model's inputs and outputs
-    read from its file, and two small Spark jobs that check the first rows (reading only the partitions
-    that hold them); when the file does not state its outputs' shapes (a ``.keras`` file does not), the
-    call also waits for the first actor to load the model, which it started before those jobs.
+    read from its file, and a Spark job that checks the first rows (reading only the partitions that hold
+    them); when the file does not state its outputs' shapes (a ``.keras`` file does not), the call also
+    waits for the first actor to load the model, which it started before that job.
 
     ``progress``: each action that scores through the pool shows its
     progress (rows scored, rows/s, Spark's tasks, the actors), as

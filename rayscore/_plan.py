@@ -137,10 +137,11 @@ def _scan_tables(path: str, fmt: str, min_bytes: int) -> list[Table]:
 def check_sample(df: Any, plan: Plan) -> None:
     """Convert the first rows exactly as the actors will, so bad shapes fail before scoring.
 
-    Cost: two small Spark jobs that read only the partitions holding the
-    first ``SAMPLE_ROWS`` rows (:func:`~rayscore._source.head_table`). An
-    input with no rows is refused. In quarantine mode bad rows are expected, so only the
-    columns' types are checked.
+    Cost: a Spark job that reads only the partitions holding the first
+    ``SAMPLE_ROWS`` rows (:func:`~rayscore._source.head_table`; more than
+    one when the first holds too few). An input with no rows is refused.
+    In quarantine mode bad rows are expected, so only the columns' types
+    are checked.
     """
     with translate_errors("reading a sample of the input", InputError):
         sample = head_table(df, plan.read_columns, SAMPLE_ROWS)

@@ -182,28 +182,29 @@ def _spark_errors_named(key: str) -> Iterator[None]:
 
 
 def head_table(df: Any, columns: Iterable[str], rows: int) -> pa.Table | None:
-    """The first ``rows`` rows of ``df``'s ``columns`` as Spark's Arrow conversion makes them; None when none.
+    """The first ``rows`` rows of ``df``'s ``columns`` as an Arrow table of the stream's types; None when none.
 
-    For the checks made at the call, before any batch is scored. Cost: a
-    job that reads only the partitions holding those rows (Spark's ``take``:
-    one, then more only if it holds too few), and one single-task job that
-    converts them in the JVM, where the stream's batches are converted too.
-    ``df.limit(n)`` collected as Arrow would read the first batch of every
-    partition instead (Spark runs the limit as a shuffle into one task), a
-    full scan of a billion-row input's row groups for a thousand rows.
+    For the checks made at the call, before any batch is scored. Cost: one
+    job through Spark's ``take`` (``collect`` of a ``limit``), which reads
+    only the partitions holding those rows: one, then more only if it holds
+    too few (after a selective filter, or for an empty input). Collected as
+    Arrow, the same ``limit`` would run a task on every partition and
+    shuffle their first rows into one: a task per file of a large input.
+    The rows come back as PySpark's Python values and go into Arrow through
+    each type's own ``toInternal`` (a timestamp as its microseconds, a date
+    as its days), with the Arrow types Spark's conversion gives the stream.
     """
-    from pyspark.sql import DataFrame  # noqa: PLC0415
-    from pyspark.traceback_utils import SCCallSiteSync  # noqa: PLC0415
-
-    spark = df.sparkSession
-    selected = df.select(*columns)._jdf
-    with SCCallSiteSync(spark.sparkContext):  # Spark names the job after this line, as for its own calls
-        taken = selected.takeAsList(rows)
-    # The rows stay in the JVM: Spark's own converter makes the Arrow batches, as for the stream.
-    head = spark._jsparkSession.createDataFrame(taken, selected.schema())
-    batches = DataFrame(head, spark).coalesce(1)._collect_as_arrow()
-    table = pa.Table.from_batches(batches) if batches else None
-    return table if table is not None and table.num_rows else None
+    selected = df.select(*columns)
+    taken = selected.limit(rows).collect()
+    if not taken:
+        return None
+    schema = arrow_schema(selected)
+    arrays = []
+    for i, field in enumerate(selected.schema.fields):
+        internal = field.dataType.toInternal if field.dataType.needConversion() else None
+        values = [row[i] if internal is None or row[i] is None else internal(row[i]) for row in taken]
+        arrays.append(pa.array(values, type=schema.field(i).type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def arrow_schema(df: Any) -> pa.Schema:

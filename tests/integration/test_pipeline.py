@@ -89,7 +89,7 @@ def objects_held(address: str) -> int:
     return int(held.group(1))
 
 
-def test_predict_runs_two_one_task_spark_jobs_scores_nothing_and_an_action_leaves_nothing_held(
+def test_predict_runs_one_one_task_spark_job_scores_nothing_and_an_action_leaves_nothing_held(
     rs, workload, tmp_path, request
 ):
     """What predict() does at the call, and what an action leaves, seen by Spark's status tracker, the
@@ -126,8 +126,8 @@ def test_predict_runs_two_one_task_spark_jobs_scores_nothing_and_an_action_leave
     tracker = sc.statusTracker()
     jobs = tracker.getJobIdsForGroup("the predict call")
     stages = [tracker.getStageInfo(stage) for job in jobs for stage in tracker.getJobInfo(job).stageIds]
-    assert sum(stage.numTasks for stage in stages) == 2, [(stage.name, stage.numTasks) for stage in stages]
-    assert len(jobs) == 2  # the sample check's take and its conversion, nothing else
+    assert sum(stage.numTasks for stage in stages) == 1, [(stage.name, stage.numTasks) for stage in stages]
+    assert len(jobs) == 1  # the sample check's take, and nothing else
     lines, first_line = inspect.getsourcelines(head_table)
     sample_at = {f"{inspect.getsourcefile(head_table)}:{first_line + i}" for i in range(len(lines))}
     for stage in stages:

@@ -79,3 +79,43 @@ def test_a_csv_input_without_the_models_array_columns_is_refused_naming_the_inpu
             session=rs,
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_sample_check_s_rows_are_the_arrow_spark_s_own_conversion_makes(rs):
+    """``head_table`` (Spark's take, put into Arrow in Python) against Spark's Arrow collect of the same rows,
+    over the types a model's inputs or a row's keys may have, nulls and a non-UTC session time zone included."""
+    import pyarrow as pa
+
+    from rayscore._source import head_table
+
+    spark = rs.spark
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        df = spark.sql(
+            """
+            SELECT id,
+                   CAST(id AS INT) AS i, CAST(id / 3 AS FLOAT) AS f, id / 7 AS d, CAST(id % 2 = 0 AS BOOLEAN) AS b,
+                   IF(id % 5 = 0, NULL, CONCAT('title ', id, ' é')) AS s, CAST(CONCAT('x', id) AS BINARY) AS bin,
+                   CAST(id * 1.25 AS DECIMAL(12, 3)) AS dec,
+                   DATE_ADD(DATE '1970-01-01', CAST(id * 97 AS INT)) AS day,
+                   TIMESTAMP_MICROS(id * 86400000123 + 1) AS ts,
+                   ARRAY(CAST(id AS FLOAT), NULL, CAST(-id AS FLOAT)) AS floats,
+                   ARRAY(ARRAY(id, id + 1), ARRAY()) AS nested,
+                   MAP('a', id, 'b', IF(id % 3 = 0, NULL, id)) AS m,
+                   NAMED_STRUCT('x', id, 'y', CONCAT('s', id)) AS st,
+                   ARRAY(TIMESTAMP_MICROS(id), NULL) AS stamps
+            FROM RANGE(0, 50, 1, 1)
+            """
+        )
+        got = head_table(df, df.columns, 40)
+        want = pa.Table.from_batches(df.limit(40)._collect_as_arrow())
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+    assert got is not None and got.num_rows == 40
+    # Spark labels its timestamps with the session's zone, rayscore's schema with UTC: the same instants.
+    zoned = {"ts", "stamps"}
+    assert [f for f in got.schema if f.name not in zoned] == [f for f in want.schema if f.name not in zoned]
+    want = want.cast(got.schema)
+    assert got.equals(want), [name for name in want.column_names if not got.column(name).equals(want.column(name))]
+    assert head_table(df.where("id < 0"), df.columns, 40) is None

@@ -36,3 +36,11 @@ def model_files(example_model, tmp_path_factory) -> dict[str, Path]:
     example_model.save(paths["keras"])
     example_model.save(paths["h5"])
     return paths
+
+
+@pytest.fixture(autouse=True)
+def _fingerprint_memos_of_this_test(tmp_path, monkeypatch):
+    """Each test keeps the models' digests it takes to itself: one test's kept digest is not another's read."""
+    import rayscore._model
+
+    monkeypatch.setattr(rayscore._model, "_memo_dir", lambda: str(tmp_path / "fingerprint-memos"))

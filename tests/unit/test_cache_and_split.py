@@ -202,21 +202,25 @@ def rchar():
     with open("/proc/self/io") as io:
         return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
 
-m.SETTLED_S = -1.0  # as if written long ago
+if sys.argv[2] == "settled":
+    m.SETTLED_S = -1.0  # as if written long ago
 before = rchar()
 digest = m.fingerprint(sys.argv[1])
 print(json.dumps({"digest": digest, "read": rchar() - before}))
 """
 
 
-def _fingerprint_in_a_new_process(path: Path, cache: Path) -> dict:
+def _fingerprint_in_a_new_process(path: Path, temp: Path, settled: bool = True) -> dict:
     import json
     import subprocess
     import sys
 
-    env = {**os.environ, "RAYSCORE_CACHE_DIR": str(cache)}
+    env = {**os.environ, "TMPDIR": str(temp)}  # the memo's folder is under the temp directory
     done = subprocess.run(
-        [sys.executable, "-c", _FINGERPRINT_IN_A_NEW_PROCESS, str(path)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", _FINGERPRINT_IN_A_NEW_PROCESS, str(path), "settled" if settled else "new"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
@@ -226,30 +230,44 @@ def test_a_settled_models_fingerprint_is_read_once_per_node_while_its_files_are_
     """Each a new process, as each ``rayscore run`` is; the kernel's count of bytes read says which read the model."""
     from rayscore._model import MEMO_DIR
 
-    cache, model = tmp_path / "cache", tmp_path / "model.bin"
+    temp, model = tmp_path / "temp", tmp_path / "model.bin"
+    temp.mkdir()
+    memos = temp / f"{MEMO_DIR}-{os.getuid()}"
     model.write_bytes(os.urandom(4 << 20))
     size = model.stat().st_size
 
-    first = _fingerprint_in_a_new_process(model, cache)
-    assert first["digest"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
-    assert first["read"] >= size
-    [memo] = (cache / MEMO_DIR).iterdir()
-    again = _fingerprint_in_a_new_process(model, cache)
+    # Just written (a writer may not be done with it): read, and not kept.
+    fresh = _fingerprint_in_a_new_process(model, temp, settled=False)
+    assert fresh["digest"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    assert fresh["read"] >= size and not memos.exists()
+
+    first = _fingerprint_in_a_new_process(model, temp)
+    assert first["digest"] == fresh["digest"] and first["read"] >= size
+    [memo] = memos.iterdir()
+    assert memos.stat().st_mode & 0o777 == 0o700
+    again = _fingerprint_in_a_new_process(model, temp)
     assert again["digest"] == first["digest"] and again["read"] < size  # the model was not read
 
     # Rewritten with the same size (a new ctime, whatever its mtime says): read, and the new digest given.
     stat = model.stat()
     model.write_bytes(os.urandom(size))
     os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    changed = _fingerprint_in_a_new_process(model, cache)
+    assert model.stat().st_ctime_ns != stat.st_ctime_ns, "this filesystem's ctime did not move"
+    changed = _fingerprint_in_a_new_process(model, temp)
     assert changed["digest"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest() != first["digest"]
     assert changed["read"] >= size
+    assert _fingerprint_in_a_new_process(model, temp)["read"] < size
+
+    # A folder others may write to could hold a planted digest: it is not trusted.
+    memos.chmod(0o777)
+    assert _fingerprint_in_a_new_process(model, temp)["read"] >= size
+    memos.chmod(0o700)
 
     # A memo that does not read back (cut short, or not rayscore's) is no memo: the model is read.
-    for kept in (cache / MEMO_DIR).iterdir():
-        kept.write_text('{"key": [["' + str(model) + '"')
-    assert _fingerprint_in_a_new_process(model, cache)["read"] >= size
-    assert memo.exists() and not list((cache / MEMO_DIR).glob("*.tmp"))
+    for kept in memos.iterdir():
+        kept.write_text('{"key": {"root": "' + str(model) + '"')
+    assert _fingerprint_in_a_new_process(model, temp)["read"] >= size
+    assert memo.exists() and not list(memos.glob("*.tmp"))
 
 
 class _HeldSha256:
