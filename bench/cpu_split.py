@@ -81,7 +81,8 @@ def _split(before: dict, after: dict) -> dict[str, float]:
     for pid, (cpu, cmd) in after.items():
         used = cpu - before.get(pid, (0.0, ""))[0]
         if used > 0:
-            kinds[_kind(pid, cmd)] = kinds.get(_kind(pid, cmd), 0.0) + used
+            kind = _kind(pid, cmd)
+            kinds[kind] = kinds.get(kind, 0.0) + used
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 

@@ -392,9 +392,9 @@ def fingerprint(path: str, chunk: int = 1 << 22) -> str:
     the calling thread: a score can be traced to the exact model that made
     it. Once taken it is remembered, in this process and in a file under
     the temp directory (:data:`MEMO_DIR`, this user's) for later processes
-    on this node, while no file's
-    size, times or inode changed, as git trusts its index (a file changed
-    in the last :data:`SETTLED_S` seconds is always read, as git does with a
+    on this node, while no file's size, times or inode changed, as git
+    trusts its index (a file changed within :data:`SETTLED_S` seconds
+    before the read, or during it, is not remembered, as git does with a
     racy entry; the ctime cannot be set back by a writer). One being taken
     by :func:`fingerprint_soon` is waited for, not read twice.
     """
