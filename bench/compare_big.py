@@ -6,6 +6,7 @@
     python bench/compare_big.py --model seed --gb 2 --rows 200000 --repeat 3   # the example's shape, a 2 GB table
     python bench/compare_big.py --model seed --rayscore-batch-size 1024 4096 16384 --repeat 2   # one way per size
     python bench/compare_big.py --model seed --actors 1 2 --repeat 3   # one way per actor count
+    python bench/compare_big.py --model seed --actors 1 --forget-outputs --repeat 3   # kept outputs or not
 
 The issue's target: ``rayscore.predict`` at >= 3x the rows/s of the best
 in-Spark UDF that fits in memory, at <= 0.3x its memory, with equal
@@ -48,8 +49,12 @@ that map GBs costs about a fifth of a core here (measured: rayscore's 2
 actors 13.7-14.5 s without the samplers, 15.2-15.4 s with them; the UDF
 33.7 s and 35.4 s), which a way that keeps both cores busy pays in time.
 rayscore's first round also reads the freshly made model
-for its sha256, which is then kept on the node (as for a job run again);
-the later rounds find it kept. Then one more round of each way samples
+for its sha256, and waits for its actor's load to learn the ``.keras``
+model's output shapes; both are then kept on the node (as for a job run
+again), and the later rounds find them kept, so that their call returns
+while the actor loads. ``--forget-outputs`` adds, for each rayscore way, one
+whose child first drops the kept outputs: its call waits for the load in
+every round, as a model's first call on a node does. Then one more round of each way samples
 memory: the peak, over 0.2 s
 samples, of the summed PSS (proportional set size: shared pages, such as a
 mapped table, counted once) of the processes that hold the model: the
@@ -172,12 +177,22 @@ def run_udf(inputs: dict, workdir: str, cores: int, batch_size: int, memory: boo
     return {"rows": rows, "seconds": seconds, "startup": startup, "holders_pss": peak, "out": out}
 
 
-def run_rayscore(inputs: dict, workdir: str, actors: int, batch_size: int | str, memory: bool = False) -> dict:
+def run_rayscore(
+    inputs: dict, workdir: str, actors: int, batch_size: int | str, memory: bool = False, forget: bool = False
+) -> dict:
     """Child process: ``rayscore.predict`` on the filtered DataFrame in a session, written by Spark.
 
     ``memory``: sample the actors' PSS meanwhile (a timed round does not: the sampling costs CPU).
+    ``forget``: first drop the model's outputs kept on this node, so that the call waits for an actor's
+    load, as a model's first call on a node does.
     """
     import rayscore
+    from rayscore._model import _memo_dir
+
+    if forget:
+        for kept in Path(_memo_dir()).glob("*.json"):
+            if '"outputs_of"' in kept.read_text():
+                kept.unlink()
     from rayscore._pool import _pools  # the session's pools: their actors' load times
 
     out = os.path.join(workdir, f"rayscore-{actors}-{batch_size}.parquet")
@@ -257,18 +272,25 @@ def main(argv: list[str] | None = None) -> int:
         default=["auto"],
         help="rayscore's predict.batch_size, one way for each (default auto)",
     )
+    parser.add_argument(
+        "--forget-outputs",
+        action="store_true",
+        help="one more way per rayscore way: its outputs not kept on the node, so its call waits for a load",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="timed interleaved rounds of the ways (default 1)")
     parser.add_argument("--check-rows", type=int, default=2000, help="rows checked against the formula")
     parser.add_argument("--workdir", default=None, help="where the model, rows and outputs go (default: temp, removed)")
     args = parser.parse_args(argv)
     udf = f"UDF local[{args.udf_cores}]"
-    steps: dict[str, tuple] = {udf: (run_udf, args.udf_cores, args.batch_size)}
+    steps: dict[str, tuple] = {udf: (run_udf, args.udf_cores, args.batch_size, False)}
     for actors in args.actors:  # rayscore's ways: one per actor count and batch size
         for batch in args.rayscore_batch_size:
             name = f"rayscore.predict ({actors} actor{'s' if actors > 1 else ''})"
             if len(args.rayscore_batch_size) > 1:
                 name += ", auto" if batch == "auto" else f", batch {batch:,}"
-            steps[name] = (run_rayscore, actors, batch)
+            steps[name] = (run_rayscore, actors, batch, False)
+            if args.forget_outputs:
+                steps[f"{name}, outputs not kept"] = (run_rayscore, actors, batch, True)
     apis = [name for name in steps if name != udf]
     with e2e.workdir_of(args) as workdir:
         print(f"making the {args.model} model ({args.gb} GB table) and {args.rows:,} rows in {workdir} ...", flush=True)
@@ -280,14 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         # that leaves a core idle does not. One more round of each way samples it.
         for round_ in range(1, args.repeat + 2):
             sampled = round_ > args.repeat
-            for step, (name, (fn, n, batch)) in enumerate(steps.items(), start=1):
+            for step, (name, (fn, n, batch, forget)) in enumerate(steps.items(), start=1):
                 where = "memory round" if sampled else f"round {round_}/{args.repeat}"
                 print(
                     f"{where}, {step}/{len(steps)} {name} on spark.read.parquet(...).where({FILTER!r}) ...", flush=True
                 )
                 try:
                     with e2e.PeakMemory(0.5, pss=True) if sampled else contextlib.nullcontext() as tree:
-                        got = e2e._in_child(fn, inputs, workdir, n, batch, sampled)
+                        got = e2e._in_child(fn, inputs, workdir, n, batch, sampled, *([forget] if forget else []))
                 except Exception as exc:  # a child killed for memory: BrokenProcessPool
                     print(f"{name} failed: {type(exc).__name__}: {exc}")  # BrokenProcessPool: try fewer --udf-cores
                     return 1

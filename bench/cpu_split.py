@@ -117,8 +117,8 @@ class Busy:
         self._thread.join()
 
 
-def one_run(inputs: dict, workdir: str, actors: int) -> dict:
-    """Child process: a session, ``rayscore.predict``, the write; the CPU split of the call and the write."""
+def one_run(inputs: dict, workdir: str, actors: int, writes: int = 1) -> dict:
+    """Child process: a session, ``rayscore.predict``, ``writes`` writes; the CPU split of the call and each write."""
     import rayscore
 
     with rayscore.session(max_actors=actors) as s:
@@ -127,13 +127,14 @@ def one_run(inputs: dict, workdir: str, actors: int) -> dict:
         before, t0 = _processes(), time.perf_counter()
         scored = rayscore.predict(df, model=inputs["model"], keep_columns=["id"], actors=actors, progress=False)
         called, t1 = _processes(), time.perf_counter()
-        scored.write.mode("overwrite").parquet(os.path.join(workdir, "cpu_split.parquet"))
-        written, t2 = _processes(), time.perf_counter()
+        got = {"call": (t1 - t0, _split(before, called), busy.between(t0, t1))}
+        for n in range(1, writes + 1):
+            scored.write.mode("overwrite").parquet(os.path.join(workdir, "cpu_split.parquet"))
+            written, t2 = _processes(), time.perf_counter()
+            got["write" if n == 1 else f"write {n}"] = (t2 - t1, _split(called, written), busy.between(t1, t2))
+            called, t1 = written, t2
         busy.stop()
-    return {
-        "call": (t1 - t0, _split(before, called), busy.between(t0, t1)),
-        "write": (t2 - t1, _split(called, written), busy.between(t1, t2)),
-    }
+    return got
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="runs, each a fresh session in a fresh process")
+    parser.add_argument("--writes", type=int, default=1, help="writes of the same scored DataFrame in each session")
     parser.add_argument("--workdir", default=None, help="where the model, rows and output go (default: temp, removed)")
     args = parser.parse_args(argv)
     with e2e.workdir_of(args) as workdir:
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(made, "w") as fh:
                 json.dump({"wanted": wanted, "inputs": inputs}, fh)
         for run in range(1, args.repeat + 1):
-            got = e2e._in_child(one_run, inputs, workdir, args.actors)
+            got = e2e._in_child(one_run, inputs, workdir, args.actors, args.writes)
             print(f"\n# run {run}/{args.repeat}: rayscore.predict, {args.actors} actor(s), {os.cpu_count()} cores")
             for part, (seconds, kinds, busy) in got.items():
                 total = sum(kinds.values())

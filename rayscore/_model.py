@@ -56,6 +56,9 @@ __all__ = [
     "local_model_path",
     "fingerprint",
     "fingerprint_soon",
+    "known_fingerprint",
+    "remembered_outputs",
+    "remember_outputs",
     "file_state",
     "model_bytes",
 ]
@@ -480,6 +483,19 @@ def _take(path: str, key: _Key, chunk: int, future: Future[str]) -> None:
         _write_memo(path, key, result)
 
 
+def known_fingerprint(path: str) -> str | None:
+    """The model's digest when it is known without reading the model: taken in this process, or kept on this
+    node for exactly these files (:func:`fingerprint`); else None (not taken yet, being taken, or just written)."""
+    try:
+        key = file_state(path)
+    except OSError:
+        return None
+    with _lock:
+        if key in _FINGERPRINTS:
+            return _FINGERPRINTS[key]
+    return _read_memo(path, key)
+
+
 def _memo_dir() -> str:
     """This user's memo folder on this node: under the temp directory, writable by its owner only."""
     return os.path.join(tempfile.gettempdir(), f"{MEMO_DIR}-{os.getuid()}")
@@ -490,43 +506,78 @@ def _memo_key(path: str, key: _Key) -> dict[str, Any]:
     return {"root": os.path.abspath(path), "files": [[os.path.abspath(name), *state] for name, *state in key]}
 
 
-def _memo_file(path: str, key: _Key) -> str:
-    """Where ``key``'s digest is kept: one small JSON file per version of a model."""
-    name = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(_memo_key(path, key))).hex
-    return os.path.join(_memo_dir(), f"{name}.json")
-
-
 def _read_memo(path: str, key: _Key) -> str | None:
     """The digest kept for exactly ``key``, if any, from a folder only this user can write; else None."""
-    try:
-        folder = os.stat(_memo_dir())
-        if folder.st_uid != os.getuid() or folder.st_mode & 0o022:  # another user could have planted it
-            return None
-        with open(_memo_file(path, key), encoding="utf-8") as fh:
-            kept = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(kept, dict) or kept.get("key") != _memo_key(path, key):
-        return None
-    digest = kept.get("fingerprint")
+    digest = _recall(_memo_key(path, key), "fingerprint")
     return digest if isinstance(digest, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", digest) else None
 
 
 def _write_memo(path: str, key: _Key, digest: str) -> None:
-    """Keep ``digest`` for ``key`` (whole or not at all: a temp file renamed); a failure costs only a read later."""
+    """Keep ``digest`` for ``key``; a failure costs only a read later."""
+    _keep(_memo_key(path, key), "fingerprint", digest)
+
+
+def _memo_file(key: Mapping[str, Any]) -> str:
+    """Where what is known of ``key`` is kept: one small JSON file per key (a model version, a model's outputs)."""
+    name = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(key, sort_keys=True)).hex
+    return os.path.join(_memo_dir(), f"{name}.json")
+
+
+def _recall(key: Mapping[str, Any], field: str) -> Any:
+    """``field`` as kept for exactly ``key`` in the memo folder, if only this user can write there; else None."""
+    try:
+        folder = os.stat(_memo_dir())
+        if folder.st_uid != os.getuid() or folder.st_mode & 0o022:  # another user could have planted it
+            return None
+        with open(_memo_file(key), encoding="utf-8") as fh:
+            kept = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(kept, dict) or kept.get("key") != json.loads(json.dumps(key)):
+        return None
+    return kept.get(field)
+
+
+def _keep(key: Mapping[str, Any], field: str, value: Any) -> None:
+    """Keep ``value`` as ``key``'s ``field`` (whole or not at all: a temp file renamed); a failure is only logged:
+    a memo saves work, it is never needed."""
     temp = None
     try:
-        target = _memo_file(path, key)
+        target = _memo_file(key)
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"key": _memo_key(path, key), "fingerprint": digest}, fh)
+            json.dump({"key": key, field: value}, fh)
         os.replace(temp, target)
-    except Exception as exc:  # noqa: BLE001 - the digest is known either way; the memo only saves a read
-        log.debug("model: could not keep the fingerprint of %s: %s", path, exc)
+    except Exception as exc:  # noqa: BLE001 - the value is known either way; the memo only saves work
+        log.debug("model: could not keep %s for %s: %s", field, key, exc)
         if temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+
+
+# A model's outputs as a loaded copy reports them, for a file that does not state their shapes (.keras):
+# kept by the model's digest and what else decides them, so that a later call on this node need not wait
+# for an actor's load to type the prediction columns.
+def remembered_outputs(identity: Mapping[str, Any], names: tuple[str, ...]) -> tuple[TensorSpec, ...] | None:
+    """The outputs a loaded copy of the model ``identity`` names reported on this node (:func:`remember_outputs`),
+    if kept for exactly that identity and named ``names`` in that order; else None."""
+    kept = _recall({"outputs_of": dict(identity)}, "outputs")
+    try:
+        outputs = tuple(
+            TensorSpec(name, tuple(None if d is None else int(d) for d in shape), dtype) for name, shape, dtype in kept
+        )
+    except (TypeError, ValueError):  # nothing kept, or not what remember_outputs writes
+        return None
+    if tuple(t.name for t in outputs) != names or not all(isinstance(t.dtype, str) for t in outputs):
+        return None
+    return outputs
+
+
+def remember_outputs(identity: Mapping[str, Any], outputs: tuple[TensorSpec, ...]) -> None:
+    """Keep a loaded copy's ``outputs`` (each with its shape and dtype) for the model ``identity`` names."""
+    if all(t.shape is not None and t.dtype is not None for t in outputs):
+        _keep({"outputs_of": dict(identity)}, "outputs", [[t.name, list(t.shape), t.dtype] for t in outputs])
 
 
 def local_model_path(uri: str) -> str:

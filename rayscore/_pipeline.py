@@ -205,7 +205,9 @@ def predict(
     "mmap_min_bytes": 0}`` loads them into each actor). Cost at the call: the model's inputs and outputs
     read from its file, and a Spark job that checks the first rows (reading only the partitions that hold
     them); when the file does not state its outputs' shapes (a ``.keras`` file does not), the call also
-    waits for the first actor to load the model, which it started before that job.
+    waits for the first actor to load the model, which it started before that job, unless a loaded copy of
+    the same model (by its digest) reported them on this node before: they are kept, so that the call returns
+    while the actors load and a model that fails to load fails the first action instead.
 
     ``progress``: each action that scores through the pool shows its
     progress (rows scored, rows/s, Spark's tasks, the actors), as

@@ -24,7 +24,7 @@ from . import _tables
 from ._cache import cache_root, cached_model
 from ._convert import Plan, from_ipc, output_type, row_problems, to_columns, to_ipc, to_tensors
 from ._errors import InputError, ModelError, PredictError, model_error_text
-from ._model import ModelSpec, fingerprint, loaders
+from ._model import ModelSpec, fingerprint, known_fingerprint, loaders
 from ._registry import RegistryModel, cached_download
 from ._timeline import Timeline
 
@@ -73,6 +73,20 @@ class ModelRef:
         """``sha256:<hex>`` of the model's bytes: the copy's for a remote model; a local model's, waiting for
         the read that :func:`~rayscore._plan.inspect_model` started (nothing to wait for once it is done)."""
         return self.fingerprint or fingerprint(self.path)
+
+    def outputs_identity(self) -> dict[str, Any] | None:
+        """What decides the model's outputs, to find them kept on this node
+        (:func:`~rayscore._model.remembered_outputs`): its digest, loader, signature and custom objects;
+        None while its digest is not known without a read."""
+        digest = self.fingerprint or known_fingerprint(self.path)
+        if not digest:
+            return None
+        return {
+            "fingerprint": digest,
+            "loader": self.loader,
+            "signature": self.signature,
+            "custom_objects": self.custom_objects,
+        }
 
     def shared_on(self, gpu: bool) -> int:
         """Bytes of mapped tables an actor (with GPUs, when ``gpu``) shares with the others on its node."""

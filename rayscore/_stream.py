@@ -22,6 +22,7 @@ connection (about a second, once per Python worker process).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import os
 import socket
@@ -34,7 +35,7 @@ import pyarrow as pa
 from ._convert import Plan, from_ipc, output_type, to_ipc
 from ._deploy.base import ray_auth_env
 from ._errors import PredictError, RayscoreError, actor_died, find_rayscore_error, first_line, one_line
-from ._model import ModelSpec
+from ._model import ModelSpec, remember_outputs, remembered_outputs
 from ._predict import REASON, ModelRef
 from ._source import arrow_schema
 
@@ -51,6 +52,7 @@ __all__ = [
     "remote_error",
     "prediction_schema",
     "predictions_of",
+    "typed_outputs",
     "with_model_identity",
     "model_identity",
 ]
@@ -117,10 +119,31 @@ def score(df: Any, plan: Plan, pool: Any, spec: ModelSpec, batch_rows: int) -> S
 
 
 def predictions_of(columns: pa.Schema, plan: Plan, spec: ModelSpec, pool: Any) -> pa.Schema:
-    """:func:`prediction_schema` from ``spec`` when the model file states every output's shape and dtype,
-    else from a loaded actor of ``pool`` (waiting for its load)."""
-    known = all(t.shape is not None and t.dtype is not None for t in spec.outputs)
-    return prediction_schema(columns, plan, spec if known else pool.spec())
+    """:func:`prediction_schema` with every output's shape and dtype (:func:`typed_outputs`)."""
+    return prediction_schema(columns, plan, typed_outputs(spec, pool))
+
+
+def typed_outputs(spec: ModelSpec, pool: Any) -> ModelSpec:
+    """``spec`` with every output's shape and dtype, from the first of: the model file, when it states them;
+    a loaded copy of the same model (its digest, loader, signature and custom objects) on this node before,
+    as :func:`~rayscore._model.remember_outputs` kept them; a loaded actor of ``pool``, waiting for its load
+    (seconds: a process, TensorFlow's import, the model's build), whose outputs are then kept.
+
+    Kept outputs let the call return while the actors load, so that Spark's
+    first action starts meanwhile; a model that then fails to load fails
+    that action, as a file that states its outputs (``.h5``, SavedModel) does.
+    """
+    if all(t.shape is not None and t.dtype is not None for t in spec.outputs):
+        return spec
+    identity = pool.model.outputs_identity()
+    kept = remembered_outputs(identity, spec.output_names) if identity else None
+    if kept is not None:
+        return dataclasses.replace(spec, outputs=kept)
+    loaded = pool.spec()
+    identity = identity or pool.model.outputs_identity()  # the model's digest may have been taken meanwhile
+    if identity:
+        remember_outputs(identity, loaded.outputs)
+    return loaded
 
 
 def prediction_schema(columns: pa.Schema, plan: Plan, spec: ModelSpec) -> pa.Schema:

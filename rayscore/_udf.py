@@ -82,7 +82,8 @@ def udf(
     first use) and the pool its actors, which start loading; Spark needs
     the column's type now, so when the file does not state its outputs'
     shapes (a ``.keras`` file does not) the call waits for the first actor
-    to load the model, as ``predict`` does.
+    to load the model, as ``predict`` does (unless a loaded copy of the
+    same model reported them on this node before: they are kept).
 
     Cost per batch: what ``predict`` pays, plus Spark's pandas UDF
     machinery: Spark converts array columns through pandas, one numpy

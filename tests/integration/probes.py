@@ -6,6 +6,8 @@ loads it, without any of rayscore's own counters:
 
 * :class:`LoadProbe` writes one file per construction (one per model load)
   into a directory the test owns, named by the loading process's pid.
+* :class:`GatedLoad` holds each construction (a model load) until a file
+  the test makes exists, then logs it as :class:`LoadProbe` does.
 * :class:`CallLog` logs each model call: when it starts, its rows, its pid.
 * :class:`KillOnFirstCall` SIGKILLs the actor that makes the first model
   call, and names its pid.
@@ -58,6 +60,24 @@ class LoadProbe(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "log_dir": self.log_dir}
+
+
+@keras.saving.register_keras_serializable(package="rayscore_tests")
+class GatedLoad(LoadProbe):
+    """A :class:`LoadProbe` whose construction first waits until the file ``gate`` exists (``timeout_s`` at
+    most, then it raises): a model load the test holds back, then lets go."""
+
+    def __init__(self, gate: str, log_dir: str, timeout_s: float = 60.0, **kwargs) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"GatedLoad: {gate} was not made within {timeout_s} s")
+            time.sleep(0.05)
+        super().__init__(log_dir, **kwargs)
+        self.gate, self.timeout_s = gate, timeout_s
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "gate": self.gate, "timeout_s": self.timeout_s}
 
 
 @keras.saving.register_keras_serializable(package="rayscore_tests")
@@ -246,6 +266,7 @@ class KillNodeAfterShard(_PythonOnCall):
 CUSTOM_OBJECTS = {
     "CallLog": CallLog,
     "LoadProbe": LoadProbe,
+    "GatedLoad": GatedLoad,
     "KillOnFirstCall": KillOnFirstCall,
     "InterruptOnFirstCall": InterruptOnFirstCall,
     "OomAbove": OomAbove,

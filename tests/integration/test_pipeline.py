@@ -79,6 +79,39 @@ def test_predict_is_lazy_and_every_action_streams_through_the_sessions_one_pool(
     assert scored.schema["click"].metadata["rayscore"]["model_fingerprint"].startswith("sha256:")
 
 
+def test_a_keras_models_outputs_kept_on_the_node_let_a_later_call_return_while_its_actors_load(
+    rs, workload, tmp_path, monkeypatch
+):
+    """A .keras file does not state its outputs' shapes: the first call waits for an actor's load, and the
+    outputs it reports are kept by the model's digest; a later call, whose new pool cannot finish loading
+    (a layer holds its load until the test lets go), returns with the columns typed, and its write scores."""
+    import rayscore._model
+    from rayscore import _pool
+
+    monkeypatch.setattr(rayscore._model, "SETTLED_S", -1.0)  # the model just written counts as settled
+    gate, log, models = tmp_path / "gate", tmp_path / "loads", tmp_path / "models"
+    log.mkdir(), models.mkdir(), gate.touch()
+    model = probed_model(workload, models, "click", "GatedLoad", gate=str(gate), log_dir=str(log), timeout_s=90.0)
+    for built in log.iterdir():  # building it here constructed the layer once too
+        built.unlink()
+    settings = {"uri": model, "custom_objects": probes.CUSTOM_OBJECTS_PATH}
+    df = rs.spark.read.parquet(workload["data"])
+
+    first = rayscore.predict(df, model=settings, keep_columns=["id"], batch_size=500, progress=False)
+    assert len(probes.loads_logged(log)) == 1  # the call waited for its actor's load
+    assert first.count() == ROWS
+
+    gate.unlink()  # the next pool's actor cannot finish its load
+    second = rayscore.predict(df, model=settings, keep_columns=["id"], batch_size=600, progress=False)
+    pools = [p for key, p in _pool._pools.items() if p.model.path == model and key[-1] == 600]
+    assert len(pools) == 1 and len(probes.loads_logged(log)) == 1  # a new pool; the call returned before its load
+    assert dict(second.dtypes) == {"id": "bigint", "click": "float", "topics": "array<float>"}
+    gate.touch()
+    second.write.parquet(str(tmp_path / "scores.parquet"))
+    assert len(probes.loads_logged(log)) == 2
+    assert_matches_model(read_parquet_dir(tmp_path / "scores.parquet"), workload)
+
+
 def objects_held(address: str) -> int:
     """How many objects Ray's object store holds across the cluster, as ``ray memory --stats-only`` says."""
     from ray._private.internal_api import memory_summary

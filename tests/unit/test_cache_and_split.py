@@ -329,3 +329,74 @@ def test_a_cached_local_models_digest_is_taken_before_the_actors_copy_it(model_f
     path = str(model_files["keras"])
     ref, _ = inspect_model(ModelConfig(uri=path, cache_dir=str(tmp_path / "cache")))
     assert ref.fingerprint == "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest() == ref.digest()
+
+
+class _PoolOfOneModel:
+    """What :func:`typed_outputs` uses of a pool: its model, and ``spec()`` (a loaded actor's), counted."""
+
+    def __init__(self, model, loaded: ModelSpec) -> None:
+        self.model, self._loaded, self.waited = model, loaded, 0
+
+    def spec(self) -> ModelSpec:
+        self.waited += 1
+        return self._loaded
+
+
+def test_a_keras_models_outputs_are_asked_of_a_loaded_actor_once_per_node_and_model_version(tmp_path, monkeypatch):
+    """A .keras file does not state its outputs' shapes: the first call waits for an actor, later ones find them."""
+    import rayscore._model as model_module
+    from rayscore._predict import ModelRef
+    from rayscore._stream import typed_outputs
+
+    source = make_model_file(tmp_path)
+    stated = ModelSpec(
+        inputs=(TensorSpec("x", (4,), "float32"),),
+        outputs=(TensorSpec("click", None, None), TensorSpec("topics", None, None)),
+    )
+    loaded = ModelSpec(
+        inputs=stated.inputs,
+        outputs=(TensorSpec("click", (1,), "float32"), TensorSpec("topics", (8,), "float32")),
+    )
+    ref = ModelRef(path=str(source), loader="keras")
+
+    # Its digest not known yet (just written, never hashed): the actor is asked, nothing is kept.
+    pool = _PoolOfOneModel(ref, loaded)
+    assert typed_outputs(stated, pool) == loaded and pool.waited == 1
+    assert typed_outputs(stated, _PoolOfOneModel(ref, loaded)).outputs == loaded.outputs
+    assert not (tmp_path / "fingerprint-memos").exists()
+
+    monkeypatch.setattr(model_module, "SETTLED_S", -1.0)  # as if written long ago: its digest is kept
+    assert fingerprint(str(source))
+    first = _PoolOfOneModel(ref, loaded)
+    assert typed_outputs(stated, first) == loaded and first.waited == 1
+    again = _PoolOfOneModel(ref, loaded)
+    assert typed_outputs(stated, again) == loaded and again.waited == 0  # kept: no actor waited for
+
+    # Other custom objects may build other outputs: asked again.
+    other = _PoolOfOneModel(ModelRef(path=str(source), loader="keras", custom_objects="pkg.mod:LAYERS"), loaded)
+    assert typed_outputs(stated, other) == loaded and other.waited == 1
+    # A file that states its outputs needs no actor and keeps nothing.
+    stating = _PoolOfOneModel(ref, loaded)
+    assert typed_outputs(loaded, stating) == loaded and stating.waited == 0
+
+    # A new version of the file (new bytes, so a new digest): asked again.
+    source.write_bytes(b"other weights" * 1000)
+    assert fingerprint(str(source))
+    changed = _PoolOfOneModel(ref, loaded)
+    assert typed_outputs(stated, changed) == loaded and changed.waited == 1
+
+    # Kept outputs named otherwise than the file's (not this model's), or a folder others may write to: not used.
+    renamed = ModelSpec(inputs=stated.inputs, outputs=(TensorSpec("ctr", None, None), TensorSpec("topics", None, None)))
+    odd = _PoolOfOneModel(ref, loaded)
+    typed_outputs(renamed, odd)
+    assert odd.waited == 1
+    memos = tmp_path / "fingerprint-memos"
+    memos.chmod(0o777)
+    shared = _PoolOfOneModel(ref, loaded)
+    assert typed_outputs(stated, shared) == loaded and shared.waited == 1
+    memos.chmod(0o700)
+    # A kept file cut short is no memo.
+    for kept in memos.iterdir():
+        kept.write_text('{"key": {"outputs_of"')
+    cut = _PoolOfOneModel(ref, loaded)
+    assert typed_outputs(stated, cut) == loaded and cut.waited == 1
