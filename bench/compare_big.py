@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-rows", type=int, default=2000, help="rows checked against the formula")
     parser.add_argument("--workdir", default=None, help="where the model, rows and outputs go (default: temp, removed)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be 1 or more (timed rounds), got {args.repeat}")
     udf = f"UDF local[{args.udf_cores}]"
     steps: dict[str, tuple] = {udf: (run_udf, args.udf_cores, args.batch_size, False)}
     for actors in args.actors:  # rayscore's ways: one per actor count and batch size

@@ -519,7 +519,7 @@ def _write_memo(path: str, key: _Key, digest: str) -> None:
 
 def _memo_file(key: Mapping[str, Any]) -> str:
     """Where what is known of ``key`` is kept: one small JSON file per key (a model version, a model's outputs)."""
-    name = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(key, sort_keys=True)).hex
+    name = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(key)).hex  # keys are built in a fixed order
     return os.path.join(_memo_dir(), f"{name}.json")
 
 
@@ -531,7 +531,7 @@ def _recall(key: Mapping[str, Any], field: str) -> Any:
             return None
         with open(_memo_file(key), encoding="utf-8") as fh:
             kept = json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         return None
     if not isinstance(kept, dict) or kept.get("key") != json.loads(json.dumps(key)):
         return None

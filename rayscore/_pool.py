@@ -164,6 +164,11 @@ class Pool:
             f"places fewer actors on a node ({ask}), or run fewer actors (predict.actors)"
         )
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the pool's minimum has loaded the model, as :meth:`wait` found."""
+        return self._loaded
+
     def spec(self) -> ModelSpec:
         """The model's inputs and outputs as a loaded copy knows them (waits for the pool)."""
         import ray  # noqa: PLC0415

@@ -10,6 +10,7 @@ node's actors share.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import resource
 import time
@@ -76,16 +77,23 @@ class ModelRef:
 
     def outputs_identity(self) -> dict[str, Any] | None:
         """What decides the model's outputs, to find them kept on this node
-        (:func:`~rayscore._model.remembered_outputs`): its digest, loader, signature and custom objects;
-        None while its digest is not known without a read."""
+        (:func:`~rayscore._model.remembered_outputs`): its digest, loader, signature, custom objects' dotted
+        name and this node's Keras version; None while its digest is not known without a read. (The custom
+        objects' code and Keras's settings are not in it: a kept output that the actors' model no longer
+        gives is found at the first batch, :func:`~rayscore._stream.check_outputs`.)"""
         digest = self.fingerprint or known_fingerprint(self.path)
         if not digest:
             return None
+        try:
+            keras_version = importlib.metadata.version("keras")
+        except importlib.metadata.PackageNotFoundError:
+            keras_version = None
         return {
             "fingerprint": digest,
             "loader": self.loader,
             "signature": self.signature,
             "custom_objects": self.custom_objects,
+            "keras": keras_version,
         }
 
     def shared_on(self, gpu: bool) -> int:

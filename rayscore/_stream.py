@@ -24,8 +24,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,6 +40,8 @@ from ._errors import PredictError, RayscoreError, actor_died, find_rayscore_erro
 from ._model import ModelSpec, remember_outputs, remembered_outputs
 from ._predict import REASON, ModelRef
 from ._source import arrow_schema
+
+log = logging.getLogger("rayscore")
 
 __all__ = [
     "Route",
@@ -53,6 +57,7 @@ __all__ = [
     "prediction_schema",
     "predictions_of",
     "typed_outputs",
+    "check_outputs",
     "with_model_identity",
     "model_identity",
 ]
@@ -110,8 +115,9 @@ def score(df: Any, plan: Plan, pool: Any, spec: ModelSpec, batch_rows: int) -> S
     """``df`` scored by ``pool``: ``plan.carried_columns``, then one column per output, tagged with the model.
 
     The output columns' types come from ``spec`` when the model file states
-    every output's shape and dtype, else from a loaded actor (waiting for
-    the pool). Nothing is read or scored until an action runs.
+    every output's shape and dtype, else as :func:`typed_outputs` finds
+    them (kept on this node, or a loaded actor's). Nothing is read or
+    scored until an action runs.
     """
     schema = predictions_of(arrow_schema(df), plan, spec, pool)
     frame, counters = scored_frame(df, plan, pool, batch_rows, schema)
@@ -125,25 +131,66 @@ def predictions_of(columns: pa.Schema, plan: Plan, spec: ModelSpec, pool: Any) -
 
 def typed_outputs(spec: ModelSpec, pool: Any) -> ModelSpec:
     """``spec`` with every output's shape and dtype, from the first of: the model file, when it states them;
-    a loaded copy of the same model (its digest, loader, signature and custom objects) on this node before,
-    as :func:`~rayscore._model.remember_outputs` kept them; a loaded actor of ``pool``, waiting for its load
-    (seconds: a process, TensorFlow's import, the model's build), whose outputs are then kept.
+    ``pool``'s actors, when they have loaded; what a loaded copy of the same model reported on this node
+    before (:func:`~rayscore._model.remembered_outputs`: its digest, loader, signature, custom objects'
+    dotted name, Keras's version); a loaded actor of ``pool``, waiting for its load (seconds: a process,
+    TensorFlow's import, the model's build), whose outputs are then kept.
 
     Kept outputs let the call return while the actors load, so that Spark's
     first action starts meanwhile; a model that then fails to load fails
-    that action, as a file that states its outputs (``.h5``, SavedModel) does.
+    that action, as a file that states its outputs (``.h5``, SavedModel)
+    does. A thread checks them against the first actor to load and keeps
+    what it reports where they differ; until then a batch whose outputs
+    differ fails in one line (:func:`check_outputs`).
     """
     if all(t.shape is not None and t.dtype is not None for t in spec.outputs):
         return spec
     identity = pool.model.outputs_identity()
-    kept = remembered_outputs(identity, spec.output_names) if identity else None
-    if kept is not None:
-        return dataclasses.replace(spec, outputs=kept)
-    loaded = pool.spec()
-    identity = identity or pool.model.outputs_identity()  # the model's digest may have been taken meanwhile
-    if identity:
-        remember_outputs(identity, loaded.outputs)
-    return loaded
+    if not pool.loaded:
+        kept = remembered_outputs(identity, spec.output_names) if identity else None
+        if kept is not None:
+            threading.Thread(
+                target=_check_kept, args=(pool, identity, kept), name="rayscore-outputs-check", daemon=True
+            ).start()
+            return dataclasses.replace(spec, outputs=kept)
+    loaded = pool.spec().outputs
+    now = pool.model.outputs_identity()  # the model's digest may have been taken meanwhile
+    if now is not None and identity in (None, now):  # not kept under a digest of files changed meanwhile
+        remember_outputs(now, loaded)
+    return dataclasses.replace(spec, outputs=loaded)
+
+
+def _check_kept(pool: Any, identity: dict[str, Any], kept: tuple[Any, ...]) -> None:
+    """Once an actor of ``pool`` has loaded, keep its outputs for ``identity`` in place of ``kept`` if they differ."""
+    try:
+        loaded = pool.spec().outputs
+    except Exception:  # noqa: BLE001 - a model that fails to load fails the action, in its own words
+        return
+    if loaded != kept:
+        remember_outputs(identity, loaded)
+        log.warning(
+            "model %s: its outputs differ from those kept for it on this node (now %s); kept anew",
+            pool.model.path,
+            ", ".join(f"{t.name} {t.dtype}{list(t.shape or ())}" for t in loaded),
+        )
+
+
+def check_outputs(table: pa.Table, route: Route) -> None:
+    """Each output column of an actor's predictions has the type the call gave it (``route.schema``).
+
+    They differ only when the call typed the columns from outputs kept on
+    the driver's node (:func:`typed_outputs`) that the actors' model no
+    longer gives (the same file under other custom objects' code or Keras
+    settings): one line then, not a cast that fails or narrows the values.
+    """
+    for name, column in route.plan.outputs:
+        got, want = table.schema.field(column).type, route.schema.field(column).type
+        if got != want:
+            raise PredictError(
+                f"model output {name!r}: the pool's model gives {got} where the call typed column {column!r} "
+                f"{want}, from the outputs kept for this model on the driver's node, which it no longer gives; "
+                f"they are kept anew once an actor has loaded: call {route.made_by} again"
+            )
 
 
 def prediction_schema(columns: pa.Schema, plan: Plan, spec: ModelSpec) -> pa.Schema:
@@ -307,6 +354,7 @@ def _take(call: tuple[Any, int], picker: _Picker, route: Route, counters: Counte
     picker.done(ref)
     if table.num_rows != rows:
         raise PredictError(f"a pool actor returned {table.num_rows} rows for a batch of {rows}")
+    check_outputs(table, route)
     if counters is not None:
         counters.rows.add(rows)
         if REASON in table.column_names:

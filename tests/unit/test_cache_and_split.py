@@ -291,6 +291,28 @@ class _HeldSha256:
         return Held()
 
 
+def test_a_model_changed_while_its_digest_is_taken_is_not_kept(tmp_path, monkeypatch):
+    """The read is held while the file is rewritten in place: the digest given is of what was read, and
+    neither this process nor the node keeps it; the next read, of settled files, is kept."""
+    import rayscore._model as model_module
+
+    held = _HeldSha256()
+    monkeypatch.setattr(model_module, "hashlib", held)
+    monkeypatch.setattr(model_module, "_FINGERPRINTS", {})
+    monkeypatch.setattr(model_module, "SETTLED_S", -1.0)  # settled before the read: only a change during it counts
+    source = make_model_file(tmp_path)
+    pending = model_module.fingerprint_soon(str(source))
+    source.write_bytes(b"REWRITE" * 1000)  # the same size, while the read waits on its first block
+    held.release.set()
+    assert pending.result().startswith("sha256:")
+    assert model_module._FINGERPRINTS == {} and not (tmp_path / "fingerprint-memos").exists()
+    assert model_module.known_fingerprint(str(source)) is None
+
+    expected = "sha256:" + hashlib.sha256(b"REWRITE" * 1000).hexdigest()
+    assert fingerprint(str(source)) == expected == model_module.known_fingerprint(str(source))
+    assert len(list((tmp_path / "fingerprint-memos").iterdir())) == 1
+
+
 def test_a_local_models_digest_is_taken_on_a_thread_while_the_driver_goes_on(model_files, monkeypatch):
     import rayscore._model as model_module
     from rayscore._config import ModelConfig
@@ -332,14 +354,43 @@ def test_a_cached_local_models_digest_is_taken_before_the_actors_copy_it(model_f
 
 
 class _PoolOfOneModel:
-    """What :func:`typed_outputs` uses of a pool: its model, and ``spec()`` (a loaded actor's), counted."""
+    """What :func:`typed_outputs` uses of a pool: its model, whether it has loaded, and ``spec()`` (a loaded
+    actor's), each call's thread noted."""
 
-    def __init__(self, model, loaded: ModelSpec) -> None:
-        self.model, self._loaded, self.waited = model, loaded, 0
+    def __init__(self, model, loaded: ModelSpec, *, is_loaded: bool = False) -> None:
+        self.model, self._loaded, self.loaded, self.callers = model, loaded, is_loaded, []
 
     def spec(self) -> ModelSpec:
-        self.waited += 1
+        self.callers.append(threading.current_thread().name)
         return self._loaded
+
+    @property
+    def waited(self) -> int:
+        """Times the caller's own thread asked a loaded actor (the call waited for the pool)."""
+        _join_output_checks()
+        return self.callers.count(threading.current_thread().name)
+
+    @property
+    def checked(self) -> int:
+        """Times a check thread asked a loaded actor (kept outputs checked after the call returned)."""
+        _join_output_checks()
+        return self.callers.count("rayscore-outputs-check")
+
+
+def _join_output_checks() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "rayscore-outputs-check":
+            thread.join(20)
+
+
+_STATED = ModelSpec(
+    inputs=(TensorSpec("x", (4,), "float32"),),
+    outputs=(TensorSpec("click", None, None), TensorSpec("topics", None, None)),
+)
+_LOADED = ModelSpec(
+    inputs=_STATED.inputs,
+    outputs=(TensorSpec("click", (1,), "float32"), TensorSpec("topics", (8,), "float32")),
+)
 
 
 def test_a_keras_models_outputs_are_asked_of_a_loaded_actor_once_per_node_and_model_version(tmp_path, monkeypatch):
@@ -349,14 +400,7 @@ def test_a_keras_models_outputs_are_asked_of_a_loaded_actor_once_per_node_and_mo
     from rayscore._stream import typed_outputs
 
     source = make_model_file(tmp_path)
-    stated = ModelSpec(
-        inputs=(TensorSpec("x", (4,), "float32"),),
-        outputs=(TensorSpec("click", None, None), TensorSpec("topics", None, None)),
-    )
-    loaded = ModelSpec(
-        inputs=stated.inputs,
-        outputs=(TensorSpec("click", (1,), "float32"), TensorSpec("topics", (8,), "float32")),
-    )
+    stated, loaded = _STATED, _LOADED
     ref = ModelRef(path=str(source), loader="keras")
 
     # Its digest not known yet (just written, never hashed): the actor is asked, nothing is kept.
@@ -368,16 +412,17 @@ def test_a_keras_models_outputs_are_asked_of_a_loaded_actor_once_per_node_and_mo
     monkeypatch.setattr(model_module, "SETTLED_S", -1.0)  # as if written long ago: its digest is kept
     assert fingerprint(str(source))
     first = _PoolOfOneModel(ref, loaded)
-    assert typed_outputs(stated, first) == loaded and first.waited == 1
+    assert typed_outputs(stated, first) == loaded and (first.waited, first.checked) == (1, 0)
     again = _PoolOfOneModel(ref, loaded)
-    assert typed_outputs(stated, again) == loaded and again.waited == 0  # kept: no actor waited for
+    assert typed_outputs(stated, again) == loaded
+    assert (again.waited, again.checked) == (0, 1)  # kept: no wait; checked once an actor loaded, after the call
 
     # Other custom objects may build other outputs: asked again.
     other = _PoolOfOneModel(ModelRef(path=str(source), loader="keras", custom_objects="pkg.mod:LAYERS"), loaded)
     assert typed_outputs(stated, other) == loaded and other.waited == 1
     # A file that states its outputs needs no actor and keeps nothing.
     stating = _PoolOfOneModel(ref, loaded)
-    assert typed_outputs(loaded, stating) == loaded and stating.waited == 0
+    assert typed_outputs(loaded, stating) == loaded and stating.callers == []
 
     # A new version of the file (new bytes, so a new digest): asked again.
     source.write_bytes(b"other weights" * 1000)
@@ -400,3 +445,58 @@ def test_a_keras_models_outputs_are_asked_of_a_loaded_actor_once_per_node_and_mo
         kept.write_text('{"key": {"outputs_of"')
     cut = _PoolOfOneModel(ref, loaded)
     assert typed_outputs(stated, cut) == loaded and cut.waited == 1
+
+
+def test_kept_outputs_the_actors_model_no_longer_gives_are_kept_anew_and_a_loaded_pool_is_asked(
+    tmp_path, monkeypatch, caplog
+):
+    """The same bytes may build other outputs (custom objects' code, Keras's settings): the check thread
+    keeps what the loaded actor says, and a pool that has loaded is asked, not the memo."""
+    import rayscore._model as model_module
+    from rayscore._predict import ModelRef
+    from rayscore._stream import typed_outputs
+
+    monkeypatch.setattr(model_module, "SETTLED_S", -1.0)
+    source = make_model_file(tmp_path)
+    assert fingerprint(str(source))
+    ref = ModelRef(path=str(source), loader="keras")
+    wider = ModelSpec(
+        inputs=_STATED.inputs,
+        outputs=(TensorSpec("click", (1,), "float64"), TensorSpec("topics", (9,), "float32")),
+    )
+    assert typed_outputs(_STATED, _PoolOfOneModel(ref, _LOADED)) == _LOADED  # kept: click float32, topics 8
+
+    # The call types the columns from the kept outputs; the check finds the actor's differ and keeps them.
+    stale = _PoolOfOneModel(ref, wider)
+    assert typed_outputs(_STATED, stale) == _LOADED and (stale.waited, stale.checked) == (0, 1)
+    assert "its outputs differ from those kept for it on this node" in caplog.text
+    fresh = _PoolOfOneModel(ref, wider)
+    assert typed_outputs(_STATED, fresh) == wider and (fresh.waited, fresh.checked) == (0, 1)
+
+    # A pool that has loaded is asked (no wait), and what it says is kept.
+    ready = _PoolOfOneModel(ref, _LOADED, is_loaded=True)
+    assert typed_outputs(_STATED, ready) == _LOADED and (ready.waited, ready.checked) == (1, 0)
+    assert typed_outputs(_STATED, _PoolOfOneModel(ref, _LOADED)) == _LOADED
+
+
+def test_a_batch_whose_outputs_differ_from_the_calls_columns_fails_in_one_line():
+    from types import SimpleNamespace
+
+    from rayscore import PredictError
+    from rayscore._stream import check_outputs
+
+    plan = SimpleNamespace(outputs=(("click", "p_click"), ("topics", "p_topics")))
+    schema = pa.schema([("id", pa.int64()), ("p_click", pa.float32()), ("p_topics", pa.list_(pa.float32()))])
+    route = SimpleNamespace(plan=plan, schema=schema, made_by="rayscore.predict")
+    same = pa.table({"id": pa.array([1], pa.int32()), "p_click": [0.5], "p_topics": [[0.1, 0.2]]}).cast(
+        pa.schema([("id", pa.int32()), ("p_click", pa.float32()), ("p_topics", pa.list_(pa.float32()))])
+    )
+    check_outputs(same, route)  # a carried column's type is Spark's to cast; the outputs agree
+    wider = same.set_column(1, "p_click", pa.array([0.5], pa.float64()))
+    with pytest.raises(PredictError) as err:
+        check_outputs(wider, route)
+    assert str(err.value) == (
+        "model output 'click': the pool's model gives double where the call typed column 'p_click' float, from "
+        "the outputs kept for this model on the driver's node, which it no longer gives; they are kept anew once "
+        "an actor has loaded: call rayscore.predict again"
+    )
