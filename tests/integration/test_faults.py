@@ -161,11 +161,13 @@ def test_two_jobs_on_one_output_at_once_leave_exactly_one_jobs_rows(workload, tm
                 left.kill()
     assert done["overwrite"][0] == 0, done["overwrite"][1]  # nothing refuses an overwrite
     code, stderr = done["error"]
-    if code != 0:  # the overwrite committed first: refused at its commit, or (slow to start) before it began
+    if code != 0:  # the overwrite committed first: refused at its commit, or (slow to start) before it began,
+        # or both renamed at once (the rename landed inside the other's output: taken out again)
         assert code == 2
         assert said(stderr) in (
             f"rayscore: error: output.path: {out} appeared while the job ran; nothing committed\n",
             f"rayscore: error: output.path: {out} exists (set output.mode: overwrite to replace it)\n",
+            f"rayscore: error: output.path: another job committed {out} at the same moment; nothing committed\n",
         )
     # Whichever committed first, the overwrite's rows are what is left: it replaced the other's, or the
     # other refused to land on it.

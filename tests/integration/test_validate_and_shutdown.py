@@ -526,11 +526,21 @@ with rayscore.session(max_actors=1) as s:
     inside = [p.pid for p in psutil.Process().children(recursive=True)]
 import ray
 gone, alive = psutil.wait_procs([psutil.Process(p) for p in inside if psutil.pid_exists(p)], timeout=60)
+
+def running(procs):
+    out = []
+    for p in procs:
+        try:
+            out.append(" ".join(p.cmdline()))
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):  # ended (a zombie only waits to be reaped)
+            pass
+    return out
+
 print(json.dumps({
     "rows": rows,
     "children_inside": len(inside),
-    "alive_after": [" ".join(p.cmdline()) for p in alive],
-    "children_after": [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)],
+    "alive_after": running(alive),
+    "children_after": running(psutil.Process().children(recursive=True)),
     "ray_connected": ray.is_initialized(),
     "spark_context": SparkContext._active_spark_context is not None,
 }))
